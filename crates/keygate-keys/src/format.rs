@@ -318,7 +318,7 @@ mod tests {
             tail.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         );
-        let crc = crc32fast::hash(text[..text.len() - 8].as_bytes());
+        let crc = crc32fast::hash(&text.as_bytes()[..text.len() - 8]);
         assert_eq!(&text[text.len() - 8..], format!("{crc:08x}"));
     }
 
