@@ -1,0 +1,258 @@
+//! `MemoryStore`: the in-memory backend, for tests and for embedding keygate in a
+//! process that keeps its keys elsewhere. Nothing survives a restart.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use keygate_keys::KeyHash;
+
+use crate::error::{Result, StoreError};
+use crate::money::Micros;
+use crate::store::{CredentialStore, check_top_up};
+use crate::types::{
+    Account, AccountId, ApiKey, KeyChange, KeyId, KeyUpdate, NewAccount, NewApiKey, ReplacementKey,
+};
+
+/// An in-memory [`CredentialStore`].
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    accounts: Vec<Account>,
+    keys: Vec<ApiKey>,
+    by_hash: HashMap<KeyHash, usize>,
+    changes: Vec<KeyChange>,
+}
+
+impl State {
+    fn account_mut(&mut self, id: &AccountId) -> Result<&mut Account> {
+        self.accounts
+            .iter_mut()
+            .find(|a| &a.id == id)
+            .ok_or_else(|| StoreError::account_not_found(id))
+    }
+
+    fn key_index(&self, id: &KeyId) -> Result<usize> {
+        self.keys
+            .iter()
+            .position(|k| &k.id == id)
+            .ok_or_else(|| StoreError::key_not_found(id))
+    }
+
+    fn record_change(&mut self, key: usize) {
+        let seq = self.changes.last().map_or(1, |c| c.seq + 1);
+        let key = &self.keys[key];
+        self.changes.push(KeyChange {
+            seq,
+            key_id: key.id.clone(),
+            key_hash: key.key_hash,
+            changed_at: Utc::now(),
+        });
+    }
+
+    fn insert_key(&mut self, new: NewApiKey) -> Result<usize> {
+        new.settings.validate()?;
+        if !self.accounts.iter().any(|a| a.id == new.account_id) {
+            return Err(StoreError::account_not_found(&new.account_id));
+        }
+        if self.by_hash.contains_key(&new.key_hash) {
+            return Err(StoreError::Conflict(
+                "a key with this hash already exists".into(),
+            ));
+        }
+        let s = new.settings;
+        let key = ApiKey {
+            id: KeyId::generate(),
+            account_id: new.account_id,
+            name: s.name,
+            kind: s.kind,
+            key_hash: new.key_hash,
+            start: new.start,
+            scopes: s.scopes,
+            models: s.models,
+            origins: s.origins,
+            expires_at: s.expires_at,
+            revoked_at: None,
+            rpm: s.rpm,
+            tpm: s.tpm,
+            spend_limit: s.spend_limit,
+            metadata: s.metadata,
+            created_at: Utc::now(),
+            last_used_at: None,
+        };
+        self.by_hash.insert(key.key_hash, self.keys.len());
+        self.keys.push(key);
+        let index = self.keys.len() - 1;
+        self.record_change(index);
+        Ok(index)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind, still consistent
+        // per operation, so a poisoned lock is taken over rather than propagated.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl CredentialStore for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn create_account(&self, new: NewAccount) -> Result<Account> {
+        new.validate()?;
+        let account = Account {
+            id: AccountId::generate(),
+            name: new.name,
+            email: new.email,
+            balance: new.balance,
+            reserved: Micros::ZERO,
+            created_at: Utc::now(),
+        };
+        self.state().accounts.push(account.clone());
+        Ok(account)
+    }
+
+    async fn get_account(&self, id: &AccountId) -> Result<Account> {
+        self.state().account_mut(id).map(|a| a.clone())
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        Ok(self.state().accounts.clone())
+    }
+
+    async fn top_up(&self, id: &AccountId, amount: Micros) -> Result<Account> {
+        check_top_up(amount)?;
+        let mut state = self.state();
+        let account = state.account_mut(id)?;
+        account.balance = account
+            .balance
+            .checked_add(amount)
+            .ok_or_else(|| StoreError::Conflict("the balance would overflow".into()))?;
+        Ok(account.clone())
+    }
+
+    async fn create_key(&self, new: NewApiKey) -> Result<ApiKey> {
+        let mut state = self.state();
+        let index = state.insert_key(new)?;
+        Ok(state.keys[index].clone())
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<ApiKey> {
+        let state = self.state();
+        let index = state.key_index(id)?;
+        Ok(state.keys[index].clone())
+    }
+
+    async fn find_key_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>> {
+        let state = self.state();
+        Ok(state.by_hash.get(hash).map(|&i| state.keys[i].clone()))
+    }
+
+    async fn list_keys(&self, account: Option<&AccountId>) -> Result<Vec<ApiKey>> {
+        let state = self.state();
+        Ok(state
+            .keys
+            .iter()
+            .filter(|k| account.is_none_or(|a| &k.account_id == a))
+            .cloned()
+            .collect())
+    }
+
+    async fn update_key(&self, id: &KeyId, update: KeyUpdate) -> Result<ApiKey> {
+        let mut state = self.state();
+        let index = state.key_index(id)?;
+        let s = update.apply(&state.keys[index])?;
+        let key = &mut state.keys[index];
+        key.name = s.name;
+        key.scopes = s.scopes;
+        key.models = s.models;
+        key.origins = s.origins;
+        key.expires_at = s.expires_at;
+        key.rpm = s.rpm;
+        key.tpm = s.tpm;
+        key.spend_limit = s.spend_limit;
+        key.metadata = s.metadata;
+        state.record_change(index);
+        Ok(state.keys[index].clone())
+    }
+
+    async fn revoke_key(&self, id: &KeyId, at: DateTime<Utc>) -> Result<ApiKey> {
+        let mut state = self.state();
+        let index = state.key_index(id)?;
+        let key = &mut state.keys[index];
+        key.revoked_at = Some(key.revoked_at.map_or(at, |earlier| earlier.min(at)));
+        state.record_change(index);
+        Ok(state.keys[index].clone())
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &KeyId,
+        replacement: ReplacementKey,
+        old_revoked_at: DateTime<Utc>,
+    ) -> Result<(ApiKey, ApiKey)> {
+        let mut state = self.state();
+        let old = state.key_index(id)?;
+        let now = Utc::now();
+        if state.keys[old].revoked_at.is_some_and(|at| at <= now) {
+            return Err(StoreError::Conflict(format!("key {id} is revoked")));
+        }
+        let settings = KeyUpdate::default().apply(&state.keys[old])?;
+        let account_id = state.keys[old].account_id.clone();
+        let new = state.insert_key(NewApiKey {
+            account_id,
+            key_hash: replacement.key_hash,
+            start: replacement.start,
+            settings,
+        })?;
+        let key = &mut state.keys[old];
+        key.revoked_at = Some(
+            key.revoked_at
+                .map_or(old_revoked_at, |t| t.min(old_revoked_at)),
+        );
+        state.record_change(old);
+        Ok((state.keys[new].clone(), state.keys[old].clone()))
+    }
+
+    async fn record_key_use(&self, uses: &[(KeyId, DateTime<Utc>)]) -> Result<()> {
+        let mut state = self.state();
+        for (id, at) in uses {
+            if let Some(key) = state.keys.iter_mut().find(|k| &k.id == id) {
+                key.last_used_at = Some(key.last_used_at.map_or(*at, |t| t.max(*at)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn key_changes_since(&self, after: u64, limit: u32) -> Result<Vec<KeyChange>> {
+        let state = self.state();
+        Ok(state
+            .changes
+            .iter()
+            .filter(|c| c.seq > after)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn latest_key_change(&self) -> Result<u64> {
+        Ok(self.state().changes.last().map_or(0, |c| c.seq))
+    }
+}

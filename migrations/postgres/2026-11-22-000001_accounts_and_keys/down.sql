@@ -1,0 +1,3 @@
+DROP TABLE key_changes;
+DROP TABLE api_keys;
+DROP TABLE accounts;
