@@ -1,0 +1,142 @@
+//! The store suite: one set of tests written against `CredentialStore` and run on
+//! every backend (memory, SQLite, PostgreSQL when `KEYGATE_TEST_POSTGRES_URL` is set).
+
+mod suite;
+
+use std::sync::Arc;
+
+use keygate_store::{CredentialStore, DbStore, MemoryStore};
+use keygate_test_utils::TestPostgres;
+
+/// A store plus whatever must live as long as it (a temp dir, a test database).
+pub struct Backend {
+    pub store: Arc<dyn CredentialStore>,
+    /// A second, independent handle on the same database, standing in for another
+    /// process (the CLI while the gateway runs). `None` for the memory store.
+    pub other_process: Option<Arc<dyn CredentialStore>>,
+    _guard: Box<dyn std::any::Any + Send>,
+}
+
+async fn memory() -> Option<Backend> {
+    Some(Backend {
+        store: Arc::new(MemoryStore::new()),
+        other_process: None,
+        _guard: Box::new(()),
+    })
+}
+
+async fn sqlite() -> Option<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
+    let store = DbStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let other = DbStore::connect(&url).await.unwrap();
+    Some(Backend {
+        store: Arc::new(store),
+        other_process: Some(Arc::new(other)),
+        _guard: Box::new(dir),
+    })
+}
+
+async fn postgres(test: &str) -> Option<Backend> {
+    let db = TestPostgres::create(test).await?;
+    let store = DbStore::connect(db.url()).await.unwrap();
+    let applied = store.migrate().await.unwrap();
+    assert!(!applied.is_empty());
+    let other = DbStore::connect(db.url()).await.unwrap();
+    Some(Backend {
+        store: Arc::new(store),
+        other_process: Some(Arc::new(other)),
+        _guard: Box::new(db),
+    })
+}
+
+/// Instantiates every suite test once per backend, as `memory::NAME`,
+/// `sqlite::NAME` and `postgres::NAME`.
+macro_rules! backend_suite {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    let backend = crate::memory().await.unwrap();
+                    crate::suite::$test(&backend).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    let backend = crate::sqlite().await.unwrap();
+                    crate::suite::$test(&backend).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    let Some(backend) = crate::postgres(stringify!($test)).await else {
+                        return;
+                    };
+                    crate::suite::$test(&backend).await;
+                }
+            )*
+        }
+    };
+}
+
+backend_suite!(
+    accounts_are_created_listed_and_found,
+    account_input_is_validated,
+    top_ups_add_exactly_and_reject_bad_amounts,
+    concurrent_top_ups_lose_nothing,
+    concurrent_key_changes_from_two_processes_all_land,
+    keys_are_stored_by_hash_with_their_settings,
+    key_input_is_validated,
+    key_for_unknown_account_is_not_found,
+    duplicate_key_hash_is_a_conflict,
+    keys_list_by_account,
+    update_changes_only_what_it_names,
+    update_that_breaks_a_rule_is_refused,
+    revoke_is_immediate_and_keeps_the_earliest_time,
+    expired_keys_report_expired,
+    rotate_now_revokes_the_old_key,
+    rotate_with_grace_keeps_the_old_key_until_then,
+    rotate_of_a_revoked_key_is_a_conflict,
+    every_key_change_is_in_the_feed_in_order,
+    feed_is_shared_between_processes,
+    last_used_only_moves_forward,
+    revoke_racing_lookups_is_seen_by_every_later_lookup,
+    unknown_ids_are_not_found,
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_postgres_is_reported_as_unavailable() {
+    let err = DbStore::connect("postgres://nobody:secret@127.0.0.1:1/none")
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(!err.to_string().contains("secret"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_in_a_missing_directory_is_reported_as_unavailable() {
+    let err = DbStore::connect("sqlite:///nonexistent-dir/for/sure/keygate.db")
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_report_pending_then_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let store = DbStore::connect(&url).await.unwrap();
+    let pending = store.pending_migrations().await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(store.migrate().await.unwrap().len(), 1);
+    assert!(store.pending_migrations().await.unwrap().is_empty());
+    assert!(store.migrate().await.unwrap().is_empty());
+}
