@@ -178,8 +178,14 @@ impl DbStore {
             }
         };
         let store = Self { url, pools };
-        store.ping().await?;
-        Ok(store)
+        match store.ping().await {
+            Ok(()) => Ok(store),
+            Err(StoreError::Unavailable(cause)) => Err(StoreError::Unavailable(format!(
+                "cannot open {}: {cause}",
+                store.url
+            ))),
+            Err(other) => Err(other),
+        }
     }
 
     /// The URL, password hidden.
@@ -310,7 +316,31 @@ where
 }
 
 fn map_pool(error: PoolError) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+    use deadpool::managed::PoolError as P;
+    use diesel_async::pooled_connection::PoolError as Backend;
+    let cause = match error {
+        P::Backend(Backend::ConnectionError(e)) => with_sources(&e),
+        P::Backend(Backend::QueryError(e)) => e.to_string(),
+        P::Timeout(_) => "timed out waiting for a connection".to_owned(),
+        other => other.to_string(),
+    };
+    StoreError::Unavailable(cause)
+}
+
+/// An error's message followed by those of its sources, so "error connecting to
+/// server" says why.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 fn map_diesel(error: DieselError) -> StoreError {

@@ -1,0 +1,154 @@
+//! What each command does: open the store, call it, print the result.
+
+use anyhow::{Context as _, Result, bail};
+use chrono::Utc;
+use keygate_keys::{KeyPrefix, SecretKey};
+use keygate_store::{
+    AccountId, CredentialStore, DbStore, KeyId, KeySettings, KeyUpdate, NewAccount, NewApiKey,
+    ReplacementKey,
+};
+
+use crate::cli::{AccountCommand, Cli, Command, KeyCommand, KeyCreate, KeyUpdateArgs};
+use crate::output::Output;
+
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    let out = Output { json: cli.json };
+    let store = DbStore::connect(&cli.database_url).await?;
+    if let Command::Migrate = cli.command {
+        let applied = store.migrate().await?;
+        return out.migrated(&applied, store.url());
+    }
+    let pending = store.pending_migrations().await?;
+    if !pending.is_empty() {
+        bail!(
+            "the database {} is not migrated ({} pending migration{}); run `keygate-admin migrate` first",
+            store.url(),
+            pending.len(),
+            if pending.len() == 1 { "" } else { "s" }
+        );
+    }
+    match cli.command {
+        Command::Migrate => Ok(()),
+        Command::Account(command) => account(&store, command, &out).await,
+        Command::Key(command) => key(&store, command, &cli.key_prefix, &out).await,
+    }
+}
+
+async fn account(store: &dyn CredentialStore, command: AccountCommand, out: &Output) -> Result<()> {
+    match command {
+        AccountCommand::Create {
+            name,
+            balance,
+            email,
+        } => {
+            let account = store
+                .create_account(NewAccount {
+                    name,
+                    email,
+                    balance,
+                })
+                .await?;
+            out.account(&account)
+        }
+        AccountCommand::List => out.accounts(&store.list_accounts().await?),
+        AccountCommand::Show { id } => out.account(&store.get_account(&id.parse()?).await?),
+        AccountCommand::TopUp { id, amount } => {
+            out.account(&store.top_up(&id.parse()?, amount).await?)
+        }
+    }
+}
+
+async fn key(
+    store: &dyn CredentialStore,
+    command: KeyCommand,
+    prefix: &KeyPrefix,
+    out: &Output,
+) -> Result<()> {
+    match command {
+        KeyCommand::Create(args) => create_key(store, args, prefix, out).await,
+        KeyCommand::List { account } => {
+            let account: Option<AccountId> = account.map(|id| id.parse()).transpose()?;
+            if let Some(account) = &account {
+                // Say "not found" rather than print an empty list for a typo.
+                store.get_account(account).await?;
+            }
+            out.keys(&store.list_keys(account.as_ref()).await?)
+        }
+        KeyCommand::Show { id } => out.key(&store.get_key(&id.parse()?).await?),
+        KeyCommand::Update(args) => update_key(store, args, out).await,
+        KeyCommand::Revoke { id } => out.key(&store.revoke_key(&id.parse()?, Utc::now()).await?),
+        KeyCommand::Rotate { id, grace } => {
+            let id: KeyId = id.parse()?;
+            let old = store.get_key(&id).await?;
+            let secret = generate(prefix, old.kind)?;
+            let replacement = ReplacementKey {
+                key_hash: secret.hash(),
+                start: secret.start(),
+            };
+            let old_revoked_at = Utc::now() + grace.unwrap_or_default();
+            let (new, _old) = store.rotate_key(&id, replacement, old_revoked_at).await?;
+            out.new_key(&new, &secret, Some((&id, old_revoked_at)))
+        }
+    }
+}
+
+fn generate(prefix: &KeyPrefix, kind: keygate_keys::KeyKind) -> Result<SecretKey> {
+    SecretKey::generate(prefix, kind).context("cannot generate a key")
+}
+
+async fn create_key(
+    store: &dyn CredentialStore,
+    args: KeyCreate,
+    prefix: &KeyPrefix,
+    out: &Output,
+) -> Result<()> {
+    let mut settings = KeySettings::new(args.kind);
+    settings.name = args.name;
+    if let Some(scopes) = args.scopes {
+        settings.scopes = scopes;
+    }
+    settings.models = args.models.map(|l| l.0).unwrap_or_default();
+    settings.origins = args.origins.map(|l| l.0).unwrap_or_default();
+    settings.expires_at = args.expiry.resolve(Utc::now())?;
+    settings.rpm = args.rpm;
+    settings.tpm = args.tpm;
+    settings.spend_limit = args.spend_limit;
+    settings.metadata = args.metadata.into_iter().collect();
+    // Check before generating, so a bad flag never costs a key.
+    settings.validate()?;
+    let secret = generate(prefix, args.kind)?;
+    let key = store
+        .create_key(NewApiKey {
+            account_id: args.account.parse()?,
+            key_hash: secret.hash(),
+            start: secret.start(),
+            settings,
+        })
+        .await?;
+    out.new_key(&key, &secret, None)
+}
+
+async fn update_key(store: &dyn CredentialStore, args: KeyUpdateArgs, out: &Output) -> Result<()> {
+    let expires_at = if args.no_expiry {
+        Some(None)
+    } else {
+        args.expiry.resolve(Utc::now())?.map(Some)
+    };
+    let update = KeyUpdate {
+        name: args.name,
+        scopes: args.scopes,
+        models: args.models.map(|l| l.0),
+        origins: args.origins.map(|l| l.0),
+        expires_at,
+        rpm: args.rpm.map(|l| l.0),
+        tpm: args.tpm.map(|l| l.0),
+        spend_limit: args.spend_limit.map(|c| c.0),
+        metadata: args.metadata.map(|pairs| pairs.into_iter().collect()),
+    };
+    if update.is_empty() {
+        bail!(
+            "nothing to update: give at least one of --name, --scopes, --models, --origins, --expires-in, --expires-at, --no-expiry, --rpm, --tpm, --spend-limit, --meta"
+        );
+    }
+    out.key(&store.update_key(&args.id.parse()?, update).await?)
+}

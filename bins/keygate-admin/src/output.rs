@@ -1,0 +1,234 @@
+//! Printing: aligned tables for people, one JSON document for scripts. Money in
+//! JSON is integer micro-units in fields ending `_micros`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use comfy_table::{Table, presets};
+use keygate_keys::SecretKey;
+use keygate_store::{Account, ApiKey, DatabaseUrl, KeyId};
+use serde_json::{Value, json};
+
+pub(crate) struct Output {
+    pub(crate) json: bool,
+}
+
+fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn opt_time(at: Option<DateTime<Utc>>) -> Value {
+    at.map_or(Value::Null, |t| Value::String(time(t)))
+}
+
+fn account_json(a: &Account) -> Value {
+    json!({
+        "id": a.id.as_str(),
+        "name": a.name,
+        "email": a.email,
+        "balance_micros": a.balance.0,
+        "reserved_micros": a.reserved.0,
+        "created_at": time(a.created_at),
+    })
+}
+
+fn key_json(k: &ApiKey) -> Value {
+    json!({
+        "id": k.id.as_str(),
+        "account_id": k.account_id.as_str(),
+        "name": k.name,
+        "kind": k.kind.name(),
+        "start": k.start,
+        "status": k.status(Utc::now()).name(),
+        "scopes": k.scopes.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "models": k.models,
+        "origins": k.origins,
+        "expires_at": opt_time(k.expires_at),
+        "revoked_at": opt_time(k.revoked_at),
+        "rpm": k.rpm,
+        "tpm": k.tpm,
+        "spend_limit_micros": k.spend_limit.map(|m| m.0),
+        "metadata": k.metadata,
+        "created_at": time(k.created_at),
+        "last_used_at": opt_time(k.last_used_at),
+    })
+}
+
+fn table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text
+    }
+}
+
+fn key_rows(k: &ApiKey) -> Vec<(&'static str, String)> {
+    let limit = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
+    vec![
+        ("id", k.id.to_string()),
+        ("account", k.account_id.to_string()),
+        ("name", or_dash(k.name.clone())),
+        ("kind", k.kind.name().to_owned()),
+        ("start", format!("{}…", k.start)),
+        ("status", k.status(Utc::now()).name().to_owned()),
+        ("scopes", k.scopes.to_string()),
+        (
+            "models",
+            if k.models.is_empty() {
+                "all".to_owned()
+            } else {
+                k.models.join(",")
+            },
+        ),
+        ("origins", or_dash(k.origins.join(","))),
+        ("expires", k.expires_at.map_or("never".to_owned(), time)),
+        ("revoked", k.revoked_at.map_or("-".to_owned(), time)),
+        ("rpm", limit(k.rpm)),
+        ("tpm", limit(k.tpm)),
+        (
+            "spend limit",
+            k.spend_limit.map_or("-".to_owned(), |m| m.to_string()),
+        ),
+        (
+            "metadata",
+            or_dash(
+                k.metadata
+                    .iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ),
+        ("created", time(k.created_at)),
+        ("last used", k.last_used_at.map_or("never".to_owned(), time)),
+    ]
+}
+
+fn print_pairs(rows: &[(&str, String)]) {
+    let mut t = table();
+    for (name, value) in rows {
+        t.add_row(vec![name.to_string(), value.clone()]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+impl Output {
+    pub(crate) fn migrated(&self, applied: &[String], url: &DatabaseUrl) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(&json!({ "database": url.to_string(), "applied": applied }));
+        }
+        if applied.is_empty() {
+            println!("{url} is up to date");
+        } else {
+            println!("{url}: applied {}", applied.join(", "));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn account(&self, a: &Account) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(&account_json(a));
+        }
+        print_pairs(&[
+            ("id", a.id.to_string()),
+            ("name", a.name.clone()),
+            ("email", a.email.clone().unwrap_or_else(|| "-".to_owned())),
+            ("balance", a.balance.to_string()),
+            ("reserved", a.reserved.to_string()),
+            ("created", time(a.created_at)),
+        ]);
+        Ok(())
+    }
+
+    pub(crate) fn accounts(&self, accounts: &[Account]) -> anyhow::Result<()> {
+        if self.json {
+            let list: Vec<Value> = accounts.iter().map(account_json).collect();
+            return print_json(&json!({ "accounts": list }));
+        }
+        let mut t = table();
+        t.set_header(vec!["ID", "NAME", "BALANCE", "RESERVED", "CREATED"]);
+        for a in accounts {
+            t.add_row(vec![
+                a.id.to_string(),
+                a.name.clone(),
+                a.balance.to_string(),
+                a.reserved.to_string(),
+                time(a.created_at),
+            ]);
+        }
+        println!("{}", t.trim_fmt());
+        Ok(())
+    }
+
+    pub(crate) fn key(&self, k: &ApiKey) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(&key_json(k));
+        }
+        print_pairs(&key_rows(k));
+        Ok(())
+    }
+
+    pub(crate) fn keys(&self, keys: &[ApiKey]) -> anyhow::Result<()> {
+        if self.json {
+            let list: Vec<Value> = keys.iter().map(key_json).collect();
+            return print_json(&json!({ "keys": list }));
+        }
+        let mut t = table();
+        t.set_header(vec![
+            "ID", "ACCOUNT", "NAME", "KIND", "START", "STATUS", "SCOPES", "EXPIRES",
+        ]);
+        for k in keys {
+            t.add_row(vec![
+                k.id.to_string(),
+                k.account_id.to_string(),
+                or_dash(k.name.clone()),
+                k.kind.name().to_owned(),
+                format!("{}…", k.start),
+                k.status(Utc::now()).name().to_owned(),
+                k.scopes.to_string(),
+                k.expires_at.map_or("never".to_owned(), time),
+            ]);
+        }
+        println!("{}", t.trim_fmt());
+        Ok(())
+    }
+
+    /// Prints a freshly created key: the only time its full text is ever shown.
+    pub(crate) fn new_key(
+        &self,
+        k: &ApiKey,
+        secret: &SecretKey,
+        rotated: Option<(&KeyId, DateTime<Utc>)>,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            let mut value = key_json(k);
+            if let Value::Object(map) = &mut value {
+                map.insert("key".to_owned(), Value::String(secret.expose().to_owned()));
+                if let Some((old, at)) = rotated {
+                    map.insert(
+                        "replaces".to_owned(),
+                        json!({ "id": old.as_str(), "revoked_at": time(at) }),
+                    );
+                }
+            }
+            return print_json(&value);
+        }
+        let mut rows = vec![("key", secret.expose().to_owned())];
+        rows.extend(key_rows(k));
+        if let Some((old, at)) = rotated {
+            rows.push(("replaces", format!("{old} (stops working {})", time(at))));
+        }
+        print_pairs(&rows);
+        eprintln!("Save this key now: keygate stores only its hash and cannot show it again.");
+        Ok(())
+    }
+}
