@@ -1,6 +1,13 @@
 //! `keygate-admin` end to end: the real binary against a real SQLite file (and
 //! PostgreSQL when `KEYGATE_TEST_POSTGRES_URL` is set).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed step fails the test"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -140,6 +140,10 @@ impl fmt::Debug for DbStore {
     }
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives briefly on the stack of one operation; boxing would allocate per query"
+)]
 enum Conn {
     Sqlite(Object<SqliteConn>),
     Postgres(Object<AsyncPgConnection>),

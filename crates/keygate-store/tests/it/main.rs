@@ -1,6 +1,13 @@
 //! The store suite: one set of tests written against `CredentialStore` and run on
 //! every backend (memory, SQLite, PostgreSQL when `KEYGATE_TEST_POSTGRES_URL` is set).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed step fails the test"
+)]
+
 mod suite;
 
 use std::sync::Arc;
@@ -9,11 +16,12 @@ use keygate_store::{CredentialStore, DbStore, MemoryStore};
 use keygate_test_utils::TestPostgres;
 
 /// A store plus whatever must live as long as it (a temp dir, a test database).
-pub struct Backend {
-    pub store: Arc<dyn CredentialStore>,
+#[allow(missing_debug_implementations, reason = "test fixture")]
+pub(crate) struct Backend {
+    pub(crate) store: Arc<dyn CredentialStore>,
     /// A second, independent handle on the same database, standing in for another
     /// process (the CLI while the gateway runs). `None` for the memory store.
-    pub other_process: Option<Arc<dyn CredentialStore>>,
+    pub(crate) other_process: Option<Arc<dyn CredentialStore>>,
     _guard: Box<dyn std::any::Any + Send>,
 }
 

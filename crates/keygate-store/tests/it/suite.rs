@@ -77,7 +77,7 @@ fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StoreError>) {
     );
 }
 
-pub async fn accounts_are_created_listed_and_found(b: &Backend) {
+pub(crate) async fn accounts_are_created_listed_and_found(b: &Backend) {
     let store = b.store.as_ref();
     let acme = store
         .create_account(NewAccount {
@@ -106,7 +106,7 @@ pub async fn accounts_are_created_listed_and_found(b: &Backend) {
     assert_eq!(ids.len(), 2);
 }
 
-pub async fn account_input_is_validated(b: &Backend) {
+pub(crate) async fn account_input_is_validated(b: &Backend) {
     let store = b.store.as_ref();
     let bad_name = NewAccount {
         name: String::new(),
@@ -129,7 +129,7 @@ pub async fn account_input_is_validated(b: &Backend) {
     assert!(store.list_accounts().await.unwrap().is_empty());
 }
 
-pub async fn top_ups_add_exactly_and_reject_bad_amounts(b: &Backend) {
+pub(crate) async fn top_ups_add_exactly_and_reject_bad_amounts(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let after = store
@@ -158,7 +158,7 @@ pub async fn top_ups_add_exactly_and_reject_bad_amounts(b: &Backend) {
     );
 }
 
-pub async fn concurrent_top_ups_lose_nothing(b: &Backend) {
+pub(crate) async fn concurrent_top_ups_lose_nothing(b: &Backend) {
     let acct = account(b.store.as_ref(), "busy").await;
     let stores: Vec<Arc<dyn CredentialStore>> = std::iter::once(b.store.clone())
         .chain(b.other_process.clone())
@@ -178,7 +178,7 @@ pub async fn concurrent_top_ups_lose_nothing(b: &Backend) {
     assert_eq!(balance, credits(60));
 }
 
-pub async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
+pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let expires = Utc::now() + TimeDelta::days(30);
@@ -233,7 +233,7 @@ pub async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
     );
 }
 
-pub async fn key_input_is_validated(b: &Backend) {
+pub(crate) async fn key_input_is_validated(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let secret = generate(KeyKind::Public);
@@ -258,7 +258,7 @@ pub async fn key_input_is_validated(b: &Backend) {
     assert_eq!(store.latest_key_change().await.unwrap(), 0);
 }
 
-pub async fn key_for_unknown_account_is_not_found(b: &Backend) {
+pub(crate) async fn key_for_unknown_account_is_not_found(b: &Backend) {
     let secret = generate(KeyKind::Private);
     let result = b
         .store
@@ -272,7 +272,7 @@ pub async fn key_for_unknown_account_is_not_found(b: &Backend) {
     assert_not_found(result);
 }
 
-pub async fn duplicate_key_hash_is_a_conflict(b: &Backend) {
+pub(crate) async fn duplicate_key_hash_is_a_conflict(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let (secret, _) = key(store, &acct).await;
@@ -288,7 +288,7 @@ pub async fn duplicate_key_hash_is_a_conflict(b: &Backend) {
     assert_eq!(store.list_keys(None).await.unwrap().len(), 1);
 }
 
-pub async fn keys_list_by_account(b: &Backend) {
+pub(crate) async fn keys_list_by_account(b: &Backend) {
     let store = b.store.as_ref();
     let a = account(store, "a").await;
     let other = account(store, "b").await;
@@ -308,7 +308,7 @@ pub async fn keys_list_by_account(b: &Backend) {
     assert_eq!(store.list_keys(Some(&other.id)).await.unwrap()[0].id, b1.id);
 }
 
-pub async fn update_changes_only_what_it_names(b: &Backend) {
+pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let settings = KeySettings {
@@ -351,7 +351,7 @@ pub async fn update_changes_only_what_it_names(b: &Backend) {
     assert_eq!(stored, updated);
 }
 
-pub async fn update_that_breaks_a_rule_is_refused(b: &Backend) {
+pub(crate) async fn update_that_breaks_a_rule_is_refused(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let public = KeySettings {
@@ -376,7 +376,7 @@ pub async fn update_that_breaks_a_rule_is_refused(b: &Backend) {
     );
 }
 
-pub async fn revoke_is_immediate_and_keeps_the_earliest_time(b: &Backend) {
+pub(crate) async fn revoke_is_immediate_and_keeps_the_earliest_time(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let (secret, created) = key(store, &acct).await;
@@ -399,7 +399,7 @@ pub async fn revoke_is_immediate_and_keeps_the_earliest_time(b: &Backend) {
     );
 }
 
-pub async fn expired_keys_report_expired(b: &Backend) {
+pub(crate) async fn expired_keys_report_expired(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let settings = KeySettings {
@@ -425,7 +425,7 @@ pub async fn expired_keys_report_expired(b: &Backend) {
     );
 }
 
-pub async fn rotate_now_revokes_the_old_key(b: &Backend) {
+pub(crate) async fn rotate_now_revokes_the_old_key(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let settings = KeySettings {
@@ -460,7 +460,7 @@ pub async fn rotate_now_revokes_the_old_key(b: &Backend) {
     assert_eq!(new_found.status(Utc::now()), KeyStatus::Active);
 }
 
-pub async fn rotate_with_grace_keeps_the_old_key_until_then(b: &Backend) {
+pub(crate) async fn rotate_with_grace_keeps_the_old_key_until_then(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let (old_secret, old) = key(store, &acct).await;
@@ -482,7 +482,7 @@ pub async fn rotate_with_grace_keeps_the_old_key_until_then(b: &Backend) {
     );
 }
 
-pub async fn rotate_of_a_revoked_key_is_a_conflict(b: &Backend) {
+pub(crate) async fn rotate_of_a_revoked_key_is_a_conflict(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let (_, old) = key(store, &acct).await;
@@ -499,7 +499,7 @@ pub async fn rotate_of_a_revoked_key_is_a_conflict(b: &Backend) {
     );
 }
 
-pub async fn every_key_change_is_in_the_feed_in_order(b: &Backend) {
+pub(crate) async fn every_key_change_is_in_the_feed_in_order(b: &Backend) {
     let store = b.store.as_ref();
     assert_eq!(store.latest_key_change().await.unwrap(), 0);
     let acct = account(store, "a").await;
@@ -550,7 +550,7 @@ pub async fn every_key_change_is_in_the_feed_in_order(b: &Backend) {
     );
 }
 
-pub async fn feed_is_shared_between_processes(b: &Backend) {
+pub(crate) async fn feed_is_shared_between_processes(b: &Backend) {
     let Some(other) = &b.other_process else {
         return; // The memory store lives in one process by definition.
     };
@@ -570,7 +570,7 @@ pub async fn feed_is_shared_between_processes(b: &Backend) {
     assert_eq!(found.status(Utc::now()), KeyStatus::Revoked);
 }
 
-pub async fn last_used_only_moves_forward(b: &Backend) {
+pub(crate) async fn last_used_only_moves_forward(b: &Backend) {
     let store = b.store.as_ref();
     let acct = account(store, "a").await;
     let (_, k) = key(store, &acct).await;
@@ -590,7 +590,7 @@ pub async fn last_used_only_moves_forward(b: &Backend) {
     );
 }
 
-pub async fn revoke_racing_lookups_is_seen_by_every_later_lookup(b: &Backend) {
+pub(crate) async fn revoke_racing_lookups_is_seen_by_every_later_lookup(b: &Backend) {
     let acct = account(b.store.as_ref(), "a").await;
     let (secret, created) = key(b.store.as_ref(), &acct).await;
     let hash = secret.hash();
@@ -629,7 +629,7 @@ pub async fn revoke_racing_lookups_is_seen_by_every_later_lookup(b: &Backend) {
     assert!(total > 0, "lookups ran before the revoke");
 }
 
-pub async fn unknown_ids_are_not_found(b: &Backend) {
+pub(crate) async fn unknown_ids_are_not_found(b: &Backend) {
     let store = b.store.as_ref();
     let key_id = "key_0123456789abcdef".parse().unwrap();
     let acct_id = "acct_0123456789abcdef".parse().unwrap();
@@ -640,7 +640,7 @@ pub async fn unknown_ids_are_not_found(b: &Backend) {
     assert_not_found(store.rotate_key(&key_id, replacement().1, Utc::now()).await);
 }
 
-pub async fn concurrent_key_changes_from_two_processes_all_land(b: &Backend) {
+pub(crate) async fn concurrent_key_changes_from_two_processes_all_land(b: &Backend) {
     let acct = account(b.store.as_ref(), "a").await;
     let stores: Vec<Arc<dyn CredentialStore>> = std::iter::once(b.store.clone())
         .chain(b.other_process.clone())
