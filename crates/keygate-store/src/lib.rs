@@ -14,8 +14,6 @@ mod sql;
 mod store;
 mod types;
 
-use std::sync::Arc;
-
 pub use error::{Result, StoreError};
 pub use memory::MemoryStore;
 pub use money::{AmountError, MICROS_PER_CREDIT, Micros};
@@ -27,8 +25,3 @@ pub use types::{
     MAX_METADATA_ENTRIES, MAX_MODELS, MAX_NAME_LEN, MAX_ORIGINS, MAX_TOP_UP, NewAccount, NewApiKey,
     ReplacementKey,
 };
-
-/// Opens the store at `url` (`sqlite://PATH` or `postgres://…`) as a trait object.
-pub async fn connect(url: &str) -> Result<Arc<DbStore>> {
-    DbStore::connect(url).await.map(Arc::new)
-}

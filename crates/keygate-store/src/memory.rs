@@ -64,26 +64,7 @@ impl State {
                 "a key with this hash already exists".into(),
             ));
         }
-        let s = new.settings;
-        let key = ApiKey {
-            id: KeyId::generate(),
-            account_id: new.account_id,
-            name: s.name,
-            kind: s.kind,
-            key_hash: new.key_hash,
-            start: new.start,
-            scopes: s.scopes,
-            models: s.models,
-            origins: s.origins,
-            expires_at: s.expires_at,
-            revoked_at: None,
-            rpm: s.rpm,
-            tpm: s.tpm,
-            spend_limit: s.spend_limit,
-            metadata: s.metadata,
-            created_at: Utc::now(),
-            last_used_at: None,
-        };
+        let key = ApiKey::new(KeyId::generate(), new, Utc::now());
         self.by_hash.insert(key.key_hash, self.keys.len());
         self.keys.push(key);
         let index = self.keys.len() - 1;
@@ -214,7 +195,7 @@ impl CredentialStore for MemoryStore {
         if state.keys[old].revoked_at.is_some_and(|at| at <= now) {
             return Err(StoreError::Conflict(format!("key {id} is revoked")));
         }
-        let settings = KeyUpdate::default().apply(&state.keys[old])?;
+        let settings = state.keys[old].settings();
         let account_id = state.keys[old].account_id.clone();
         let new = state.insert_key(NewApiKey {
             account_id,

@@ -199,6 +199,46 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// A key as first stored: `new`'s settings, not revoked, never used.
+    pub fn new(id: KeyId, new: NewApiKey, created_at: DateTime<Utc>) -> Self {
+        let s = new.settings;
+        Self {
+            id,
+            account_id: new.account_id,
+            name: s.name,
+            kind: s.kind,
+            key_hash: new.key_hash,
+            start: new.start,
+            scopes: s.scopes,
+            models: s.models,
+            origins: s.origins,
+            expires_at: s.expires_at,
+            revoked_at: None,
+            rpm: s.rpm,
+            tpm: s.tpm,
+            spend_limit: s.spend_limit,
+            metadata: s.metadata,
+            created_at,
+            last_used_at: None,
+        }
+    }
+
+    /// The key's settings, as a rotation copies them.
+    pub fn settings(&self) -> KeySettings {
+        KeySettings {
+            name: self.name.clone(),
+            kind: self.kind,
+            scopes: self.scopes,
+            models: self.models.clone(),
+            origins: self.origins.clone(),
+            expires_at: self.expires_at,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            spend_limit: self.spend_limit,
+            metadata: self.metadata.clone(),
+        }
+    }
+
     /// The key's status at `now`. Checked on every request.
     pub fn status(&self, now: DateTime<Utc>) -> KeyStatus {
         if self.revoked_at.is_some_and(|at| at <= now) {
@@ -393,18 +433,7 @@ impl KeyUpdate {
     /// Applies the update to a copy of `key`'s settings and validates the result.
     /// Backends call this so the same rules hold everywhere.
     pub fn apply(&self, key: &ApiKey) -> Result<KeySettings> {
-        let mut settings = KeySettings {
-            name: key.name.clone(),
-            kind: key.kind,
-            scopes: key.scopes,
-            models: key.models.clone(),
-            origins: key.origins.clone(),
-            expires_at: key.expires_at,
-            rpm: key.rpm,
-            tpm: key.tpm,
-            spend_limit: key.spend_limit,
-            metadata: key.metadata.clone(),
-        };
+        let mut settings = key.settings();
         if let Some(name) = &self.name {
             settings.name.clone_from(name);
         }

@@ -472,8 +472,8 @@ macro_rules! sql_ops {
                     .ok_or_else(|| StoreError::key_not_found(id))
             }
 
-            async fn insert_key(c: &mut C, new: &NewApiKey, now: i64) -> Result<KeyRow> {
-                new.settings.validate()?;
+            /// Inserts a key whose settings are already validated.
+            async fn insert_key(c: &mut C, new: NewApiKey, now: DateTime<Utc>) -> Result<KeyRow> {
                 let exists: i64 = accounts::table
                     .filter(accounts::id.eq(new.account_id.as_str()))
                     .count()
@@ -482,20 +482,12 @@ macro_rules! sql_ops {
                 if exists == 0 {
                     return Err(StoreError::account_not_found(&new.account_id));
                 }
-                let at = DateTime::from_timestamp_millis(now).unwrap_or_default();
-                let row = KeyRow::new(
-                    &KeyId::generate(),
-                    &new.account_id,
-                    &new.key_hash,
-                    &new.start,
-                    &new.settings,
-                    at,
-                )?;
+                let row = KeyRow::from_key(&ApiKey::new(KeyId::generate(), new, now))?;
                 diesel::insert_into(api_keys::table)
                     .values(&row)
                     .execute(c)
                     .await?;
-                record_change(c, &row, now).await?;
+                record_change(c, &row, millis(now)).await?;
                 Ok(row)
             }
 
@@ -504,7 +496,7 @@ macro_rules! sql_ops {
                 let row = c
                     .transaction::<_, StoreError, _>(async move |c| {
                         begin_key_change(c).await?;
-                        insert_key(c, &new, millis(Utc::now())).await
+                        insert_key(c, new, Utc::now()).await
                     })
                     .await?;
                 row.try_into()
@@ -619,7 +611,7 @@ macro_rules! sql_ops {
                             start: replacement.start,
                             settings: KeyUpdate::default().apply(&old)?,
                         };
-                        let new = insert_key(c, &new, millis(now)).await?;
+                        let new = insert_key(c, new, now).await?;
                         let old = revoke_row(c, &id, millis(old_revoked_at)).await?;
                         Ok((new, old))
                     })

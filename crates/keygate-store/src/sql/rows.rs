@@ -191,33 +191,26 @@ impl KeySettingsRow {
 }
 
 impl KeyRow {
-    pub(super) fn new(
-        id: &crate::KeyId,
-        account_id: &crate::AccountId,
-        key_hash: &KeyHash,
-        start: &str,
-        settings: &KeySettings,
-        now: DateTime<Utc>,
-    ) -> Result<Self> {
-        let s = KeySettingsRow::new(settings)?;
+    pub(super) fn from_key(key: &ApiKey) -> Result<Self> {
+        let s = KeySettingsRow::new(&key.settings())?;
         Ok(Self {
-            id: id.to_string(),
-            account_id: account_id.to_string(),
+            id: key.id.to_string(),
+            account_id: key.account_id.to_string(),
             name: s.name,
-            kind: settings.kind.name().to_owned(),
-            key_hash: key_hash.to_hex(),
-            start: start.to_owned(),
+            kind: key.kind.name().to_owned(),
+            key_hash: key.key_hash.to_hex(),
+            start: key.start.clone(),
             scopes: s.scopes,
             models: s.models,
             origins: s.origins,
             expires_at: s.expires_at,
-            revoked_at: None,
+            revoked_at: key.revoked_at.map(millis),
             rpm: s.rpm,
             tpm: s.tpm,
             spend_limit_micros: s.spend_limit_micros,
             metadata: s.metadata,
-            created_at: millis(now),
-            last_used_at: None,
+            created_at: millis(key.created_at),
+            last_used_at: key.last_used_at.map(millis),
         })
     }
 }
