@@ -437,6 +437,22 @@ mod tests {
         }
 
         #[test]
+        fn any_hex_digit_change_is_a_checksum_failure(
+            secret in any::<[u8; 32]>(),
+            position in 6_usize..78,
+            digit in 0_u32..16,
+        ) {
+            let p = prefix();
+            let key = SecretKey::from_secret_bytes(&p, KeyKind::Private, &secret);
+            let mut bytes = key.expose().as_bytes().to_vec();
+            let replacement = char::from_digit(digit, 16).unwrap() as u8;
+            prop_assume!(bytes[position] != replacement);
+            bytes[position] = replacement;
+            let changed = String::from_utf8(bytes).unwrap();
+            prop_assert_eq!(ParsedKey::parse(&changed, &p).unwrap_err(), KeyFormatError::BadChecksum);
+        }
+
+        #[test]
         fn parse_never_panics(input in ".{0,200}") {
             let _ = ParsedKey::parse(&input, &prefix());
         }

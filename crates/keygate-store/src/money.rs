@@ -96,6 +96,16 @@ impl fmt::Display for Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn display_parses_back_to_the_same_amount(micros in any::<i64>()) {
+            prop_assume!(micros != i64::MIN);
+            let shown = Micros(micros).to_string();
+            prop_assert_eq!(Micros::parse_credits(&shown), Ok(Micros(micros)));
+        }
+    }
 
     #[test]
     fn parses_decimal_credits_exactly() {
