@@ -1,7 +1,9 @@
 //! The command line, as operators' scripts rely on it.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
@@ -182,6 +184,9 @@ pub(crate) struct KeyUpdateArgs {
     /// Metadata label NAME=VALUE; repeat for more. Replaces all labels.
     #[arg(long = "meta", value_parser = meta)]
     pub(crate) metadata: Option<Vec<(String, String)>>,
+    /// Remove all metadata labels.
+    #[arg(long, conflicts_with = "metadata")]
+    pub(crate) no_meta: bool,
 }
 
 #[derive(Debug, Args)]
@@ -198,7 +203,10 @@ impl Expiry {
     /// The expiry these flags name, if any; refuses a time already past.
     pub(crate) fn resolve(&self, now: DateTime<Utc>) -> anyhow::Result<Option<DateTime<Utc>>> {
         let at = match (self.expires_in, self.expires_at) {
-            (Some(after), _) => Some(now + after),
+            (Some(after), _) => Some(
+                now.checked_add_signed(after)
+                    .context("--expires-in is too far in the future")?,
+            ),
             (None, at) => at,
         };
         if let Some(at) = at {
@@ -307,7 +315,10 @@ pub(crate) fn report_usage_error(err: clap::Error) -> ExitCode {
         .collect();
     let message = message.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
-    eprintln!("keygate-admin: {message} (see keygate-admin --help)");
+    let _ = writeln!(
+        std::io::stderr(),
+        "keygate-admin: {message} (see keygate-admin --help)"
+    );
     ExitCode::from(2)
 }
 

@@ -1,11 +1,13 @@
 //! What each command does: open the store, call it, print the result.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, Result, bail};
 use chrono::Utc;
 use keygate_keys::{KeyPrefix, SecretKey};
 use keygate_store::{
-    AccountId, CredentialStore, DbStore, KeyId, KeySettings, KeyUpdate, NewAccount, NewApiKey,
-    ReplacementKey,
+    AccountId, CredentialStore, DatabaseUrl, DbStore, KeyId, KeySettings, KeyUpdate, NewAccount,
+    NewApiKey, ReplacementKey,
 };
 
 use crate::cli::{AccountCommand, Cli, Command, KeyCommand, KeyCreate, KeyUpdateArgs};
@@ -13,6 +15,16 @@ use crate::output::Output;
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     let out = Output { json: cli.json };
+    let is_migrate = matches!(cli.command, Command::Migrate);
+    if let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&cli.database_url)? {
+        // Only `migrate` creates a database: a mistyped path must not leave an empty
+        // file behind and send the operator to migrate the wrong one.
+        if !is_migrate && !std::path::Path::new(&path).exists() {
+            bail!(
+                "no database at sqlite://{path}; check --database-url, or run `keygate-admin migrate` to create it"
+            );
+        }
+    }
     let store = DbStore::connect(&cli.database_url).await?;
     if let Command::Migrate = cli.command {
         let applied = store.migrate().await?;
@@ -85,9 +97,11 @@ async fn key(
                 key_hash: secret.hash(),
                 start: secret.start(),
             };
-            let old_revoked_at = Utc::now() + grace.unwrap_or_default();
-            let (new, _old) = store.rotate_key(&id, replacement, old_revoked_at).await?;
-            out.new_key(&new, &secret, Some((&id, old_revoked_at)))
+            let old_revoked_at = Utc::now()
+                .checked_add_signed(grace.unwrap_or_default())
+                .context("--grace is too long")?;
+            let (new, old) = store.rotate_key(&id, replacement, old_revoked_at).await?;
+            show_new_key(store, out, &new, &secret, Some(&old)).await
         }
     }
 }
@@ -113,7 +127,7 @@ async fn create_key(
     settings.rpm = args.rpm;
     settings.tpm = args.tpm;
     settings.spend_limit = args.spend_limit;
-    settings.metadata = args.metadata.into_iter().collect();
+    settings.metadata = metadata(args.metadata)?;
     // Check before generating, so a bad flag never costs a key.
     settings.validate()?;
     let secret = generate(prefix, args.kind)?;
@@ -125,7 +139,37 @@ async fn create_key(
             settings,
         })
         .await?;
-    out.new_key(&key, &secret, None)
+    show_new_key(store, out, &key, &secret, None).await
+}
+
+/// Prints a new key once. If it cannot be printed (stdout closed), nobody will
+/// ever see it, so it is revoked rather than left working and unknown.
+async fn show_new_key(
+    store: &dyn CredentialStore,
+    out: &Output,
+    key: &keygate_store::ApiKey,
+    secret: &SecretKey,
+    replaces: Option<&keygate_store::ApiKey>,
+) -> Result<()> {
+    let Err(err) = out.new_key(key, secret, replaces) else {
+        return Ok(());
+    };
+    let undo = match store.revoke_key(&key.id, Utc::now()).await {
+        Ok(_) => format!("key {} was revoked", key.id),
+        Err(revoke) => format!("revoking key {} failed too ({revoke}); revoke it", key.id),
+    };
+    Err(err.context(format!("the new key could not be shown, so {undo}")))
+}
+
+/// Collects NAME=VALUE pairs, refusing a name given twice.
+fn metadata(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for (name, value) in pairs {
+        if map.insert(name.clone(), value).is_some() {
+            bail!("--meta {name} is given more than once");
+        }
+    }
+    Ok(map)
 }
 
 async fn update_key(store: &dyn CredentialStore, args: KeyUpdateArgs, out: &Output) -> Result<()> {
@@ -143,11 +187,15 @@ async fn update_key(store: &dyn CredentialStore, args: KeyUpdateArgs, out: &Outp
         rpm: args.rpm.map(|l| l.0),
         tpm: args.tpm.map(|l| l.0),
         spend_limit: args.spend_limit.map(|c| c.0),
-        metadata: args.metadata.map(|pairs| pairs.into_iter().collect()),
+        metadata: if args.no_meta {
+            Some(BTreeMap::new())
+        } else {
+            args.metadata.map(metadata).transpose()?
+        },
     };
     if update.is_empty() {
         bail!(
-            "nothing to update: give at least one of --name, --scopes, --models, --origins, --expires-in, --expires-at, --no-expiry, --rpm, --tpm, --spend-limit, --meta"
+            "nothing to update: give at least one of --name, --scopes, --models, --origins, --expires-in, --expires-at, --no-expiry, --rpm, --tpm, --spend-limit, --meta, --no-meta"
         );
     }
     out.key(&store.update_key(&args.id.parse()?, update).await?)

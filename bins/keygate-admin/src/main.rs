@@ -14,6 +14,7 @@ mod cli;
 mod commands;
 mod output;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -27,7 +28,8 @@ async fn main() -> ExitCode {
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("keygate-admin: {}", one_line(&format!("{err:#}")));
+            let line = one_line(&format!("{err:#}"));
+            let _ = writeln!(std::io::stderr(), "keygate-admin: {line}");
             ExitCode::FAILURE
         }
     }

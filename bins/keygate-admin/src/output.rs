@@ -1,10 +1,13 @@
 //! Printing: aligned tables for people, one JSON document for scripts. Money in
 //! JSON is integer micro-units in fields ending `_micros`.
 
+use std::io::Write as _;
+
+use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use comfy_table::{Table, presets};
 use keygate_keys::SecretKey;
-use keygate_store::{Account, ApiKey, DatabaseUrl, KeyId};
+use keygate_store::{Account, ApiKey, DatabaseUrl};
 use serde_json::{Value, json};
 
 pub(crate) struct Output {
@@ -108,17 +111,25 @@ fn key_rows(k: &ApiKey) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn print_pairs(rows: &[(&str, String)]) {
+/// Writes one document to stdout. A closed or full stdout is an error, not a
+/// panic: the caller may have to undo what it did (see `new_key`).
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")
+}
+
+fn print_pairs(rows: &[(&str, String)]) -> anyhow::Result<()> {
     let mut t = table();
     for (name, value) in rows {
         t.add_row(vec![name.to_string(), value.clone()]);
     }
-    println!("{}", t.trim_fmt());
+    emit(&t.trim_fmt())
 }
 
 fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    emit(&serde_json::to_string_pretty(value)?)
 }
 
 impl Output {
@@ -127,11 +138,10 @@ impl Output {
             return print_json(&json!({ "database": url.to_string(), "applied": applied }));
         }
         if applied.is_empty() {
-            println!("{url} is up to date");
+            emit(&format!("{url} is up to date"))
         } else {
-            println!("{url}: applied {}", applied.join(", "));
+            emit(&format!("{url}: applied {}", applied.join(", ")))
         }
-        Ok(())
     }
 
     pub(crate) fn account(&self, a: &Account) -> anyhow::Result<()> {
@@ -145,8 +155,7 @@ impl Output {
             ("balance", a.balance.to_string()),
             ("reserved", a.reserved.to_string()),
             ("created", time(a.created_at)),
-        ]);
-        Ok(())
+        ])
     }
 
     pub(crate) fn accounts(&self, accounts: &[Account]) -> anyhow::Result<()> {
@@ -165,16 +174,14 @@ impl Output {
                 time(a.created_at),
             ]);
         }
-        println!("{}", t.trim_fmt());
-        Ok(())
+        emit(&t.trim_fmt())
     }
 
     pub(crate) fn key(&self, k: &ApiKey) -> anyhow::Result<()> {
         if self.json {
             return print_json(&key_json(k));
         }
-        print_pairs(&key_rows(k));
-        Ok(())
+        print_pairs(&key_rows(k))
     }
 
     pub(crate) fn keys(&self, keys: &[ApiKey]) -> anyhow::Result<()> {
@@ -198,8 +205,7 @@ impl Output {
                 k.expires_at.map_or("never".to_owned(), time),
             ]);
         }
-        println!("{}", t.trim_fmt());
-        Ok(())
+        emit(&t.trim_fmt())
     }
 
     /// Prints a freshly created key: the only time its full text is ever shown.
@@ -207,16 +213,16 @@ impl Output {
         &self,
         k: &ApiKey,
         secret: &SecretKey,
-        rotated: Option<(&KeyId, DateTime<Utc>)>,
+        rotated: Option<&ApiKey>,
     ) -> anyhow::Result<()> {
         if self.json {
             let mut value = key_json(k);
             if let Value::Object(map) = &mut value {
                 map.insert("key".to_owned(), Value::String(secret.expose().to_owned()));
-                if let Some((old, at)) = rotated {
+                if let Some(old) = rotated {
                     map.insert(
                         "replaces".to_owned(),
-                        json!({ "id": old.as_str(), "revoked_at": time(at) }),
+                        json!({ "id": old.id.as_str(), "revoked_at": opt_time(old.revoked_at) }),
                     );
                 }
             }
@@ -224,11 +230,15 @@ impl Output {
         }
         let mut rows = vec![("key", secret.expose().to_owned())];
         rows.extend(key_rows(k));
-        if let Some((old, at)) = rotated {
-            rows.push(("replaces", format!("{old} (stops working {})", time(at))));
+        if let Some(old) = rotated {
+            let until = old.revoked_at.map_or("-".to_owned(), time);
+            rows.push(("replaces", format!("{} (stops working {until})", old.id)));
         }
-        print_pairs(&rows);
-        eprintln!("Save this key now: keygate stores only its hash and cannot show it again.");
+        print_pairs(&rows)?;
+        let _ = writeln!(
+            std::io::stderr(),
+            "Save this key now: keygate stores only its hash and cannot show it again."
+        );
         Ok(())
     }
 }

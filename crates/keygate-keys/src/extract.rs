@@ -122,13 +122,15 @@ impl<'a> Credential<'a> {
     }
 
     fn new(text: Cow<'a, str>, source: CredentialSource) -> Result<Self, ExtractError> {
-        if text.is_empty() {
+        // Built first so that a rejected, decoded secret is zeroed on drop too.
+        let credential = Self { text, source };
+        if credential.text.is_empty() {
             return Err(ExtractError::Empty(source));
         }
-        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+        if !credential.text.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ExtractError::NotText(source));
         }
-        Ok(Self { text, source })
+        Ok(credential)
     }
 
     /// The presented key text, for [`crate::ParsedKey::parse`]. Never log it.

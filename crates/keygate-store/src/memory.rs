@@ -9,7 +9,7 @@ use keygate_keys::KeyHash;
 
 use crate::error::{Result, StoreError};
 use crate::money::Micros;
-use crate::store::{CredentialStore, check_top_up};
+use crate::store::{CredentialStore, check_rotatable, check_top_up};
 use crate::types::{
     Account, AccountId, ApiKey, KeyChange, KeyId, KeyUpdate, NewAccount, NewApiKey, ReplacementKey,
 };
@@ -192,9 +192,7 @@ impl CredentialStore for MemoryStore {
         let mut state = self.state();
         let old = state.key_index(id)?;
         let now = Utc::now();
-        if state.keys[old].revoked_at.is_some_and(|at| at <= now) {
-            return Err(StoreError::Conflict(format!("key {id} is revoked")));
-        }
+        check_rotatable(&state.keys[old], now)?;
         let settings = state.keys[old].settings();
         let account_id = state.keys[old].account_id.clone();
         let new = state.insert_key(NewApiKey {

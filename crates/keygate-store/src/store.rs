@@ -89,3 +89,19 @@ pub(crate) fn check_top_up(amount: Micros) -> Result<()> {
     }
     Ok(())
 }
+
+/// A key can be rotated while it is usable: not revoked and not expired (its
+/// replacement would copy the past expiry).
+pub(crate) fn check_rotatable(key: &crate::ApiKey, now: DateTime<Utc>) -> Result<()> {
+    match key.status(now) {
+        crate::KeyStatus::Active => Ok(()),
+        crate::KeyStatus::Revoked => Err(crate::StoreError::Conflict(format!(
+            "key {} is revoked and cannot be rotated",
+            key.id
+        ))),
+        crate::KeyStatus::Expired => Err(crate::StoreError::Conflict(format!(
+            "key {} has expired and cannot be rotated; create a new key instead",
+            key.id
+        ))),
+    }
+}

@@ -12,7 +12,7 @@ use rand::RngExt;
 
 use crate::error::{Result, StoreError};
 use crate::money::Micros;
-use crate::scope::ScopeSet;
+use crate::scope::{Scope, ScopeSet};
 
 /// Upper bound of a name or label.
 pub const MAX_NAME_LEN: usize = 200;
@@ -55,10 +55,7 @@ macro_rules! id_type {
                 if valid {
                     Ok(Self(s.to_owned()))
                 } else {
-                    Err(StoreError::invalid(
-                        "id",
-                        format!(concat!("{:?} is not a ", $prefix, "_… id"), s),
-                    ))
+                    Err(StoreError::invalid("id", not_an_id(s, $prefix)))
                 }
             }
         }
@@ -119,7 +116,7 @@ impl NewAccount {
                 && email.split_once('@').is_some_and(|(local, domain)| {
                     !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
                 })
-                && !email.chars().any(char::is_whitespace);
+                && !email.chars().any(|c| c.is_whitespace() || c.is_control());
             if !plausible {
                 return Err(StoreError::invalid(
                     "email",
@@ -316,11 +313,20 @@ impl KeySettings {
         for model in &self.models {
             validate_model(model)?;
         }
-        if self.kind == KeyKind::Public && self.models.is_empty() {
-            return Err(StoreError::invalid(
-                "models",
-                "a public key needs an explicit list of allowed models",
-            ));
+        if self.kind == KeyKind::Public {
+            if self.models.is_empty() || self.models.iter().any(|m| m == "*") {
+                return Err(StoreError::invalid(
+                    "models",
+                    "a public key needs an explicit list of allowed models (not *)",
+                ));
+            }
+            let public_scopes: ScopeSet = [Scope::Chat, Scope::Models].into_iter().collect();
+            if self.scopes.union(public_scopes) != public_scopes {
+                return Err(StoreError::invalid(
+                    "scopes",
+                    "a public key may only have the chat and models scopes",
+                ));
+            }
         }
         if self.origins.len() > MAX_ORIGINS {
             return Err(StoreError::invalid(
@@ -479,6 +485,20 @@ pub struct KeyChange {
     pub changed_at: DateTime<Utc>,
 }
 
+/// Says why `text` is not an id without echoing it whole: a pasted API key must not
+/// be printed back.
+fn not_an_id(text: &str, prefix: &str) -> String {
+    let looks_like_a_key = text.contains("_sk_") || text.contains("_pk_");
+    if looks_like_a_key {
+        return format!(
+            "that looks like an API key, not a {prefix}_… id; `keygate-admin key list` shows ids"
+        );
+    }
+    let shown: String = text.chars().take(24).collect();
+    let ellipsis = if text.chars().count() > 24 { "…" } else { "" };
+    format!("{shown:?}{ellipsis} is not a {prefix}_… id")
+}
+
 fn validate_name(field: &'static str, name: &str, may_be_empty: bool) -> Result<()> {
     if !may_be_empty && name.trim().is_empty() {
         return Err(StoreError::invalid(field, "must not be empty"));
@@ -553,6 +573,10 @@ mod tests {
         assert!("key_abc".parse::<AccountId>().is_err());
         assert!("acct_".parse::<AccountId>().is_err());
         assert!("acct_a;b".parse::<AccountId>().is_err());
+        let pasted = format!("kg_sk_{}", "ab".repeat(36));
+        let err = pasted.parse::<KeyId>().unwrap_err().to_string();
+        assert!(!err.contains(&"ab".repeat(4)), "{err}");
+        assert!(err.contains("API key"), "{err}");
         assert!(KeyId::generate().as_str().parse::<KeyId>().is_ok());
     }
 
@@ -568,6 +592,21 @@ mod tests {
                 "scopes",
             ),
             (KeySettings::new(KeyKind::Public), "models"),
+            (
+                KeySettings {
+                    models: vec!["*".into()],
+                    ..KeySettings::new(KeyKind::Public)
+                },
+                "models",
+            ),
+            (
+                KeySettings {
+                    models: vec!["o3".into()],
+                    scopes: ScopeSet::all(),
+                    ..KeySettings::new(KeyKind::Public)
+                },
+                "scopes",
+            ),
             (
                 KeySettings {
                     models: vec!["gpt*4".into()],
@@ -661,6 +700,10 @@ mod tests {
             },
             NewAccount {
                 email: Some("nope".into()),
+                ..ok.clone()
+            },
+            NewAccount {
+                email: Some("a\u{1b}[2J@b.example".into()),
                 ..ok.clone()
             },
             NewAccount {

@@ -347,6 +347,76 @@ fn every_failure_is_one_clear_line() {
             "sqlite://",
         ),
         (vec!["--key-prefix", "NO", "account", "list"], "prefix"),
+        (
+            vec![
+                "key",
+                "create",
+                "--account",
+                &account,
+                "--expires-in",
+                "1000000y",
+            ],
+            "too far",
+        ),
+        (
+            vec![
+                "key",
+                "create",
+                "--account",
+                &account,
+                "--meta",
+                "a=1",
+                "--meta",
+                "a=2",
+            ],
+            "more than once",
+        ),
+        (
+            vec![
+                "key",
+                "create",
+                "--account",
+                &account,
+                "--kind",
+                "public",
+                "--models",
+                "*",
+            ],
+            "not *",
+        ),
+        (
+            vec![
+                "key",
+                "create",
+                "--account",
+                &account,
+                "--kind",
+                "public",
+                "--models",
+                "o3",
+                "--scopes",
+                "*",
+            ],
+            "chat and models",
+        ),
+        (
+            vec![
+                "--database-url",
+                "host=db user=me password=hunter2",
+                "account",
+                "list",
+            ],
+            "sqlite://",
+        ),
+        (
+            vec![
+                "--database-url",
+                "postgres://me:hun?ter2@127.0.0.1:1/x",
+                "account",
+                "list",
+            ],
+            "unreachable",
+        ),
     ];
     for (args, expected) in cases {
         let err = admin.fails(&args);
@@ -414,4 +484,87 @@ async fn works_on_postgres() {
     .unwrap();
     drop(admin);
     drop(db);
+}
+
+#[test]
+fn a_key_pasted_where_an_id_belongs_is_not_printed_back() {
+    let admin = Admin::sqlite().migrated();
+    let account = admin.account();
+    let created = admin.json(&["key", "create", "--account", &account]);
+    let key = created["key"].as_str().unwrap();
+    for args in [
+        vec!["key", "show", key],
+        vec!["key", "revoke", key],
+        vec!["key", "list", "--account", key],
+    ] {
+        let err = admin.fails(&args);
+        assert!(!err.contains(&key[6..20]), "{args:?}: {err}");
+        assert!(err.contains("looks like an API key"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_mistyped_sqlite_path_creates_nothing() {
+    let admin = Admin::sqlite().migrated();
+    let typo = admin.dir().join("typo.db");
+    let url = format!("sqlite://{}", typo.display());
+    let err = admin.fails(&["--database-url", &url, "account", "list"]);
+    assert!(err.contains("no database at"), "{err}");
+    assert!(!typo.exists());
+}
+
+#[test]
+fn a_key_that_cannot_be_shown_is_revoked() {
+    let admin = Admin::sqlite().migrated();
+    let account = admin.account();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keygate-admin"))
+        .args(["key", "create", "--account", &account])
+        .env("KEYGATE_DATABASE_URL", &admin.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the child writes: its stdout is now a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("was revoked"), "{stderr}");
+    let keys = admin.json(&["key", "list"]);
+    let keys = keys["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["status"], "revoked");
+}
+
+#[test]
+fn rotate_reports_when_the_old_key_really_stops() {
+    let admin = Admin::sqlite().migrated();
+    let account = admin.account();
+    let first = admin.json(&["key", "create", "--account", &account]);
+    let id = first["id"].as_str().unwrap();
+    let once = admin.json(&["key", "rotate", id, "--grace", "1h"]);
+    let twice = admin.json(&["key", "rotate", id, "--grace", "48h"]);
+    assert_eq!(
+        twice["replaces"]["revoked_at"],
+        once["replaces"]["revoked_at"]
+    );
+    let err = admin.fails(&["key", "rotate", id, "--grace", "1000000y"]);
+    assert!(err.contains("--grace"), "{err}");
+}
+
+#[test]
+fn metadata_can_be_replaced_and_cleared() {
+    let admin = Admin::sqlite().migrated();
+    let account = admin.account();
+    let created = admin.json(&["key", "create", "--account", &account, "--meta", "team=a"]);
+    let id = created["id"].as_str().unwrap();
+    let replaced = admin.json(&[
+        "key", "update", id, "--meta", "env=prod", "--meta", "team=b",
+    ]);
+    assert_eq!(
+        replaced["metadata"],
+        serde_json::json!({"env": "prod", "team": "b"})
+    );
+    let cleared = admin.json(&["key", "update", id, "--no-meta"]);
+    assert_eq!(cleared["metadata"], serde_json::json!({}));
 }

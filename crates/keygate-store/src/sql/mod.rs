@@ -29,7 +29,7 @@ use self::rows::{AccountRow, KeyChangeRow, KeyRow, KeySettingsRow, NewKeyChangeR
 use self::schema::{accounts, api_keys, key_changes};
 use crate::error::{Result, StoreError};
 use crate::money::Micros;
-use crate::store::{CredentialStore, check_top_up};
+use crate::store::{CredentialStore, check_rotatable, check_top_up};
 use crate::types::{
     Account, AccountId, ApiKey, KeyChange, KeyId, KeyUpdate, NewAccount, NewApiKey, ReplacementKey,
 };
@@ -38,6 +38,9 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migration
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
 
 type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+/// PostgreSQL advisory lock key held while migrating ("keygate" in ASCII).
+const MIGRATION_LOCK_ID: i64 = 0x6b65_7967_6174_65;
 
 /// How long to wait for a pooled connection or a new one before calling the
 /// database unreachable.
@@ -104,20 +107,25 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host` with `***`, and drops
-/// any query string (it may carry a password too).
+/// Shows a database URL without its password or query string (either may carry a
+/// secret). Text that is not `scheme://…` is not shown at all.
 fn redact(url: &str) -> String {
-    let url = url.split_once('?').map_or(url, |(base, _)| base);
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return "(not shown: not a scheme://… URL)".to_owned();
     };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-            None => format!("{scheme}://{userinfo}@{host}"),
-        },
-        None => url.to_owned(),
-    }
+    // The userinfo ends at the last '@': an unencoded '?' or '/' in a password must
+    // not be mistaken for the start of the path or query.
+    let (user, host) = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') { ":***" } else { "" };
+            (format!("{user}{masked}@"), &rest[at + 1..])
+        }
+        None => (String::new(), rest),
+    };
+    let host = host.split('?').next().unwrap_or("");
+    format!("{scheme}://{user}{host}")
 }
 
 enum Pools {
@@ -226,9 +234,14 @@ impl DbStore {
                 .await
             }
             DatabaseUrl::Postgres(url) => {
-                let conn = AsyncPgConnection::establish(url)
+                let mut conn = AsyncPgConnection::establish(url)
                     .await
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                // Serialises migrations across processes (several gateways starting at
+                // once); the lock is released when this connection closes.
+                diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
+                    .execute(&mut conn)
+                    .await?;
                 tokio::task::spawn_blocking(move || {
                     let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
                     task.run(&mut harness, POSTGRES_MIGRATIONS)
@@ -282,8 +295,8 @@ impl MigrationTask {
 
 fn sqlite_pragmas() -> String {
     format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+        "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
+         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
     )
 }
 
@@ -352,14 +365,34 @@ fn map_diesel(error: DieselError) -> StoreError {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
             StoreError::Conflict("a record with the same unique value already exists".into())
         }
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            info,
+        ) => StoreError::Unavailable(info.message().to_owned()),
+        DieselError::DatabaseError(_, info) if is_connection_loss(info.message()) => {
             StoreError::Unavailable(info.message().to_owned())
+        }
+        DieselError::BrokenTransactionManager => {
+            StoreError::Unavailable("the database connection broke mid-transaction".into())
         }
         DieselError::DatabaseError(_, info) if info.message().contains("database is locked") => {
             StoreError::Unavailable("the SQLite database stayed locked by another writer".into())
         }
         _ => StoreError::Database(error.to_string()),
     }
+}
+
+/// Server messages that mean the connection, not the query, failed (PostgreSQL
+/// admin shutdown, crash recovery, a dropped socket).
+fn is_connection_loss(message: &str) -> bool {
+    const MARKERS: [&str; 5] = [
+        "terminating connection",
+        "connection closed",
+        "server closed the connection",
+        "the database system is",
+        "error communicating with the server",
+    ];
+    MARKERS.iter().any(|m| message.contains(m))
 }
 
 impl From<DieselError> for StoreError {
@@ -602,14 +635,12 @@ macro_rules! sql_ops {
                         begin_key_change(c).await?;
                         let now = Utc::now();
                         let old = ApiKey::try_from(key_row(c, &id).await?)?;
-                        if old.revoked_at.is_some_and(|at| at <= now) {
-                            return Err(StoreError::Conflict(format!("key {id} is revoked")));
-                        }
+                        check_rotatable(&old, now)?;
                         let new = NewApiKey {
                             account_id: old.account_id.clone(),
                             key_hash: replacement.key_hash,
                             start: replacement.start,
-                            settings: KeyUpdate::default().apply(&old)?,
+                            settings: old.settings(),
                         };
                         let new = insert_key(c, new, now).await?;
                         let old = revoke_row(c, &id, millis(old_revoked_at)).await?;
@@ -750,10 +781,21 @@ impl CredentialStore for DbStore {
     }
 
     async fn record_key_use(&self, uses: &[(KeyId, DateTime<Utc>)]) -> Result<()> {
-        if uses.is_empty() {
+        // One row per key, latest time, in id order: concurrent batches from several
+        // gateways then lock rows in the same order and cannot deadlock.
+        let mut latest: std::collections::BTreeMap<&KeyId, DateTime<Utc>> = Default::default();
+        for (id, at) in uses {
+            let entry = latest.entry(id).or_insert(*at);
+            *entry = (*entry).max(*at);
+        }
+        if latest.is_empty() {
             return Ok(());
         }
-        dispatch!(self.write().await?, record_key_use(uses))
+        let uses: Vec<(KeyId, DateTime<Utc>)> = latest
+            .into_iter()
+            .map(|(id, at)| (id.clone(), at))
+            .collect();
+        dispatch!(self.write().await?, record_key_use(&uses))
     }
 
     async fn key_changes_since(&self, after: u64, limit: u32) -> Result<Vec<KeyChange>> {

@@ -113,6 +113,7 @@ backend_suite!(
     rotate_now_revokes_the_old_key,
     rotate_with_grace_keeps_the_old_key_until_then,
     rotate_of_a_revoked_key_is_a_conflict,
+    rotate_of_an_expired_key_is_a_conflict,
     every_key_change_is_in_the_feed_in_order,
     feed_is_shared_between_processes,
     last_used_only_moves_forward,

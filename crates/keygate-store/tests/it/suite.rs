@@ -499,6 +499,30 @@ pub(crate) async fn rotate_of_a_revoked_key_is_a_conflict(b: &Backend) {
     );
 }
 
+pub(crate) async fn rotate_of_an_expired_key_is_a_conflict(b: &Backend) {
+    let store = b.store.as_ref();
+    let acct = account(store, "a").await;
+    let settings = KeySettings {
+        expires_at: Some(Utc::now() - TimeDelta::seconds(1)),
+        ..KeySettings::new(KeyKind::Private)
+    };
+    let (_, old) = key_with(store, &acct, settings).await;
+    let (new_secret, replacement) = replacement();
+    let result = store.rotate_key(&old.id, replacement, Utc::now()).await;
+    assert!(
+        matches!(&result, Err(StoreError::Conflict(m)) if m.contains("expired")),
+        "{result:?}"
+    );
+    assert!(
+        store
+            .find_key_by_hash(&new_secret.hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.get_key(&old.id).await.unwrap().revoked_at, None);
+}
+
 pub(crate) async fn every_key_change_is_in_the_feed_in_order(b: &Backend) {
     let store = b.store.as_ref();
     assert_eq!(store.latest_key_change().await.unwrap(), 0);
@@ -578,7 +602,12 @@ pub(crate) async fn last_used_only_moves_forward(b: &Backend) {
     let t0 = t1 - TimeDelta::minutes(5);
     let unknown = "key_0000000000000000".parse().unwrap();
     store
-        .record_key_use(&[(k.id.clone(), t1), (unknown, t1)])
+        .record_key_use(&[
+            (k.id.clone(), t0),
+            (k.id.clone(), t1),
+            (unknown, t1),
+            (k.id.clone(), t0),
+        ])
         .await
         .unwrap();
     store.record_key_use(&[(k.id.clone(), t0)]).await.unwrap();
