@@ -149,3 +149,74 @@ async fn migrations_report_pending_then_apply_once() {
     assert!(store.pending_migrations().await.unwrap().is_empty());
     assert!(store.migrate().await.unwrap().is_empty());
 }
+
+/// On PostgreSQL, `seq` comes from a sequence, so without the feed lock a change
+/// that takes seq N and commits after N+1 would be skipped by a poller that has
+/// already read N+1. A competing writer holds an uncommitted change here (a plain
+/// insert, taking no lock of its own); the store's key change must wait for it, and
+/// the feed must show both, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_feed_never_skips_a_change_that_commits_late() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    use keygate_keys::{KeyKind, KeyPrefix, SecretKey};
+    use keygate_store::{KeySettings, Micros, NewAccount, NewApiKey};
+
+    let Some(db) =
+        TestPostgres::create("postgres_feed_never_skips_a_change_that_commits_late").await
+    else {
+        return;
+    };
+    let store = Arc::new(DbStore::connect(db.url()).await.unwrap());
+    store.migrate().await.unwrap();
+    let account = store
+        .create_account(NewAccount {
+            name: "a".into(),
+            email: None,
+            balance: Micros::ZERO,
+        })
+        .await
+        .unwrap();
+    let secret = SecretKey::generate(&KeyPrefix::default(), KeyKind::Private).unwrap();
+    let key = store
+        .create_key(NewApiKey {
+            account_id: account.id.clone(),
+            key_hash: secret.hash(),
+            start: secret.start(),
+            settings: KeySettings::new(KeyKind::Private),
+        })
+        .await
+        .unwrap();
+    let seen = store.latest_key_change().await.unwrap();
+
+    let mut competitor = AsyncPgConnection::establish(db.url()).await.unwrap();
+    competitor
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO key_changes (key_id, key_hash, changed_at) VALUES ('key_competitor', '{}', 0);",
+            "0".repeat(64)
+        ))
+        .await
+        .unwrap();
+
+    let revoke = tokio::spawn({
+        let store = store.clone();
+        let id = key.id.clone();
+        async move { store.revoke_key(&id, chrono::Utc::now()).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !revoke.is_finished(),
+        "a key change did not wait for the feed lock"
+    );
+    assert_eq!(
+        store.latest_key_change().await.unwrap(),
+        seen,
+        "nothing past the open change"
+    );
+
+    competitor.batch_execute("COMMIT").await.unwrap();
+    revoke.await.unwrap().unwrap();
+    let changes = store.key_changes_since(seen, 10).await.unwrap();
+    let ids: Vec<&str> = changes.iter().map(|c| c.key_id.as_str()).collect();
+    assert_eq!(ids, vec!["key_competitor", key.id.as_str()]);
+    assert_eq!(changes[1].seq, changes[0].seq + 1);
+}
