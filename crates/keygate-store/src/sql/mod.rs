@@ -40,7 +40,7 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrati
 type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 
 /// PostgreSQL advisory lock key held while migrating ("keygate" in ASCII).
-const MIGRATION_LOCK_ID: i64 = 0x6b65_7967_6174_65;
+const MIGRATION_LOCK_ID: i64 = 0x006b_6579_6761_7465;
 
 /// How long to wait for a pooled connection or a new one before calling the
 /// database unreachable.
