@@ -54,6 +54,11 @@ async fn key(store: &dyn CredentialStore, account: &Account) -> (SecretKey, ApiK
     key_with(store, account, KeySettings::new(KeyKind::Private)).await
 }
 
+/// The stored key for `secret`, whatever its status.
+async fn lookup(store: &dyn CredentialStore, secret: &SecretKey) -> Option<ApiKey> {
+    store.find_key_by_hash(&secret.hash()).await.unwrap()
+}
+
 fn replacement() -> (SecretKey, ReplacementKey) {
     let secret = generate(KeyKind::Private);
     let replacement = ReplacementKey {
@@ -198,11 +203,7 @@ pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
     assert!(created.id.as_str().starts_with("key_"));
     assert_eq!(created.key_hash, secret.hash());
     assert_eq!(created.start, secret.start());
-    let found = store
-        .find_key_by_hash(&secret.hash())
-        .await
-        .unwrap()
-        .unwrap();
+    let found = lookup(store, &secret).await.unwrap();
     assert_eq!(found.id, created.id);
     assert_eq!(found.account_id, acct.id);
     assert_eq!(found.name, "ci runner");
@@ -224,13 +225,7 @@ pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
     assert_eq!(found.status(Utc::now()), KeyStatus::Active);
     assert_eq!(store.get_key(&created.id).await.unwrap(), found);
     let stranger = generate(KeyKind::Private);
-    assert!(
-        store
-            .find_key_by_hash(&stranger.hash())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(lookup(store, &stranger).await.is_none());
 }
 
 pub(crate) async fn key_input_is_validated(b: &Backend) {
@@ -343,11 +338,7 @@ pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
         "untouched field kept"
     );
     assert_eq!(updated.key_hash, secret.hash());
-    let stored = store
-        .find_key_by_hash(&secret.hash())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = lookup(store, &secret).await.unwrap();
     assert_eq!(stored, updated);
 }
 
@@ -383,11 +374,7 @@ pub(crate) async fn revoke_is_immediate_and_keeps_the_earliest_time(b: &Backend)
     let now = Utc::now();
     let revoked = store.revoke_key(&created.id, now).await.unwrap();
     assert_eq!(revoked.status(Utc::now()), KeyStatus::Revoked);
-    let found = store
-        .find_key_by_hash(&secret.hash())
-        .await
-        .unwrap()
-        .unwrap();
+    let found = lookup(store, &secret).await.unwrap();
     assert_eq!(found.status(Utc::now()), KeyStatus::Revoked);
     let again = store
         .revoke_key(&created.id, now + TimeDelta::days(1))
@@ -407,11 +394,7 @@ pub(crate) async fn expired_keys_report_expired(b: &Backend) {
         ..KeySettings::new(KeyKind::Private)
     };
     let (secret, _) = key_with(store, &acct, settings).await;
-    let found = store
-        .find_key_by_hash(&secret.hash())
-        .await
-        .unwrap()
-        .unwrap();
+    let found = lookup(store, &secret).await.unwrap();
     assert_eq!(found.status(Utc::now()), KeyStatus::Expired);
     let soon = KeySettings {
         expires_at: Some(Utc::now() + TimeDelta::hours(1)),
@@ -446,17 +429,9 @@ pub(crate) async fn rotate_now_revokes_the_old_key(b: &Backend) {
     assert_eq!(new.models, vec!["o3"]);
     assert_eq!(new.key_hash, new_secret.hash());
     assert_eq!(old_after.status(Utc::now()), KeyStatus::Revoked);
-    let old_found = store
-        .find_key_by_hash(&old_secret.hash())
-        .await
-        .unwrap()
-        .unwrap();
+    let old_found = lookup(store, &old_secret).await.unwrap();
     assert_eq!(old_found.status(Utc::now()), KeyStatus::Revoked);
-    let new_found = store
-        .find_key_by_hash(&new_secret.hash())
-        .await
-        .unwrap()
-        .unwrap();
+    let new_found = lookup(store, &new_secret).await.unwrap();
     assert_eq!(new_found.status(Utc::now()), KeyStatus::Active);
 }
 
@@ -470,11 +445,7 @@ pub(crate) async fn rotate_with_grace_keeps_the_old_key_until_then(b: &Backend) 
         .rotate_key(&old.id, replacement, grace_end)
         .await
         .unwrap();
-    let old_found = store
-        .find_key_by_hash(&old_secret.hash())
-        .await
-        .unwrap()
-        .unwrap();
+    let old_found = lookup(store, &old_secret).await.unwrap();
     assert_eq!(old_found.status(Utc::now()), KeyStatus::Active);
     assert_eq!(
         old_found.status(grace_end + TimeDelta::seconds(1)),
@@ -490,13 +461,7 @@ pub(crate) async fn rotate_of_a_revoked_key_is_a_conflict(b: &Backend) {
     let (new_secret, replacement) = replacement();
     let result = store.rotate_key(&old.id, replacement, Utc::now()).await;
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
-    assert!(
-        store
-            .find_key_by_hash(&new_secret.hash())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(lookup(store, &new_secret).await.is_none());
 }
 
 pub(crate) async fn rotate_of_an_expired_key_is_a_conflict(b: &Backend) {
@@ -513,13 +478,7 @@ pub(crate) async fn rotate_of_an_expired_key_is_a_conflict(b: &Backend) {
         matches!(&result, Err(StoreError::Conflict(m)) if m.contains("expired")),
         "{result:?}"
     );
-    assert!(
-        store
-            .find_key_by_hash(&new_secret.hash())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(lookup(store, &new_secret).await.is_none());
     assert_eq!(store.get_key(&old.id).await.unwrap().revoked_at, None);
 }
 
@@ -585,12 +544,7 @@ pub(crate) async fn feed_is_shared_between_processes(b: &Backend) {
     let changes = b.store.key_changes_since(seen, 10).await.unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].key_hash, secret.hash());
-    let found = b
-        .store
-        .find_key_by_hash(&secret.hash())
-        .await
-        .unwrap()
-        .unwrap();
+    let found = lookup(b.store.as_ref(), &secret).await.unwrap();
     assert_eq!(found.status(Utc::now()), KeyStatus::Revoked);
 }
 
