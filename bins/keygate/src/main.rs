@@ -1,0 +1,186 @@
+//! `keygate`: the gateway binary. Thin by design: it reads the config, sets up
+//! logging, opens and migrates the store, builds the proxy, serves until SIGTERM or
+//! Ctrl-C, and maps failure to an exit code.
+
+#![allow(
+    clippy::print_stderr,
+    reason = "start-up failures are reported on stderr"
+)]
+
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use keygate_proxy::{Gateway, ServerOptions, Shutdown};
+use keygate_store::{CredentialStore, DatabaseUrl, DbStore};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat, Overrides};
+
+/// keygate: an OpenAI-compatible, privacy-first API gateway for AI models.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML). Default: ./keygate.toml when present, else built-in
+    /// defaults (127.0.0.1:8080, sqlite://keygate.db).
+    #[arg(long, short, env = "KEYGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: std::env::var("KEYGATE_LISTEN")
+            .ok()
+            .filter(|v| !v.is_empty()),
+        database_url: std::env::var("KEYGATE_DATABASE_URL")
+            .ok()
+            .filter(|v| !v.is_empty()),
+    };
+    let config = match config::load(cli.config.as_deref(), &overrides, &|name| {
+        std::env::var(name).ok()
+    }) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("keygate: {}", one_line(&format!("{e:#}")));
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        eprintln!(
+            "keygate: {} is valid ({} upstreams)",
+            config.source,
+            config.proxy.upstreams.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("keygate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = one_line(&format!("{e:#}"));
+            tracing::error!("{line}");
+            eprintln!("keygate: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shown_url = DatabaseUrl::parse(&config.database_url)
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| "<invalid>".to_owned());
+    let store = DbStore::connect(&config.database_url)
+        .await
+        .with_context(|| format!("cannot open the database {shown_url}"))?;
+    let applied = store
+        .migrate()
+        .await
+        .with_context(|| format!("cannot migrate the database {shown_url}"))?;
+    tracing::info!(database = %shown_url, backend = store.backend(), migrations_applied = applied.len(), "store ready");
+
+    tracing::info!(config = %config.source, priced_models = config.prices.len(), "configuration loaded");
+    for skipped in &config.skipped {
+        tracing::warn!("upstream {skipped}");
+    }
+    if config.proxy.upstreams.is_empty() {
+        tracing::warn!(
+            "no upstream is configured: every model request gets 404 model_not_found; write a keygate.toml (see docs/configuration.md)"
+        );
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(
+            keygate_proxy::load_tls(&files.cert, &files.key)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?,
+        ),
+        None => None,
+    };
+    let store: Arc<dyn CredentialStore> = Arc::new(store);
+    let gateway =
+        Gateway::new(config.proxy, store).map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?;
+    for upstream in gateway.router().upstreams() {
+        tracing::info!(
+            upstream = upstream.name(),
+            kind = upstream.kind().name(),
+            "upstream configured"
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        "keygate listening on {scheme}://{}",
+        listener.local_addr().unwrap_or(config.listen)
+    );
+    let options = ServerOptions {
+        tls,
+        grace: config.shutdown_grace,
+    };
+    match keygate_proxy::serve(listener, Arc::new(gateway), options, shutdown_signal()).await {
+        Shutdown::Drained => tracing::info!("shut down cleanly"),
+        Shutdown::GraceExpired => {
+            tracing::warn!("shutdown grace period ran out; remaining connections closed")
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Folds a message onto one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}

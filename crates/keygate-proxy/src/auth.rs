@@ -1,0 +1,299 @@
+//! Authentication: credential extraction, offline format check, a moka cache in front
+//! of the store (unknown keys cached briefly), the change-feed follower that keeps
+//! the cache true within one poll, and batched `last_used_at` writes.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use http::HeaderMap;
+use keygate_keys::{
+    Credential, CredentialSource, ExtractError, ExtractOptions, KeyHash, KeyPrefix, ParsedKey,
+};
+use keygate_store::{ApiKey, CredentialStore, KeyId, KeyStatus};
+use moka::Expiry;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+
+use crate::config::AuthSettings;
+use crate::error::ProxyError;
+
+/// A key found in the store, shared by every request that presents it.
+#[derive(Debug)]
+pub struct CachedKey {
+    /// The stored key.
+    pub key: ApiKey,
+    last_used_ms: AtomicI64,
+    flushed_ms: AtomicI64,
+}
+
+impl CachedKey {
+    fn new(key: ApiKey) -> Self {
+        Self {
+            key,
+            last_used_ms: AtomicI64::new(0),
+            flushed_ms: AtomicI64::new(0),
+        }
+    }
+
+    fn touch(&self, now: DateTime<Utc>) {
+        self.last_used_ms
+            .fetch_max(now.timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// The last use not yet written, marking it written.
+    fn take_unflushed(&self) -> Option<(KeyId, DateTime<Utc>)> {
+        let used = self.last_used_ms.load(Ordering::Relaxed);
+        let flushed = self.flushed_ms.fetch_max(used, Ordering::Relaxed);
+        if used > flushed {
+            DateTime::from_timestamp_millis(used).map(|at| (self.key.id.clone(), at))
+        } else {
+            None
+        }
+    }
+}
+
+/// A request's authenticated key.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The key.
+    pub key: Arc<CachedKey>,
+    /// Where the credential came from.
+    pub source: CredentialSource,
+}
+
+type Entry = Option<Arc<CachedKey>>;
+
+struct EntryExpiry {
+    found: Duration,
+    unknown: Duration,
+}
+
+impl Expiry<KeyHash, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &KeyHash, value: &Entry, _: Instant) -> Option<Duration> {
+        Some(match value {
+            Some(_) => self.found,
+            None => self.unknown,
+        })
+    }
+}
+
+/// Checks credentials against the store through a cache.
+pub struct Authenticator {
+    store: Arc<dyn CredentialStore>,
+    cache: Cache<KeyHash, Entry>,
+    prefix: KeyPrefix,
+    query_param: Option<String>,
+    /// Uses of keys that left the cache before their use was written.
+    evicted_uses: Arc<Mutex<Vec<(KeyId, DateTime<Utc>)>>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("prefix", &self.prefix)
+            .field("cached", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator for keys with `prefix`.
+    pub fn new(
+        store: Arc<dyn CredentialStore>,
+        prefix: KeyPrefix,
+        query_param: Option<String>,
+        settings: &AuthSettings,
+    ) -> Self {
+        let evicted_uses = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&evicted_uses);
+        let cache = Cache::builder()
+            .max_capacity(settings.cache_capacity)
+            .expire_after(EntryExpiry {
+                found: settings.cache_ttl,
+                unknown: settings.negative_ttl,
+            })
+            .eviction_listener(move |_, entry: Entry, cause: RemovalCause| {
+                if cause == RemovalCause::Replaced {
+                    return;
+                }
+                if let Some(use_) = entry.and_then(|k| k.take_unflushed()) {
+                    if let Ok(mut uses) = sink.lock() {
+                        uses.push(use_);
+                    }
+                }
+            })
+            .build();
+        Self {
+            store,
+            cache,
+            prefix,
+            query_param,
+            evicted_uses,
+        }
+    }
+
+    /// The query parameter that may carry a key.
+    pub fn query_param(&self) -> Option<&str> {
+        self.query_param.as_deref()
+    }
+
+    /// Finds and checks the key a request presents. Malformed keys are refused
+    /// before any lookup; expiry and revocation are checked against `now` on every
+    /// call, cached or not.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Authenticated, ProxyError> {
+        let options = ExtractOptions {
+            query_param: self.query_param.as_deref(),
+        };
+        let credential = Credential::extract(headers, query, &options).map_err(|e| match e {
+            ExtractError::Missing => ProxyError::MissingApiKey,
+            other => {
+                tracing::debug!(reason = %other, "credential refused");
+                ProxyError::InvalidApiKey
+            }
+        })?;
+        let source = credential.source();
+        let parsed = ParsedKey::parse(credential.expose(), &self.prefix).map_err(|e| {
+            // The error names a category (bad checksum, wrong prefix), never the key.
+            tracing::debug!(reason = %e, source = source.as_str(), "malformed key refused");
+            ProxyError::InvalidApiKey
+        })?;
+        let hash = parsed.hash();
+        let store = Arc::clone(&self.store);
+        let entry = self
+            .cache
+            .try_get_with(hash, async move {
+                let found = store.find_key_by_hash(&hash).await?;
+                Ok::<_, keygate_store::StoreError>(found.map(|k| Arc::new(CachedKey::new(k))))
+            })
+            .await
+            .map_err(|e| {
+                if e.is_unavailable() {
+                    tracing::warn!(error = %e, "key store unavailable during key lookup");
+                    ProxyError::StoreUnavailable
+                } else {
+                    tracing::error!(error = %e, "key lookup failed");
+                    ProxyError::Internal
+                }
+            })?;
+        let Some(cached) = entry else {
+            return Err(ProxyError::InvalidApiKey);
+        };
+        // The cache is keyed by this hash; compare again in constant time anyway.
+        if cached.key.key_hash != hash {
+            return Err(ProxyError::InvalidApiKey);
+        }
+        match cached.key.status(now) {
+            KeyStatus::Active => {}
+            KeyStatus::Expired => return Err(ProxyError::ApiKeyExpired),
+            KeyStatus::Revoked => return Err(ProxyError::ApiKeyRevoked),
+        }
+        cached.touch(now);
+        Ok(Authenticated {
+            key: cached,
+            source,
+        })
+    }
+
+    /// Drops a cached key.
+    pub async fn invalidate(&self, hash: &KeyHash) {
+        self.cache.invalidate(hash).await;
+    }
+
+    /// Drops every cached key.
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Follows the store's change feed until the task is aborted, dropping changed
+    /// keys from the cache. Started once by the gateway, which aborts it at shutdown.
+    pub async fn follow_changes(self: Arc<Self>, poll: Duration) {
+        let mut cursor: Option<u64> = None;
+        // Hashes dropped on the previous tick are dropped once more: a lookup that
+        // read the old row just before the change committed may have cached it
+        // after the first drop.
+        let mut previous: Vec<KeyHash> = Vec::new();
+        let mut failing = false;
+        let mut ticker = tokio::time::interval(poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            for hash in previous.drain(..) {
+                self.cache.invalidate(&hash).await;
+            }
+            let result = match cursor {
+                None => self.store.latest_key_change().await.map(|seq| {
+                    // First contact (or after losing track): nothing cached can be
+                    // trusted to be newer than the feed, so start clean.
+                    self.cache.invalidate_all();
+                    cursor = Some(seq);
+                }),
+                Some(after) => self.poll_once(after, &mut previous).await.map(|next| {
+                    cursor = Some(next);
+                }),
+            };
+            match result {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("key store reachable again; change feed resumed");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the key change feed; serving cached keys until the store is back");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Reads every change after `after`, dropping each changed key; returns the new
+    /// cursor.
+    async fn poll_once(
+        &self,
+        mut after: u64,
+        dropped: &mut Vec<KeyHash>,
+    ) -> Result<u64, keygate_store::StoreError> {
+        const BATCH: u32 = 1000;
+        loop {
+            let changes = self.store.key_changes_since(after, BATCH).await?;
+            for change in &changes {
+                self.cache.invalidate(&change.key_hash).await;
+                dropped.push(change.key_hash);
+                after = after.max(change.seq);
+            }
+            if changes.len() < BATCH as usize {
+                return Ok(after);
+            }
+        }
+    }
+
+    /// Writes every key use not yet written, in one batch. Run periodically and
+    /// once at shutdown.
+    pub async fn flush_key_uses(&self) {
+        let mut batch: Vec<(KeyId, DateTime<Utc>)> = match self.evicted_uses.lock() {
+            Ok(mut uses) => std::mem::take(&mut *uses),
+            Err(_) => Vec::new(),
+        };
+        for (_, entry) in &self.cache {
+            if let Some(use_) = entry.as_ref().and_then(|k| k.take_unflushed()) {
+                batch.push(use_);
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_key_use(&batch).await {
+            tracing::warn!(error = %e, keys = batch.len(), "could not record key use; will retry");
+            if let Ok(mut uses) = self.evicted_uses.lock() {
+                uses.extend(batch);
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The response body keygate sends: either a small body of its own or the upstream's
+//! body streamed through frame by frame, with observers tapping each data frame.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// The error a streamed body can end with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a streamed body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The upstream sent its last frame and the client took it.
+    Complete,
+    /// The client went away (or the server shut down) before the end; the upstream
+    /// request was cancelled by dropping it.
+    Cancelled,
+    /// The upstream connection broke mid-body.
+    Failed,
+}
+
+/// A tap on a streamed response body: sees every data frame, in order, as it passes
+/// to the client, then exactly one end. The billing layer reads usage through this.
+/// Observers run inline on the body path, so they must be quick and never block.
+pub trait BodyObserver: Send + 'static {
+    /// A data frame on its way to the client.
+    fn on_data(&mut self, data: &Bytes);
+    /// The body ended; called exactly once.
+    fn on_end(&mut self, end: BodyEnd);
+}
+
+/// Body of every response keygate sends.
+pub struct GatewayBody {
+    inner: Inner,
+}
+
+enum Inner {
+    Full(Full<Bytes>),
+    Stream(Stream),
+}
+
+struct Stream {
+    body: Incoming,
+    observers: Vec<Box<dyn BodyObserver>>,
+    ended: bool,
+}
+
+impl GatewayBody {
+    /// A complete body keygate produced itself.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            inner: Inner::Full(Full::new(bytes.into())),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    /// The upstream's body, streamed through with `observers` tapping it.
+    pub fn stream(body: Incoming, observers: Vec<Box<dyn BodyObserver>>) -> Self {
+        Self {
+            inner: Inner::Stream(Stream {
+                body,
+                observers,
+                ended: false,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for GatewayBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the content: only which kind of body this is.
+        match &self.inner {
+            Inner::Full(_) => f.write_str("GatewayBody::Full"),
+            Inner::Stream(s) => write!(f, "GatewayBody::Stream(ended: {})", s.ended),
+        }
+    }
+}
+
+impl Stream {
+    fn end(&mut self, end: BodyEnd) {
+        if !self.ended {
+            self.ended = true;
+            for observer in &mut self.observers {
+                observer.on_end(end);
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away. Dropping `body` here resets
+        // the upstream stream (HTTP/2) or closes its connection (HTTP/1.1).
+        self.end(BodyEnd::Cancelled);
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().inner {
+            Inner::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Inner::Stream(stream) => {
+                if stream.ended {
+                    return Poll::Ready(None);
+                }
+                let polled = ready!(Pin::new(&mut stream.body).poll_frame(cx));
+                match polled {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            for observer in &mut stream.observers {
+                                observer.on_data(data);
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(error)) => {
+                        stream.end(BodyEnd::Failed);
+                        Poll::Ready(Some(Err(Box::new(error))))
+                    }
+                    None => {
+                        stream.end(BodyEnd::Complete);
+                        Poll::Ready(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(full) => full.is_end_stream(),
+            Inner::Stream(stream) => stream.ended,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(full) => full.size_hint(),
+            Inner::Stream(stream) => stream.body.size_hint(),
+        }
+    }
+}

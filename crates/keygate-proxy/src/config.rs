@@ -1,0 +1,103 @@
+//! The gateway's runtime settings, already typed. Reading them from TOML and the
+//! environment is the binary's job; checking them is done here, once, at start.
+
+use std::time::Duration;
+
+use keygate_keys::KeyPrefix;
+
+use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
+
+/// A setting that cannot work, named by its config path (`upstreams[0].base_url`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// The field, as written in the config file.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything the proxy service needs besides the store.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Key prefix of this deployment (`kg`).
+    pub key_prefix: KeyPrefix,
+    /// Query parameter that may carry a key; `None` turns that source off.
+    pub query_param: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Upstreams in routing order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Upstream timeouts.
+    pub timeouts: UpstreamTimeouts,
+    /// Auth cache settings.
+    pub auth: AuthSettings,
+}
+
+/// The auth cache in front of the store.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthSettings {
+    /// How long a found key stays cached. The change feed drops it sooner when the
+    /// key changes, so this only bounds staleness while the store is unreachable.
+    pub cache_ttl: Duration,
+    /// How long an unknown key stays cached.
+    pub negative_ttl: Duration,
+    /// Most keys cached.
+    pub cache_capacity: u64,
+    /// How often the change feed is polled.
+    pub poll_interval: Duration,
+    /// How often `last_used_at` is written, in one batch.
+    pub last_used_flush: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(5),
+            cache_capacity: 100_000,
+            poll_interval: Duration::from_millis(250),
+            last_used_flush: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Defaults shared by the binary and tests.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// 10 MiB: large enough for long chats with images as URLs.
+    pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+    /// Upstream TCP connect timeout.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Upstream time to response headers. Reasoning models can think for minutes
+    /// before the first byte of a non-streaming answer.
+    pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
+}
+
+impl ProxyConfig {
+    /// A configuration with defaults for everything but the upstreams.
+    pub fn new(key_prefix: KeyPrefix, upstreams: Vec<UpstreamConfig>) -> Self {
+        Self {
+            key_prefix,
+            query_param: Some("api-key".to_owned()),
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            upstreams,
+            timeouts: UpstreamTimeouts {
+                connect: defaults::CONNECT_TIMEOUT,
+                first_byte: defaults::FIRST_BYTE_TIMEOUT,
+            },
+            auth: AuthSettings::default(),
+        }
+    }
+}

@@ -1,0 +1,699 @@
+//! The gateway service: one request in, one response out. Auth, policy, body probe,
+//! routing, forwarding and the request log line all happen here, in that order.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use keygate_keys::{KeyKind, strip_query_param};
+use keygate_store::{ApiKey, CredentialStore};
+use serde::Deserialize;
+
+use crate::auth::Authenticator;
+use crate::body::{BodyEnd, BodyObserver, GatewayBody};
+use crate::config::{ConfigError, ProxyConfig};
+use crate::error::ProxyError;
+use crate::routing::{BodyFormat, Endpoint, Router, key_allows_model, truncate};
+use crate::upstream::Upstream;
+
+/// Largest total size of request header names and values accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Longest model name accepted.
+const MAX_MODEL_LEN: usize = 256;
+
+/// What a [`ResponseTap`] learns about a forwarded exchange.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// The authenticated key.
+    pub key: &'a ApiKey,
+    /// The requested model.
+    pub model: &'a str,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The upstream that answered.
+    pub upstream: &'a str,
+    /// The upstream's status.
+    pub status: StatusCode,
+}
+
+/// A tap point on forwarded responses: the billing layer plugs in here to read
+/// usage from each body as it streams past.
+pub trait ResponseTap: Send + Sync + 'static {
+    /// An observer for this exchange's body, if it wants one.
+    fn tap(&self, exchange: &Exchange<'_>) -> Option<Box<dyn BodyObserver>>;
+}
+
+/// The gateway service.
+pub struct Gateway {
+    auth: Arc<Authenticator>,
+    store: Arc<dyn CredentialStore>,
+    router: Router,
+    max_body_bytes: usize,
+    first_byte_timeout: Duration,
+    poll_interval: Duration,
+    last_used_flush: Duration,
+    taps: Vec<Arc<dyn ResponseTap>>,
+    started_unix: i64,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("router", &self.router)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the log line says about a request. Never a key, a body or a query.
+#[derive(Clone, Debug, Default)]
+struct RequestInfo {
+    route: &'static str,
+    model: Option<String>,
+    key_id: Option<String>,
+    upstream: Option<String>,
+}
+
+/// Peeks at the fields keygate needs without building a JSON tree.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+impl Gateway {
+    /// Builds the gateway: validates and connects every upstream.
+    pub fn new(config: ProxyConfig, store: Arc<dyn CredentialStore>) -> Result<Self, ConfigError> {
+        if config.max_body_bytes == 0 {
+            return Err(ConfigError::new("max_body_bytes", "must be more than 0"));
+        }
+        let mut names = HashSet::new();
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for (i, upstream) in config.upstreams.iter().enumerate() {
+            let field = format!("upstreams[{i}]");
+            if !names.insert(upstream.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("the name {:?} is used by two upstreams", upstream.name),
+                ));
+            }
+            upstreams.push(Arc::new(Upstream::new(upstream, &field, config.timeouts)?));
+        }
+        let auth = Authenticator::new(
+            Arc::clone(&store),
+            config.key_prefix,
+            config.query_param,
+            &config.auth,
+        );
+        Ok(Self {
+            auth: Arc::new(auth),
+            store,
+            router: Router::new(upstreams),
+            max_body_bytes: config.max_body_bytes,
+            first_byte_timeout: config.timeouts.first_byte,
+            poll_interval: config.auth.poll_interval,
+            last_used_flush: config.auth.last_used_flush,
+            taps: Vec::new(),
+            started_unix: Utc::now().timestamp(),
+        })
+    }
+
+    /// Adds a tap on every forwarded response body.
+    pub fn with_tap(mut self, tap: Arc<dyn ResponseTap>) -> Self {
+        self.taps.push(tap);
+        self
+    }
+
+    /// The routing table.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Starts the change-feed follower and the `last_used_at` writer. The returned
+    /// handle owns them: [`Background::stop`] (called by the server after the last
+    /// connection closes) stops both and writes the last batch.
+    pub fn start_background(&self) -> Background {
+        let follower = tokio::spawn(Arc::clone(&self.auth).follow_changes(self.poll_interval));
+        let auth = Arc::clone(&self.auth);
+        let every = self.last_used_flush;
+        let flusher = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                auth.flush_key_uses().await;
+            }
+        });
+        Background {
+            auth: Arc::clone(&self.auth),
+            tasks: vec![follower, flusher],
+        }
+    }
+
+    /// Answers one request. Never fails: errors become OpenAI-shaped responses.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<GatewayBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let origin = request.headers().get(header::ORIGIN).cloned();
+        let mut info = RequestInfo {
+            route: "unknown",
+            ..RequestInfo::default()
+        };
+        let mut cors = None;
+        match self.serve(request, &mut info, &mut cors).await {
+            Ok(mut response) => {
+                if let Some(origin) = cors {
+                    allow_origin(response.headers_mut(), origin);
+                }
+                response
+            }
+            Err(error) => {
+                let kind = error.kind();
+                if kind.status.is_server_error() {
+                    tracing::warn!(route = info.route, code = kind.code, "request failed");
+                }
+                log_request(&method, &info, kind.status, started, None, 0, kind.code);
+                let mut response = error.into_response();
+                if let (Some(origin), true) = (origin, cors.is_some()) {
+                    allow_origin(response.headers_mut(), origin);
+                }
+                response
+            }
+        }
+    }
+
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        info: &mut RequestInfo,
+        cors: &mut Option<HeaderValue>,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        let started = Instant::now();
+        let path = request.uri().path();
+        match (request.method(), path) {
+            (&Method::GET, "/healthz") => return Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
+            (&Method::GET, "/readyz") => return Ok(self.readiness().await),
+            (&Method::OPTIONS, _) => return Ok(preflight(request.headers())),
+            _ => {}
+        }
+        if header_bytes(request.headers()) > MAX_HEADER_BYTES {
+            return Err(ProxyError::HeadersTooLarge);
+        }
+        let (endpoint, model_id) = Endpoint::resolve(request.method(), path)?;
+        info.route = endpoint.route();
+        let now = Utc::now();
+        let authed = self
+            .auth
+            .authenticate(request.headers(), request.uri().query(), now)
+            .await?;
+        let key = &authed.key.key;
+        info.key_id = Some(key.id.as_str().to_owned());
+        if key.kind == KeyKind::Public {
+            if !endpoint.allows_public_keys() {
+                return Err(ProxyError::PublicKeyNotAllowed);
+            }
+            if let Some(origin) = request.headers().get(header::ORIGIN) {
+                let allowed = origin
+                    .to_str()
+                    .is_ok_and(|o| key.origins.iter().any(|a| a == o || a == "*"));
+                if !allowed {
+                    return Err(ProxyError::OriginNotAllowed);
+                }
+                *cors = Some(origin.clone());
+            }
+        }
+        let scope = endpoint.scope();
+        if !key.scopes.contains(scope) {
+            return Err(ProxyError::InsufficientScope(scope));
+        }
+        match endpoint {
+            Endpoint::ListModels => return Ok(self.list_models(key)),
+            Endpoint::GetModel => return self.get_model(key, model_id.unwrap_or_default()),
+            _ => {}
+        }
+
+        let (parts, body) = request.into_parts();
+        let body = read_body(body, &parts.headers, self.max_body_bytes).await?;
+        let (model, stream) = match endpoint.body_format() {
+            BodyFormat::Json => probe_json(&body)?,
+            BodyFormat::Multipart => (probe_multipart(&parts.headers, body.clone()).await?, false),
+        };
+        if model.is_empty() {
+            return Err(ProxyError::ModelRequired);
+        }
+        if model.len() > MAX_MODEL_LEN {
+            return Err(ProxyError::InvalidRequest(format!(
+                "model names are at most {MAX_MODEL_LEN} bytes"
+            )));
+        }
+        info.model = Some(model.clone());
+        if !key_allows_model(&key.models, &model) {
+            return Err(ProxyError::ModelNotAllowed(model));
+        }
+        let upstream = self.router.route(endpoint.provider(), &model)?;
+        info.upstream = Some(upstream.name().to_owned());
+
+        let query = match (parts.uri.query(), self.auth.query_param()) {
+            (Some(query), Some(param)) => strip_query_param(query, param),
+            (query, None) => query.map(str::to_owned),
+            (None, _) => None,
+        };
+        let uri = upstream
+            .uri(endpoint.suffix(), query.as_deref())
+            .map_err(|_| ProxyError::InvalidRequest("the query string is not valid".into()))?;
+        let mut outgoing = Request::new(Full::new(body));
+        *outgoing.method_mut() = parts.method.clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = forward_headers(&parts.headers);
+        upstream.authorize(outgoing.headers_mut());
+
+        let sent =
+            tokio::time::timeout(self.first_byte_timeout, upstream.client().request(outgoing));
+        let response = match sent.await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(upstream.name().to_owned())),
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    upstream = upstream.name(),
+                    error = %error_chain(&error),
+                    "upstream request failed"
+                );
+                return Err(ProxyError::UpstreamUnavailable(upstream.name().to_owned()));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        let exchange = Exchange {
+            endpoint,
+            key,
+            model: &model,
+            stream,
+            upstream: upstream.name(),
+            status: head.status,
+        };
+        let mut observers: Vec<Box<dyn BodyObserver>> = Vec::with_capacity(1 + self.taps.len());
+        observers.extend(self.taps.iter().filter_map(|t| t.tap(&exchange)));
+        observers.push(Box::new(RequestLog {
+            method: parts.method,
+            info: std::mem::take(info),
+            status: head.status,
+            started,
+            first_byte: started.elapsed(),
+            bytes: 0,
+        }));
+        Ok(Response::from_parts(
+            head,
+            GatewayBody::stream(body, observers),
+        ))
+    }
+
+    async fn readiness(&self) -> Response<GatewayBody> {
+        let ping = tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await;
+        match ping {
+            Ok(Ok(())) => json(StatusCode::OK, r#"{"status":"ready"}"#),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: key store unreachable");
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"store_unavailable"}"#,
+                )
+            }
+            Err(_) => {
+                tracing::warn!("readiness: key store did not answer within 2 s");
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"store_unavailable"}"#,
+                )
+            }
+        }
+    }
+
+    /// The models a key may use: every exact name an upstream lists, and every exact
+    /// name the key lists that an upstream serves, in routing order.
+    fn visible_models<'a>(&'a self, key: &'a ApiKey) -> Vec<(&'a str, &'a str)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for upstream in self.router.upstreams() {
+            let names = upstream.models().iter().filter_map(|p| p.exact()).chain(
+                key.models
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|m| !m.ends_with('*')),
+            );
+            for name in names {
+                if upstream.serves(name) && key_allows_model(&key.models, name) && seen.insert(name)
+                {
+                    out.push((name, upstream.name()));
+                }
+            }
+        }
+        out
+    }
+
+    fn model_object(&self, id: &str, owner: &str) -> serde_json::Value {
+        serde_json::json!({"id": id, "object": "model", "created": self.started_unix, "owned_by": owner})
+    }
+
+    fn list_models(&self, key: &ApiKey) -> Response<GatewayBody> {
+        let data: Vec<_> = self
+            .visible_models(key)
+            .into_iter()
+            .map(|(id, owner)| self.model_object(id, owner))
+            .collect();
+        let body = serde_json::json!({"object": "list", "data": data});
+        json(StatusCode::OK, body.to_string())
+    }
+
+    fn get_model(&self, key: &ApiKey, id: &str) -> Result<Response<GatewayBody>, ProxyError> {
+        let owner = self
+            .router
+            .upstreams()
+            .iter()
+            .find(|u| u.serves(id))
+            .filter(|_| key_allows_model(&key.models, id));
+        match owner {
+            Some(upstream) => Ok(json(
+                StatusCode::OK,
+                self.model_object(id, upstream.name()).to_string(),
+            )),
+            None => Err(ProxyError::ModelNotFound(format!(
+                "the model '{}' does not exist or you do not have access to it",
+                truncate(id, 100)
+            ))),
+        }
+    }
+}
+
+/// The gateway's background tasks.
+#[derive(Debug)]
+pub struct Background {
+    auth: Arc<Authenticator>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Stops the tasks and writes the last `last_used_at` batch.
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.auth.flush_key_uses().await;
+    }
+}
+
+/// Logs the request line when the response body ends.
+struct RequestLog {
+    method: Method,
+    info: RequestInfo,
+    status: StatusCode,
+    started: Instant,
+    first_byte: Duration,
+    bytes: u64,
+}
+
+impl BodyObserver for RequestLog {
+    fn on_data(&mut self, data: &Bytes) {
+        self.bytes += data.len() as u64;
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        let outcome = match end {
+            BodyEnd::Complete => "complete",
+            BodyEnd::Cancelled => "client_cancelled",
+            BodyEnd::Failed => "upstream_broke",
+        };
+        log_request(
+            &self.method,
+            &self.info,
+            self.status,
+            self.started,
+            Some(self.first_byte),
+            self.bytes,
+            outcome,
+        );
+    }
+}
+
+/// The one request log line: metadata only.
+fn log_request(
+    method: &Method,
+    info: &RequestInfo,
+    status: StatusCode,
+    started: Instant,
+    first_byte: Option<Duration>,
+    bytes: u64,
+    outcome: &str,
+) {
+    tracing::info!(
+        target: "keygate::request",
+        method = method.as_str(),
+        route = info.route,
+        status = status.as_u16(),
+        model = info.model.as_deref().unwrap_or("-"),
+        key_id = info.key_id.as_deref().unwrap_or("-"),
+        upstream = info.upstream.as_deref().unwrap_or("-"),
+        latency_us = started.elapsed().as_micros() as u64,
+        first_byte_us = first_byte.map_or(0, |d| d.as_micros() as u64),
+        bytes,
+        outcome,
+    );
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// Answers a CORS preflight. It carries no key, so it promises nothing: the real
+/// request is checked against the key's allowed origins.
+fn preflight(headers: &HeaderMap) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let out = response.headers_mut();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        allow_origin(out, origin.clone());
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        let requested = headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("authorization, content-type"));
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+        out.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+    }
+    response
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
+
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ProxyError::RequestTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ProxyError::RequestTooLarge { limit })
+        }
+        Err(_) => Err(ProxyError::InvalidRequest(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// Reads `model` and `stream` from a JSON object body. Error messages give a
+/// position, never a piece of the body.
+fn probe_json(body: &[u8]) -> Result<(String, bool), ProxyError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ProxyError::InvalidRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    let probe: Probe<'_> = serde_json::from_slice(body).map_err(|e| {
+        let at = format!("line {}, column {}", e.line(), e.column());
+        ProxyError::InvalidRequest(match e.classify() {
+            serde_json::error::Category::Data => format!(
+                "a field of the request body has the wrong type ({at}): 'model' must be a string and 'stream' a boolean"
+            ),
+            _ => format!("the request body is not valid JSON ({at})"),
+        })
+    })?;
+    let model = probe.model.map(Cow::into_owned).unwrap_or_default();
+    Ok((model, probe.stream.unwrap_or(false)))
+}
+
+/// Reads the `model` field of a `multipart/form-data` body.
+async fn probe_multipart(headers: &HeaderMap, body: Bytes) -> Result<String, ProxyError> {
+    let invalid = |message: &str| ProxyError::InvalidRequest(message.to_owned());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| invalid("this endpoint takes a multipart/form-data body"))?;
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| invalid("this endpoint takes a multipart/form-data body with a boundary"))?;
+    let chunks = futures_util::stream::once(async move { Ok::<Bytes, Infallible>(body) });
+    let mut form = multer::Multipart::new(chunks, boundary);
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) if field.name() == Some("model") => {
+                return field
+                    .text()
+                    .await
+                    .map_err(|_| invalid("the multipart field 'model' is not valid text"));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(String::new()),
+            Err(_) => return Err(invalid("the multipart/form-data body is malformed")),
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Headers dropped from requests besides hop-by-hop ones: the client's credentials
+/// (replaced by the provider key), its cookies, what the client stack derives from
+/// the URI and body, and `accept-encoding` so usage can be read from the response.
+const NOT_FORWARDED: [HeaderName; 9] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    header::COOKIE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+    header::ACCEPT_ENCODING,
+    header::PROXY_AUTHENTICATE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    for name in &NOT_FORWARDED {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// An error and its causes on one line, for logs.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_reads_model_and_stream_only() {
+        let (model, stream) = probe_json(
+            br#"{"messages":[{"role":"user","content":"x"}],"model":"gpt-4o","stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!((model.as_str(), stream), ("gpt-4o", true));
+        let (model, stream) = probe_json(br#"{"model":"a\"b","stream":null}"#).unwrap();
+        assert_eq!((model.as_str(), stream), ("a\"b", false));
+        assert_eq!(probe_json(b"{}").unwrap().0, "");
+    }
+
+    #[test]
+    fn probe_errors_never_echo_the_body() {
+        for body in [
+            &br#"{"model": 42}"#[..],
+            br#"["gpt-4o"]"#,
+            br#"{"model":"secret-prompt"#,
+            br#"{"model":"m","stream":"secret-prompt"}"#,
+            b"",
+        ] {
+            let err = probe_json(body).unwrap_err();
+            assert!(matches!(err, ProxyError::InvalidRequest(_)), "{body:?}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_lose_credentials_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer kg_sk_x"));
+        h.insert("x-api-key", HeaderValue::from_static("kg_sk_x"));
+        h.insert("api-key", HeaderValue::from_static("kg_sk_x"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-custom"),
+        );
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let out = forward_headers(&h);
+        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(out.contains_key("anthropic-version") && out.contains_key("content-type"));
+    }
+}

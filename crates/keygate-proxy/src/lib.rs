@@ -1,0 +1,27 @@
+//! keygate-proxy: the gateway's hyper service. It authenticates the key (through a
+//! cache that follows the store's change feed), applies scope and model policy,
+//! routes by `model` to an upstream, forwards the body byte for byte with the
+//! provider's key, and streams the answer back frame by frame. Every error it
+//! answers itself is OpenAI-shaped and comes from one mapping in [`ProxyError::kind`].
+//!
+//! It does no SQL: the store is a `dyn CredentialStore`.
+
+mod auth;
+mod body;
+mod config;
+mod error;
+mod gateway;
+mod routing;
+mod server;
+mod upstream;
+
+pub use auth::{Authenticated, Authenticator, CachedKey};
+pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody};
+pub use config::{AuthSettings, ConfigError, ProxyConfig, defaults};
+pub use error::{ErrorKind, ErrorSource, ProxyError};
+pub use gateway::{Background, Exchange, Gateway, ResponseTap};
+pub use routing::{
+    BodyFormat, Endpoint, InvalidModelPattern, ModelPattern, ProviderKind, Router, key_allows_model,
+};
+pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
+pub use upstream::{ProviderKey, Upstream, UpstreamConfig, UpstreamTimeouts};

@@ -1,0 +1,194 @@
+//! Accepting connections: plain TCP or TLS (ALPN h2 and http/1.1), HTTP/1.1 and
+//! HTTP/2 through hyper-util's auto builder, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ConfigError;
+use crate::gateway::Gateway;
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the server shut down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Every connection finished within the grace period.
+    Drained,
+    /// The grace period ran out; the remaining connections were closed.
+    GraceExpired,
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// TLS, when the gateway terminates it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long in-flight requests and streams may take to finish after shutdown
+    /// starts.
+    pub grace: Duration,
+}
+
+/// Loads a PEM certificate chain and private key into a rustls server config that
+/// offers h2 and http/1.1 by ALPN. `field` names the config entry in errors.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ConfigError::new("tls.cert", format!("cannot read {}: {e}", cert.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ConfigError::new(
+                "tls.cert",
+                format!("{} is not a PEM certificate chain: {e}", cert.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(
+            "tls.cert",
+            format!("{} holds no PEM certificate", cert.display()),
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        ConfigError::new(
+            "tls.key",
+            format!("{} is not a readable PEM private key: {e}", key.display()),
+        )
+    })?;
+    server_tls(certs, key_der)
+}
+
+/// A rustls server config (ring) with ALPN h2 and http/1.1.
+pub fn server_tls(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            ConfigError::new(
+                "tls.key",
+                format!("the key does not fit the certificate: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting
+/// and gives open connections `options.grace` to finish. The gateway's background
+/// tasks are stopped, and their last batch written, before this returns.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Shutdown {
+    let background = gateway.start_background();
+    let acceptor = options.tls.map(TlsAcceptor::from);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(256 * 1024);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    // Connection tasks: watched by `graceful` for the drain, and aborted here if the
+    // grace period runs out.
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (tcp, _peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let gateway = Arc::clone(&gateway);
+        let service = service_fn(move |request| {
+            let gateway = Arc::clone(&gateway);
+            async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+        });
+        let builder = Arc::clone(&builder);
+        match &acceptor {
+            None => {
+                let connection = builder
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                connections.spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                connections.spawn(async move {
+                    let tls =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let connection = builder
+                        .serve_connection(TokioIo::new(tls), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(connection).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(
+        open_connections = open,
+        grace_secs = options.grace.as_secs_f64(),
+        "shutting down: no longer accepting"
+    );
+    let outcome = tokio::select! {
+        () = graceful.shutdown() => Shutdown::Drained,
+        () = tokio::time::sleep(options.grace) => Shutdown::GraceExpired,
+    };
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    background.stop().await;
+    outcome
+}

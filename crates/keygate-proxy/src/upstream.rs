@@ -1,0 +1,264 @@
+//! Upstream providers: their base URL, provider key and model patterns, and a pooled
+//! hyper client over rustls (ring) per upstream.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Uri};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::ConfigError;
+use crate::routing::{ModelPattern, ProviderKind};
+
+/// The HTTP client keygate forwards with.
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A provider's API key. `Debug` never shows it; the header value built from it is
+/// marked sensitive so HTTP/2 never indexes it.
+#[derive(Clone)]
+pub struct ProviderKey(String);
+
+impl ProviderKey {
+    /// Wraps a key read from the environment.
+    pub fn new(key: String) -> Self {
+        Self(key)
+    }
+}
+
+impl std::fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderKey(<redacted>)")
+    }
+}
+
+/// One `[[upstreams]]` entry, as the gateway is given it.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Name, for logs and the models list.
+    pub name: String,
+    /// Base URL including the API version, such as `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Provider API.
+    pub kind: ProviderKind,
+    /// The provider key sent upstream, if the upstream needs one.
+    pub provider_key: Option<ProviderKey>,
+    /// Exact names and trailing-`*` patterns, first match wins.
+    pub models: Vec<String>,
+    /// Extra PEM CA certificates trusted for this upstream, besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Connection settings for every upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamTimeouts {
+    /// TCP connect timeout.
+    pub connect: Duration,
+    /// Time from sending the request to the response headers.
+    pub first_byte: Duration,
+}
+
+/// A configured upstream, ready to send to.
+pub struct Upstream {
+    name: String,
+    kind: ProviderKind,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    auth: Option<(HeaderName, HeaderValue)>,
+    models: Vec<ModelPattern>,
+    client: UpstreamClient,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("authority", &self.authority)
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Validates `config` (`field` names it in errors) and builds its client.
+    pub fn new(
+        config: &UpstreamConfig,
+        field: &str,
+        timeouts: UpstreamTimeouts,
+    ) -> Result<Self, ConfigError> {
+        let err = |sub: &str, message: String| ConfigError::new(format!("{field}.{sub}"), message);
+        if config.name.is_empty() || config.name.len() > 64 {
+            return Err(err("name", "must be 1 to 64 characters".into()));
+        }
+        let uri: Uri = config.base_url.parse().map_err(|_| {
+            err(
+                "base_url",
+                "is not a URL; write it like \"https://api.openai.com/v1\"".into(),
+            )
+        })?;
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTPS || *s == Scheme::HTTP => s.clone(),
+            _ => {
+                return Err(err(
+                    "base_url",
+                    "must start with https:// (or http:// for a local upstream)".into(),
+                ));
+            }
+        };
+        let Some(authority) = uri.authority().cloned() else {
+            return Err(err("base_url", "has no host".into()));
+        };
+        if authority.as_str().contains('@') {
+            return Err(err(
+                "base_url",
+                "must not contain credentials; use api_key_env for the provider key".into(),
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(err("base_url", "must not have a query string".into()));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        if config.models.is_empty() {
+            return Err(err(
+                "models",
+                "is empty; list the models this upstream serves, such as [\"gpt-4o*\"]".into(),
+            ));
+        }
+        let models = config
+            .models
+            .iter()
+            .map(|m| ModelPattern::parse(m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err("models", e.to_string()))?;
+        let auth = match &config.provider_key {
+            None => None,
+            Some(ProviderKey(key)) => {
+                let (name, value) = match config.kind {
+                    ProviderKind::OpenAi => (AUTHORIZATION, format!("Bearer {key}")),
+                    ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
+                };
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    err(
+                        "api_key_env",
+                        "the provider key contains characters not allowed in a header".into(),
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
+        let client = build_client(config.ca_file.as_deref(), timeouts)
+            .map_err(|message| err("ca_file", message))?;
+        Ok(Self {
+            name: config.name.clone(),
+            kind: config.kind,
+            scheme,
+            authority,
+            base_path,
+            auth,
+            models,
+            client,
+        })
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Provider kind.
+    pub fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
+    /// Model patterns, in order.
+    pub fn models(&self) -> &[ModelPattern] {
+        &self.models
+    }
+
+    /// Whether a pattern matches `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|p| p.matches(model))
+    }
+
+    /// The upstream URI for an endpoint `suffix` and an already stripped query.
+    pub(crate) fn uri(&self, suffix: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let path = match query {
+            Some(q) if !q.is_empty() => format!("{}{suffix}?{q}", self.base_path),
+            _ => format!("{}{suffix}", self.base_path),
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(path)?)
+            .build()
+    }
+
+    /// Adds the provider's credential header.
+    pub(crate) fn authorize(&self, headers: &mut HeaderMap) {
+        if let Some((name, value)) = &self.auth {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// The pooled client.
+    pub(crate) fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+}
+
+fn build_client(
+    ca_file: Option<&std::path::Path>,
+    timeouts: UpstreamTimeouts,
+) -> Result<UpstreamClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let shown = path.display();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {shown}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{shown} is not a PEM certificate file: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{shown} holds no PEM certificate"));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{shown} holds a certificate rustls rejects: {e}"))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeouts.connect));
+    // ALPN is set by the builder (h2, http/1.1); the config above must not set it.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https))
+}
