@@ -43,7 +43,7 @@ impl CachedKey {
     }
 
     /// The last use not yet written, marking it written.
-    fn take_unflushed(&self) -> Option<(KeyId, DateTime<Utc>)> {
+    fn take_unflushed(&self) -> Option<KeyUse> {
         let used = self.last_used_ms.load(Ordering::Relaxed);
         let flushed = self.flushed_ms.fetch_max(used, Ordering::Relaxed);
         if used > flushed {
@@ -64,6 +64,9 @@ pub struct Authenticated {
 }
 
 type Entry = Option<Arc<CachedKey>>;
+
+/// A key id and when it was last used.
+type KeyUse = (KeyId, DateTime<Utc>);
 
 struct EntryExpiry {
     found: Duration,
@@ -86,7 +89,7 @@ pub struct Authenticator {
     prefix: KeyPrefix,
     query_param: Option<String>,
     /// Uses of keys that left the cache before their use was written.
-    evicted_uses: Arc<Mutex<Vec<(KeyId, DateTime<Utc>)>>>,
+    evicted_uses: Arc<Mutex<Vec<KeyUse>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -211,10 +214,23 @@ impl Authenticator {
         self.cache.invalidate_all();
     }
 
-    /// Follows the store's change feed until the task is aborted, dropping changed
-    /// keys from the cache. Started once by the gateway, which aborts it at shutdown.
-    pub async fn follow_changes(self: Arc<Self>, poll: Duration) {
-        let mut cursor: Option<u64> = None;
+    /// The feed position to follow from: read before the first request is served,
+    /// so nothing cached can predate it. `None` when the store is unreachable.
+    pub async fn feed_start(&self) -> Option<u64> {
+        match self.store.latest_key_change().await {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the key change feed at start; will retry");
+                None
+            }
+        }
+    }
+
+    /// Follows the store's change feed from `start` until the task is aborted,
+    /// dropping changed keys from the cache. Started once by the gateway, which
+    /// aborts it at shutdown.
+    pub async fn follow_changes(self: Arc<Self>, start: Option<u64>, poll: Duration) {
+        let mut cursor = start;
         // Hashes dropped on the previous tick are dropped once more: a lookup that
         // read the old row just before the change committed may have cached it
         // after the first drop.
@@ -228,12 +244,17 @@ impl Authenticator {
                 self.cache.invalidate(&hash).await;
             }
             let result = match cursor {
-                None => self.store.latest_key_change().await.map(|seq| {
-                    // First contact (or after losing track): nothing cached can be
-                    // trusted to be newer than the feed, so start clean.
-                    self.cache.invalidate_all();
-                    cursor = Some(seq);
-                }),
+                None => match self.store.latest_key_change().await {
+                    // The store was down at start, so keys may have been cached
+                    // without a feed position: start clean.
+                    Ok(seq) => {
+                        self.cache.invalidate_all();
+                        self.cache.run_pending_tasks().await;
+                        cursor = Some(seq);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 Some(after) => self.poll_once(after, &mut previous).await.map(|next| {
                     cursor = Some(next);
                 }),
@@ -277,7 +298,9 @@ impl Authenticator {
     /// Writes every key use not yet written, in one batch. Run periodically and
     /// once at shutdown.
     pub async fn flush_key_uses(&self) {
-        let mut batch: Vec<(KeyId, DateTime<Utc>)> = match self.evicted_uses.lock() {
+        // Delivers pending eviction notifications, so their uses are in the batch.
+        self.cache.run_pending_tasks().await;
+        let mut batch: Vec<KeyUse> = match self.evicted_uses.lock() {
             Ok(mut uses) => std::mem::take(&mut *uses),
             Err(_) => Vec::new(),
         };

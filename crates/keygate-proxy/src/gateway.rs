@@ -144,8 +144,10 @@ impl Gateway {
     /// Starts the change-feed follower and the `last_used_at` writer. The returned
     /// handle owns them: [`Background::stop`] (called by the server after the last
     /// connection closes) stops both and writes the last batch.
-    pub fn start_background(&self) -> Background {
-        let follower = tokio::spawn(Arc::clone(&self.auth).follow_changes(self.poll_interval));
+    pub async fn start_background(&self) -> Background {
+        let start = self.auth.feed_start().await;
+        let follower =
+            tokio::spawn(Arc::clone(&self.auth).follow_changes(start, self.poll_interval));
         let auth = Arc::clone(&self.auth);
         let every = self.last_used_flush;
         let flusher = tokio::spawn(async move {

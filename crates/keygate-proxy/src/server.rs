@@ -98,7 +98,7 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Shutdown {
-    let background = gateway.start_background();
+    let background = gateway.start_background().await;
     let acceptor = options.tls.map(TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -1,7 +1,9 @@
 //! Helpers shared by keygate's tests. A dev-dependency only: nothing here ships.
 //!
 //! [`TestPostgres`] gives each test its own freshly created PostgreSQL database
-//! (dropped afterwards), so test runs never collide.
+//! (dropped afterwards), so test runs never collide. [`MockUpstream`] is a real
+//! HTTP server that speaks just enough OpenAI and Anthropic to stand in for a
+//! provider, over plain HTTP or TLS with [`TestCerts`].
 
 #![allow(
     clippy::panic,
@@ -9,6 +11,10 @@
     reason = "test support: failing loudly and saying what was skipped is the point"
 )]
 
+mod mock_upstream;
 mod postgres;
+mod tls;
 
+pub use mock_upstream::{MockUpstream, RecordedRequest};
 pub use postgres::{POSTGRES_URL_VAR, TestPostgres};
+pub use tls::TestCerts;

@@ -1,0 +1,14 @@
+//! keygate-proxy integration tests: a real gateway on 127.0.0.1:0 in front of the
+//! mock upstream from keygate-test-utils, over real sockets.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub,
+    reason = "tests"
+)]
+
+mod harness;
+mod proxy;
+mod tls;
