@@ -408,6 +408,7 @@ fn validate(
     proxy.max_body_bytes = max_body_bytes;
     proxy.timeouts = timeouts;
     proxy.auth = auth;
+    proxy.listed_models = raw.prices.keys().cloned().collect();
     Ok(Config {
         source: source.to_owned(),
         listen,

@@ -128,6 +128,11 @@ impl Body for GatewayBody {
                                 observer.on_data(data);
                             }
                         }
+                        // With a known length the server stops polling after the
+                        // last byte, so the end is seen here, not as a `None`.
+                        if stream.body.is_end_stream() {
+                            stream.end(BodyEnd::Complete);
+                        }
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Some(Err(error)) => {

@@ -42,6 +42,10 @@ pub struct ProxyConfig {
     pub timeouts: UpstreamTimeouts,
     /// Auth cache settings.
     pub auth: AuthSettings,
+    /// Concrete model names to list on `GET /v1/models` when an upstream pattern
+    /// serves them (the binary passes the `[prices]` table's models), besides the
+    /// exact names in the upstreams' `models`.
+    pub listed_models: Vec<String>,
 }
 
 /// The auth cache in front of the store.
@@ -98,6 +102,7 @@ impl ProxyConfig {
                 first_byte: defaults::FIRST_BYTE_TIMEOUT,
             },
             auth: AuthSettings::default(),
+            listed_models: Vec::new(),
         }
     }
 }

@@ -63,6 +63,7 @@ pub struct Gateway {
     poll_interval: Duration,
     last_used_flush: Duration,
     taps: Vec<Arc<dyn ResponseTap>>,
+    listed_models: Vec<String>,
     started_unix: i64,
 }
 
@@ -126,6 +127,7 @@ impl Gateway {
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
             taps: Vec::new(),
+            listed_models: config.listed_models,
             started_unix: Utc::now().timestamp(),
         })
     }
@@ -343,21 +345,34 @@ impl Gateway {
         }
     }
 
-    /// The models a key may use: every exact name an upstream lists, and every exact
-    /// name the key lists that an upstream serves, in routing order.
+    /// The models a key may use, in routing order: every exact name an upstream
+    /// lists, then every configured or key-listed exact name an upstream pattern
+    /// serves.
     fn visible_models<'a>(&'a self, key: &'a ApiKey) -> Vec<(&'a str, &'a str)> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for upstream in self.router.upstreams() {
-            let names = upstream.models().iter().filter_map(|p| p.exact()).chain(
-                key.models
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|m| !m.ends_with('*')),
-            );
+            let names = upstream
+                .models()
+                .iter()
+                .filter_map(|p| p.exact())
+                .chain(self.listed_models.iter().map(String::as_str))
+                .chain(
+                    key.models
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|m| !m.ends_with('*')),
+                );
             for name in names {
-                if upstream.serves(name) && key_allows_model(&key.models, name) && seen.insert(name)
-                {
+                // A name belongs to the first upstream serving it: that is where
+                // it routes.
+                let routed = self
+                    .router
+                    .upstreams()
+                    .iter()
+                    .find(|u| u.serves(name))
+                    .is_some_and(|u| Arc::ptr_eq(u, upstream));
+                if routed && key_allows_model(&key.models, name) && seen.insert(name) {
                     out.push((name, upstream.name()));
                 }
             }

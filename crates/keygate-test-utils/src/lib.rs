@@ -3,7 +3,8 @@
 //! [`TestPostgres`] gives each test its own freshly created PostgreSQL database
 //! (dropped afterwards), so test runs never collide. [`MockUpstream`] is a real
 //! HTTP server that speaks just enough OpenAI and Anthropic to stand in for a
-//! provider, over plain HTTP or TLS with [`TestCerts`].
+//! provider, over plain HTTP or TLS with [`TestCerts`]. [`GatewayProcess`] and
+//! [`admin`] run the real binaries.
 
 #![allow(
     clippy::panic,
@@ -13,8 +14,10 @@
 
 mod mock_upstream;
 mod postgres;
+mod process;
 mod tls;
 
 pub use mock_upstream::{MockUpstream, RecordedRequest};
 pub use postgres::{POSTGRES_URL_VAR, TestPostgres};
+pub use process::{AdminOutput, GatewayProcess, admin, workspace_binary};
 pub use tls::TestCerts;
