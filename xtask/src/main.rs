@@ -1,6 +1,7 @@
-//! Project automation: `cargo xtask tidy` (also run as a test).
+//! Project automation: `cargo xtask tidy` (also run as a test) and
+//! `cargo xtask demo [--requests N]`.
 //!
-//! Later issues add `demo` and `bench` here; automation stays in Rust.
+//! A later issue adds `bench` here; automation stays in Rust.
 
 #![allow(
     clippy::print_stdout,
@@ -8,14 +9,15 @@
     reason = "xtask reports on the terminal"
 )]
 
+mod demo;
 mod tidy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1);
-    match task.as_deref() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
         Some("tidy") => match tidy::check(&workspace_root()) {
             Ok(()) => {
                 println!("tidy: ok");
@@ -28,8 +30,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("demo") => {
+            let result = demo::Options::parse(&args[1..])
+                .and_then(|options| demo::run(&workspace_root(), &options));
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: cargo xtask tidy");
+            eprintln!("usage: cargo xtask tidy | cargo xtask demo [--requests N]");
             ExitCode::from(2)
         }
     }
