@@ -55,12 +55,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        eprintln!(
-            "keygate: {} is valid ({} upstreams)",
-            config.source,
-            config.proxy.upstreams.len()
-        );
-        return ExitCode::SUCCESS;
+        return check(&config);
     }
     init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -80,6 +75,32 @@ fn main() -> ExitCode {
             tracing::error!("{line}");
             eprintln!("keygate: {line}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check`: everything the start does short of opening the database and the
+/// port: upstream URLs, patterns, CA files, provider keys and TLS files.
+fn check(config: &Config) -> ExitCode {
+    let store: Arc<dyn CredentialStore> = Arc::new(keygate_store::MemoryStore::new());
+    let checked = Gateway::new(config.proxy.clone(), store)
+        .map(|_| ())
+        .and_then(|()| match &config.tls {
+            Some(files) => keygate_proxy::load_tls(&files.cert, &files.key).map(|_| ()),
+            None => Ok(()),
+        });
+    match checked {
+        Ok(()) => {
+            eprintln!(
+                "keygate: {} is valid ({} upstreams)",
+                config.source,
+                config.proxy.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keygate: {}: {e}", config.source);
+            ExitCode::from(2)
         }
     }
 }

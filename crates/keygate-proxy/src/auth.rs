@@ -1,8 +1,16 @@
 //! Authentication: credential extraction, offline format check, a moka cache in front
 //! of the store (unknown keys cached briefly), the change-feed follower that keeps
 //! the cache true within one poll, and batched `last_used_at` writes.
+//!
+//! Staleness: every cache entry remembers the feed position the follower had
+//! applied before its store lookup began. The follower records each changed hash
+//! with its position (in `recent_changes`) before dropping it from the cache. A
+//! lookup that read the old row just before a change committed, and cached it just
+//! after the follower dropped it, is caught on its next use: the entry is older
+//! than the change, so it is dropped and looked up again.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +19,7 @@ use http::HeaderMap;
 use keygate_keys::{
     Credential, CredentialSource, ExtractError, ExtractOptions, KeyHash, KeyPrefix, ParsedKey,
 };
-use keygate_store::{ApiKey, CredentialStore, KeyId, KeyStatus};
+use keygate_store::{ApiKey, CredentialStore, KeyId, KeyStatus, StoreError};
 use moka::Expiry;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
@@ -63,7 +71,13 @@ pub struct Authenticated {
     pub source: CredentialSource,
 }
 
-type Entry = Option<Arc<CachedKey>>;
+/// A cached lookup: the key, or `None` for an unknown hash, and the feed position
+/// applied before the lookup began.
+#[derive(Clone, Debug)]
+struct Entry {
+    key: Option<Arc<CachedKey>>,
+    as_of: u64,
+}
 
 /// A key id and when it was last used.
 type KeyUse = (KeyId, DateTime<Utc>);
@@ -75,7 +89,7 @@ struct EntryExpiry {
 
 impl Expiry<KeyHash, Entry> for EntryExpiry {
     fn expire_after_create(&self, _: &KeyHash, value: &Entry, _: Instant) -> Option<Duration> {
-        Some(match value {
+        Some(match value.key {
             Some(_) => self.found,
             None => self.unknown,
         })
@@ -86,10 +100,15 @@ impl Expiry<KeyHash, Entry> for EntryExpiry {
 pub struct Authenticator {
     store: Arc<dyn CredentialStore>,
     cache: Cache<KeyHash, Entry>,
+    /// Hashes changed recently, with the feed position of their latest change. Kept
+    /// as long as a cache entry can live.
+    recent_changes: moka::sync::Cache<KeyHash, u64>,
+    /// The feed position the follower has applied.
+    applied: AtomicU64,
     prefix: KeyPrefix,
     query_param: Option<String>,
-    /// Uses of keys that left the cache before their use was written.
-    evicted_uses: Arc<Mutex<Vec<KeyUse>>>,
+    /// Uses not yet written: from keys that left the cache, and from failed writes.
+    pending_uses: Arc<Mutex<HashMap<KeyId, DateTime<Utc>>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -101,6 +120,13 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+fn merge_use(pending: &Mutex<HashMap<KeyId, DateTime<Utc>>>, (id, at): KeyUse) {
+    if let Ok(mut pending) = pending.lock() {
+        let slot = pending.entry(id).or_insert(at);
+        *slot = (*slot).max(at);
+    }
+}
+
 impl Authenticator {
     /// An authenticator for keys with `prefix`.
     pub fn new(
@@ -109,8 +135,8 @@ impl Authenticator {
         query_param: Option<String>,
         settings: &AuthSettings,
     ) -> Self {
-        let evicted_uses = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&evicted_uses);
+        let pending_uses = Arc::new(Mutex::new(HashMap::new()));
+        let sink = Arc::clone(&pending_uses);
         let cache = Cache::builder()
             .max_capacity(settings.cache_capacity)
             .expire_after(EntryExpiry {
@@ -121,19 +147,23 @@ impl Authenticator {
                 if cause == RemovalCause::Replaced {
                     return;
                 }
-                if let Some(use_) = entry.and_then(|k| k.take_unflushed()) {
-                    if let Ok(mut uses) = sink.lock() {
-                        uses.push(use_);
-                    }
+                if let Some(use_) = entry.key.and_then(|k| k.take_unflushed()) {
+                    merge_use(&sink, use_);
                 }
             })
+            .build();
+        let recent_changes = moka::sync::Cache::builder()
+            .max_capacity(settings.cache_capacity)
+            .time_to_live(settings.cache_ttl.max(settings.negative_ttl) + Duration::from_secs(1))
             .build();
         Self {
             store,
             cache,
+            recent_changes,
+            applied: AtomicU64::new(0),
             prefix,
             query_param,
-            evicted_uses,
+            pending_uses,
         }
     }
 
@@ -168,24 +198,17 @@ impl Authenticator {
             ProxyError::InvalidApiKey
         })?;
         let hash = parsed.hash();
-        let store = Arc::clone(&self.store);
-        let entry = self
-            .cache
-            .try_get_with(hash, async move {
-                let found = store.find_key_by_hash(&hash).await?;
-                Ok::<_, keygate_store::StoreError>(found.map(|k| Arc::new(CachedKey::new(k))))
-            })
-            .await
-            .map_err(|e| {
-                if e.is_unavailable() {
-                    tracing::warn!(error = %e, "key store unavailable during key lookup");
-                    ProxyError::StoreUnavailable
-                } else {
-                    tracing::error!(error = %e, "key lookup failed");
-                    ProxyError::Internal
-                }
-            })?;
-        let Some(cached) = entry else {
+        let mut entry = self.lookup(hash).await?;
+        if self
+            .recent_changes
+            .get(&hash)
+            .is_some_and(|changed| changed > entry.as_of)
+        {
+            // Cached from a read that may predate the latest change: read again.
+            self.cache.invalidate(&hash).await;
+            entry = self.lookup(hash).await?;
+        }
+        let Some(cached) = entry.key else {
             return Err(ProxyError::InvalidApiKey);
         };
         // The cache is keyed by this hash; compare again in constant time anyway.
@@ -204,21 +227,39 @@ impl Authenticator {
         })
     }
 
-    /// Drops a cached key.
-    pub async fn invalidate(&self, hash: &KeyHash) {
-        self.cache.invalidate(hash).await;
-    }
-
-    /// Drops every cached key.
-    pub fn invalidate_all(&self) {
-        self.cache.invalidate_all();
+    /// The cached entry for `hash`, loading it on a miss. Concurrent misses for one
+    /// hash share one store lookup.
+    async fn lookup(&self, hash: KeyHash) -> Result<Entry, ProxyError> {
+        let as_of = self.applied.load(Ordering::Acquire);
+        let store = Arc::clone(&self.store);
+        self.cache
+            .try_get_with(hash, async move {
+                let found = store.find_key_by_hash(&hash).await?;
+                Ok::<_, StoreError>(Entry {
+                    key: found.map(|k| Arc::new(CachedKey::new(k))),
+                    as_of,
+                })
+            })
+            .await
+            .map_err(|e| {
+                if e.is_unavailable() {
+                    tracing::warn!(error = %e, "key store unavailable during key lookup");
+                    ProxyError::StoreUnavailable
+                } else {
+                    tracing::error!(error = %e, "key lookup failed");
+                    ProxyError::Internal
+                }
+            })
     }
 
     /// The feed position to follow from: read before the first request is served,
     /// so nothing cached can predate it. `None` when the store is unreachable.
     pub async fn feed_start(&self) -> Option<u64> {
         match self.store.latest_key_change().await {
-            Ok(seq) => Some(seq),
+            Ok(seq) => {
+                self.applied.store(seq, Ordering::Release);
+                Some(seq)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the key change feed at start; will retry");
                 None
@@ -231,18 +272,11 @@ impl Authenticator {
     /// aborts it at shutdown.
     pub async fn follow_changes(self: Arc<Self>, start: Option<u64>, poll: Duration) {
         let mut cursor = start;
-        // Hashes dropped on the previous tick are dropped once more: a lookup that
-        // read the old row just before the change committed may have cached it
-        // after the first drop.
-        let mut previous: Vec<KeyHash> = Vec::new();
         let mut failing = false;
-        let mut ticker = tokio::time::interval(poll);
+        let mut ticker = tokio::time::interval(poll.max(Duration::from_millis(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            for hash in previous.drain(..) {
-                self.cache.invalidate(&hash).await;
-            }
             let result = match cursor {
                 None => match self.store.latest_key_change().await {
                     // The store was down at start, so keys may have been cached
@@ -250,12 +284,13 @@ impl Authenticator {
                     Ok(seq) => {
                         self.cache.invalidate_all();
                         self.cache.run_pending_tasks().await;
+                        self.applied.store(seq, Ordering::Release);
                         cursor = Some(seq);
                         Ok(())
                     }
                     Err(e) => Err(e),
                 },
-                Some(after) => self.poll_once(after, &mut previous).await.map(|next| {
+                Some(after) => self.poll_once(after).await.map(|next| {
                     cursor = Some(next);
                 }),
             };
@@ -274,21 +309,18 @@ impl Authenticator {
         }
     }
 
-    /// Reads every change after `after`, dropping each changed key; returns the new
-    /// cursor.
-    async fn poll_once(
-        &self,
-        mut after: u64,
-        dropped: &mut Vec<KeyHash>,
-    ) -> Result<u64, keygate_store::StoreError> {
+    /// Applies every change after `after`; returns the new position.
+    async fn poll_once(&self, mut after: u64) -> Result<u64, StoreError> {
         const BATCH: u32 = 1000;
         loop {
             let changes = self.store.key_changes_since(after, BATCH).await?;
             for change in &changes {
+                // Recorded before the drop, so a racing lookup is caught either way.
+                self.recent_changes.insert(change.key_hash, change.seq);
                 self.cache.invalidate(&change.key_hash).await;
-                dropped.push(change.key_hash);
                 after = after.max(change.seq);
             }
+            self.applied.store(after, Ordering::Release);
             if changes.len() < BATCH as usize {
                 return Ok(after);
             }
@@ -300,22 +332,24 @@ impl Authenticator {
     pub async fn flush_key_uses(&self) {
         // Delivers pending eviction notifications, so their uses are in the batch.
         self.cache.run_pending_tasks().await;
-        let mut batch: Vec<KeyUse> = match self.evicted_uses.lock() {
-            Ok(mut uses) => std::mem::take(&mut *uses),
-            Err(_) => Vec::new(),
+        let mut batch: HashMap<KeyId, DateTime<Utc>> = match self.pending_uses.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => HashMap::new(),
         };
         for (_, entry) in &self.cache {
-            if let Some(use_) = entry.as_ref().and_then(|k| k.take_unflushed()) {
-                batch.push(use_);
+            if let Some((id, at)) = entry.key.as_ref().and_then(|k| k.take_unflushed()) {
+                let slot = batch.entry(id).or_insert(at);
+                *slot = (*slot).max(at);
             }
         }
         if batch.is_empty() {
             return;
         }
+        let batch: Vec<KeyUse> = batch.into_iter().collect();
         if let Err(e) = self.store.record_key_use(&batch).await {
             tracing::warn!(error = %e, keys = batch.len(), "could not record key use; will retry");
-            if let Ok(mut uses) = self.evicted_uses.lock() {
-                uses.extend(batch);
+            for use_ in batch {
+                merge_use(&self.pending_uses, use_);
             }
         }
     }

@@ -98,9 +98,15 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // Dropped before the end: the client went away. Dropping `body` here resets
-        // the upstream stream (HTTP/2) or closes its connection (HTTP/1.1).
-        self.end(BodyEnd::Cancelled);
+        // A body with nothing left (an empty or bodiless response, which an
+        // HTTP/1.1 server drops unpolled) is complete. Otherwise it was dropped
+        // before the end: the client went away. Dropping `body` here resets the
+        // upstream stream (HTTP/2) or closes its connection (HTTP/1.1).
+        if self.body.is_end_stream() {
+            self.end(BodyEnd::Complete);
+        } else {
+            self.end(BodyEnd::Cancelled);
+        }
     }
 }
 
@@ -151,7 +157,7 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(full) => full.is_end_stream(),
-            Inner::Stream(stream) => stream.ended,
+            Inner::Stream(stream) => stream.ended || stream.body.is_end_stream(),
         }
     }
 

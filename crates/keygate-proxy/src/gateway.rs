@@ -100,6 +100,18 @@ impl Gateway {
         if config.max_body_bytes == 0 {
             return Err(ConfigError::new("max_body_bytes", "must be more than 0"));
         }
+        for (field, value) in [
+            ("auth_cache.poll_interval", config.auth.poll_interval),
+            ("auth_cache.ttl", config.auth.cache_ttl),
+            ("auth_cache.negative_ttl", config.auth.negative_ttl),
+            ("auth_cache.last_used_flush", config.auth.last_used_flush),
+            ("timeouts.connect", config.timeouts.connect),
+            ("timeouts.first_byte", config.timeouts.first_byte),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(field, "must be more than zero"));
+            }
+        }
         let mut names = HashSet::new();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for (i, upstream) in config.upstreams.iter().enumerate() {
@@ -300,6 +312,20 @@ impl Gateway {
         };
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
+        for name in &NOT_RETURNED {
+            head.headers.remove(name);
+        }
+        if matches!(
+            head.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            // Passed through unchanged, but likely the operator's provider key.
+            tracing::warn!(
+                upstream = upstream.name(),
+                status = head.status.as_u16(),
+                "the upstream refused the request; check its provider key"
+            );
+        }
         let exchange = Exchange {
             endpoint,
             key,
@@ -426,6 +452,10 @@ impl Background {
     pub async fn stop(self) {
         for task in &self.tasks {
             task.abort();
+        }
+        // Wait for the aborts, so no flush is mid-write when the last one starts.
+        for task in self.tasks {
+            let _ = task.await;
         }
         self.auth.flush_key_uses().await;
     }
@@ -588,16 +618,24 @@ async fn probe_multipart(headers: &HeaderMap, body: Bytes) -> Result<String, Pro
         .map_err(|_| invalid("this endpoint takes a multipart/form-data body with a boundary"))?;
     let chunks = futures_util::stream::once(async move { Ok::<Bytes, Infallible>(body) });
     let mut form = multer::Multipart::new(chunks, boundary);
+    // Every part is read: a second `model` could be the one the upstream uses.
+    let mut model = None;
     loop {
         match form.next_field().await {
             Ok(Some(field)) if field.name() == Some("model") => {
-                return field
+                if model.is_some() {
+                    return Err(invalid(
+                        "the multipart field 'model' is given more than once",
+                    ));
+                }
+                let text = field
                     .text()
                     .await
-                    .map_err(|_| invalid("the multipart field 'model' is not valid text"));
+                    .map_err(|_| invalid("the multipart field 'model' is not valid text"))?;
+                model = Some(text);
             }
             Ok(Some(_)) => {}
-            Ok(None) => return Ok(String::new()),
+            Ok(None) => return Ok(model.unwrap_or_default()),
             Err(_) => return Err(invalid("the multipart/form-data body is malformed")),
         }
     }
@@ -616,18 +654,42 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Headers dropped from requests besides hop-by-hop ones: the client's credentials
-/// (replaced by the provider key), its cookies, what the client stack derives from
-/// the URI and body, and `accept-encoding` so usage can be read from the response.
-const NOT_FORWARDED: [HeaderName; 9] = [
+/// (replaced by the provider key), its cookies, the operator's provider account
+/// choice (a client must not pick which organisation or project is charged), the
+/// end user's address as proxies in front add it (privacy: no IP leaves keygate),
+/// what the client stack derives from the URI and body, and `accept-encoding` so
+/// usage can be read from the response.
+const NOT_FORWARDED: [HeaderName; 20] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("api-key"),
     header::COOKIE,
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    header::VIA,
     header::HOST,
     header::CONTENT_LENGTH,
     header::EXPECT,
     header::ACCEPT_ENCODING,
     header::PROXY_AUTHENTICATE,
+];
+
+/// Headers dropped from responses besides hop-by-hop ones: which provider account
+/// the operator uses is the operator's business, and provider cookies are for the
+/// provider's own domain.
+const NOT_RETURNED: [HeaderName; 4] = [
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    HeaderName::from_static("anthropic-organization-id"),
+    header::SET_COOKIE,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -708,6 +770,13 @@ mod tests {
         h.insert("x-custom", HeaderValue::from_static("1"));
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert(
+            "openai-organization",
+            HeaderValue::from_static("org-client-choice"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert("forwarded", HeaderValue::from_static("for=203.0.113.9"));
+        h.insert("cookie", HeaderValue::from_static("session=1"));
         let out = forward_headers(&h);
         let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 2, "{names:?}");

@@ -128,6 +128,14 @@ impl Upstream {
         if uri.query().is_some() {
             return Err(err("base_url", "must not have a query string".into()));
         }
+        let loopback = matches!(authority.host(), "localhost" | "127.0.0.1" | "[::1]")
+            || authority.host().starts_with("127.");
+        if scheme == Scheme::HTTP && config.provider_key.is_some() && !loopback {
+            tracing::warn!(
+                upstream = %config.name,
+                "base_url uses http:// to a host that is not loopback: the provider key travels unencrypted"
+            );
+        }
         let base_path = uri.path().trim_end_matches('/').to_owned();
         if config.models.is_empty() {
             return Err(err(

@@ -63,6 +63,8 @@ pub fn upstreams(mock: &MockUpstream) -> Vec<UpstreamConfig> {
 pub struct SwitchableStore {
     inner: MemoryStore,
     pub down: AtomicBool,
+    /// Sleep between reading a key and returning it, in milliseconds.
+    pub lookup_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl SwitchableStore {
@@ -70,6 +72,7 @@ impl SwitchableStore {
         Self {
             inner: MemoryStore::new(),
             down: AtomicBool::new(false),
+            lookup_delay_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -110,7 +113,12 @@ impl CredentialStore for SwitchableStore {
     }
     async fn find_key_by_hash(&self, hash: &KeyHash) -> keygate_store::Result<Option<ApiKey>> {
         self.check()?;
-        self.inner.find_key_by_hash(hash).await
+        let found = self.inner.find_key_by_hash(hash).await;
+        let delay = self.lookup_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        found
     }
     async fn list_keys(&self, account: Option<&AccountId>) -> keygate_store::Result<Vec<ApiKey>> {
         self.inner.list_keys(account).await

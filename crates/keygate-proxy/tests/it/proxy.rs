@@ -845,3 +845,65 @@ async fn last_used_is_written_at_shutdown() {
     assert_eq!(gw.shutdown().await, Shutdown::Drained);
     assert!(store.get_key(&id).await.unwrap().last_used_at.is_some());
 }
+
+/// A lookup that read a key just before its revocation committed, and cached it
+/// after the change feed had dropped it, is not trusted: the next request reads
+/// the key again and is refused.
+#[tokio::test]
+async fn a_lookup_racing_a_revocation_does_not_keep_the_key_alive() {
+    let mock = MockUpstream::start().await;
+    let store = Arc::new(SwitchableStore::new());
+    let options = ServerOptions {
+        tls: None,
+        grace: Duration::from_secs(5),
+    };
+    let gw = TestGateway::start_with(&mock, store.clone(), |_| {}, options).await;
+    let (key, id) = gw.key_with(KeySettings::new(KeyKind::Private)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.lookup_delay_ms.store(600, Ordering::SeqCst);
+    let url = gw.url("/v1/chat/completions");
+    let racing = {
+        let (url, key) = (url.clone(), key.clone());
+        tokio::spawn(async move { post(&url, &key, &chat("gpt-4o", false)).await })
+    };
+    // The lookup has read the active row and is still on its way back.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.store.revoke_key(&id, chrono::Utc::now()).await.unwrap();
+    // The follower (100 ms poll) applies the revocation before the lookup returns.
+    let first = racing.await.unwrap();
+    assert_eq!(first.status, StatusCode::OK, "began before the revocation");
+    store.lookup_delay_ms.store(0, Ordering::SeqCst);
+    let reply = post(&url, &key, &chat("gpt-4o", false)).await;
+    assert_error(&reply, 401, "authentication_error", "api_key_revoked");
+}
+
+/// A second `model` part in a multipart body is refused: the upstream might use it
+/// instead of the one the key was checked against.
+#[tokio::test]
+async fn a_repeated_multipart_model_is_refused() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock).await;
+    let mut limited = KeySettings::new(KeyKind::Private);
+    limited.models = vec!["gpt-4o-transcribe".into()];
+    let (key, _) = gw.key_with(limited).await;
+    let boundary = "B0UNDARY";
+    let part = |model: &str| {
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n")
+    };
+    let form = format!(
+        "{}{}--{boundary}--\r\n",
+        part("gpt-4o-transcribe"),
+        part("o3")
+    );
+    let auth = format!("Bearer {key}");
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let reply = send(request(
+        Method::POST,
+        &gw.url("/v1/audio/transcriptions"),
+        &[("authorization", &auth), ("content-type", &content_type)],
+        form,
+    ))
+    .await;
+    assert_error(&reply, 400, "invalid_request_error", "invalid_request");
+    assert!(mock.requests().is_empty());
+}
