@@ -88,13 +88,16 @@ pub enum ProxyError {
     /// Request headers larger than the server accepts.
     #[error("request headers are too large")]
     HeadersTooLarge,
-    /// A rate limit was hit.
-    #[error("rate limit exceeded: {limit}; retry after {retry_after_secs} s")]
+    /// The key's request rate limit was hit.
+    #[error(
+        "rate limit exceeded: this API key may send {rpm} requests per minute; retry after {} s",
+        crate::limits::retry_after_secs(*retry_after)
+    )]
     RateLimited {
-        /// Which limit, for example "60 requests per minute".
-        limit: String,
-        /// Seconds until a retry can succeed.
-        retry_after_secs: u64,
+        /// The key's requests per minute.
+        rpm: u32,
+        /// Until a retry can succeed.
+        retry_after: std::time::Duration,
     },
     /// The upstream could not be reached, or broke the connection.
     #[error("the upstream provider '{0}' is unavailable")]
@@ -204,10 +207,15 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         match &self {
-            Self::RateLimited {
-                retry_after_secs, ..
-            } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            Self::RateLimited { rpm, retry_after } => {
+                let secs = crate::limits::retry_after_secs(*retry_after);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                headers.insert("x-ratelimit-limit-requests", HeaderValue::from(*rpm));
+                headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(0_u32));
+                if let Ok(reset) = HeaderValue::from_str(&format!("{}ms", retry_after.as_millis()))
+                {
+                    headers.insert("x-ratelimit-reset-requests", reset);
+                }
             }
             Self::StoreUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

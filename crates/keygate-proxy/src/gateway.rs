@@ -255,10 +255,17 @@ impl Gateway {
         if !key.scopes.contains(scope) {
             return Err(ProxyError::InsufficientScope(scope));
         }
-        match endpoint {
-            Endpoint::ListModels => return Ok(self.list_models(key)),
-            Endpoint::GetModel => return self.get_model(key, model_id.unwrap_or_default()),
-            _ => {}
+        let allowance = authed.key.admit()?;
+        let local = match endpoint {
+            Endpoint::ListModels => Some(Ok(self.list_models(key))),
+            Endpoint::GetModel => Some(self.get_model(key, model_id.unwrap_or_default())),
+            _ => None,
+        };
+        if let Some(response) = local {
+            return response.map(|mut r| {
+                rate_headers(r.headers_mut(), allowance);
+                r
+            });
         }
 
         let (parts, body) = request.into_parts();
@@ -315,6 +322,7 @@ impl Gateway {
         for name in &NOT_RETURNED {
             head.headers.remove(name);
         }
+        rate_headers(&mut head.headers, allowance);
         if matches!(
             head.status,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
@@ -527,6 +535,22 @@ fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<GatewayBody> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The key's own request limit, in OpenAI's header names, replacing the
+/// provider's (which describe the operator's account, not this key).
+fn rate_headers(headers: &mut HeaderMap, allowance: Option<crate::limits::RequestAllowance>) {
+    if let Some(allowance) = allowance {
+        headers.insert(
+            "x-ratelimit-limit-requests",
+            HeaderValue::from(allowance.limit),
+        );
+        headers.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from(allowance.remaining),
+        );
+        headers.remove("x-ratelimit-reset-requests");
+    }
 }
 
 fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {

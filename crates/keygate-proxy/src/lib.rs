@@ -11,6 +11,7 @@ mod body;
 mod config;
 mod error;
 mod gateway;
+mod limits;
 mod routing;
 mod server;
 mod upstream;
@@ -20,6 +21,7 @@ pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody};
 pub use config::{AuthSettings, ConfigError, ProxyConfig, defaults};
 pub use error::{ErrorKind, ErrorSource, ProxyError};
 pub use gateway::{Background, Exchange, Gateway, ResponseTap};
+pub use limits::RequestAllowance;
 pub use routing::{
     BodyFormat, Endpoint, InvalidModelPattern, ModelPattern, ProviderKind, Router, key_allows_model,
 };

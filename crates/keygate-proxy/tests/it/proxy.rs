@@ -907,3 +907,55 @@ async fn a_repeated_multipart_model_is_refused() {
     assert_error(&reply, 400, "invalid_request_error", "invalid_request");
     assert!(mock.requests().is_empty());
 }
+
+/// A key's `rpm`: a burst of that many, then 429 with `Retry-After` and the
+/// `x-ratelimit-*` headers, and nothing more reaches the upstream.
+#[tokio::test]
+async fn requests_per_minute_are_limited_per_key() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock).await;
+    let mut limited = KeySettings::new(KeyKind::Private);
+    limited.rpm = Some(3);
+    let (key, _) = gw.key_with(limited).await;
+    let other = gw.key().await;
+    let url = gw.url("/v1/chat/completions");
+    for remaining in ["2", "1", "0"] {
+        let reply = post(&url, &key, &chat("gpt-4o", false)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.headers.get("x-ratelimit-limit-requests").unwrap(),
+            "3"
+        );
+        assert_eq!(
+            reply.headers.get("x-ratelimit-remaining-requests").unwrap(),
+            remaining
+        );
+    }
+    let reply = post(&url, &key, &chat("gpt-4o", false)).await;
+    assert_error(&reply, 429, "rate_limit_error", "rate_limit_exceeded");
+    let retry: u64 = reply
+        .headers
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry), "retry-after {retry}");
+    assert_eq!(
+        reply.headers.get("x-ratelimit-remaining-requests").unwrap(),
+        "0"
+    );
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 requests per minute")
+    );
+    assert_eq!(mock.requests().len(), 3);
+    // Another key is not affected.
+    assert_eq!(
+        post(&url, &other, &chat("gpt-4o", false)).await.status,
+        StatusCode::OK
+    );
+}
