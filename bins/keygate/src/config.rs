@@ -53,6 +53,7 @@ struct RawTls {
 struct RawTimeouts {
     connect: Option<String>,
     first_byte: Option<String>,
+    idle: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +329,11 @@ fn validate(
             "timeouts.first_byte",
             timeouts.and_then(|t| t.first_byte.as_deref()),
             defaults::FIRST_BYTE_TIMEOUT,
+        )?,
+        idle: duration(
+            "timeouts.idle",
+            timeouts.and_then(|t| t.idle.as_deref()),
+            defaults::IDLE_TIMEOUT,
         )?,
     };
     let mut auth = AuthSettings::default();

@@ -1,13 +1,16 @@
 //! The response body keygate sends: either a small body of its own or the upstream's
 //! body streamed through frame by frame, with observers tapping each data frame.
 
+use std::future::Future as _;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 /// The error a streamed body can end with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,7 +51,14 @@ struct Stream {
     body: Incoming,
     observers: Vec<Box<dyn BodyObserver>>,
     ended: bool,
+    /// Longest wait for the next frame, and the timer for it.
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
 }
+
+/// The upstream sent nothing for longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}; stream closed")]
+pub struct IdleTimeout(Duration);
 
 impl GatewayBody {
     /// A complete body keygate produced itself.
@@ -63,13 +73,20 @@ impl GatewayBody {
         Self::full(Bytes::new())
     }
 
-    /// The upstream's body, streamed through with `observers` tapping it.
-    pub fn stream(body: Incoming, observers: Vec<Box<dyn BodyObserver>>) -> Self {
+    /// The upstream's body, streamed through with `observers` tapping it. If the
+    /// upstream sends nothing for `idle`, the body ends with an error (the client
+    /// sees the stream cut) and the upstream request is dropped.
+    pub fn stream(
+        body: Incoming,
+        observers: Vec<Box<dyn BodyObserver>>,
+        idle: Option<Duration>,
+    ) -> Self {
         Self {
             inner: Inner::Stream(Stream {
                 body,
                 observers,
                 ended: false,
+                idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             }),
         }
     }
@@ -126,7 +143,22 @@ impl Body for GatewayBody {
                 if stream.ended {
                     return Poll::Ready(None);
                 }
-                let polled = ready!(Pin::new(&mut stream.body).poll_frame(cx));
+                let polled = match Pin::new(&mut stream.body).poll_frame(cx) {
+                    Poll::Ready(polled) => polled,
+                    Poll::Pending => {
+                        if let Some((limit, timer)) = &mut stream.idle {
+                            if timer.as_mut().poll(cx).is_ready() {
+                                let limit = *limit;
+                                stream.end(BodyEnd::Failed);
+                                return Poll::Ready(Some(Err(Box::new(IdleTimeout(limit)))));
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                };
+                if let Some((limit, timer)) = &mut stream.idle {
+                    timer.as_mut().reset(tokio::time::Instant::now() + *limit);
+                }
                 match polled {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {

@@ -87,6 +87,8 @@ pub mod defaults {
     /// Upstream time to response headers. Reasoning models can think for minutes
     /// before the first byte of a non-streaming answer.
     pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
+    /// Longest silence between two frames of a streamed answer.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 }
 
 impl ProxyConfig {
@@ -100,6 +102,7 @@ impl ProxyConfig {
             timeouts: UpstreamTimeouts {
                 connect: defaults::CONNECT_TIMEOUT,
                 first_byte: defaults::FIRST_BYTE_TIMEOUT,
+                idle: defaults::IDLE_TIMEOUT,
             },
             auth: AuthSettings::default(),
             listed_models: Vec::new(),

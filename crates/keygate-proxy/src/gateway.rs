@@ -60,6 +60,7 @@ pub struct Gateway {
     router: Router,
     max_body_bytes: usize,
     first_byte_timeout: Duration,
+    idle_timeout: Duration,
     poll_interval: Duration,
     last_used_flush: Duration,
     taps: Vec<Arc<dyn ResponseTap>>,
@@ -107,6 +108,7 @@ impl Gateway {
             ("auth_cache.last_used_flush", config.auth.last_used_flush),
             ("timeouts.connect", config.timeouts.connect),
             ("timeouts.first_byte", config.timeouts.first_byte),
+            ("timeouts.idle", config.timeouts.idle),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(field, "must be more than zero"));
@@ -136,6 +138,7 @@ impl Gateway {
             router: Router::new(upstreams),
             max_body_bytes: config.max_body_bytes,
             first_byte_timeout: config.timeouts.first_byte,
+            idle_timeout: config.timeouts.idle,
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
             taps: Vec::new(),
@@ -354,7 +357,7 @@ impl Gateway {
         }));
         Ok(Response::from_parts(
             head,
-            GatewayBody::stream(body, observers),
+            GatewayBody::stream(body, observers, Some(self.idle_timeout)),
         ))
     }
 

@@ -17,7 +17,7 @@ mod server;
 mod upstream;
 
 pub use auth::{Authenticated, Authenticator, CachedKey};
-pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody};
+pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody, IdleTimeout};
 pub use config::{AuthSettings, ConfigError, ProxyConfig, defaults};
 pub use error::{ErrorKind, ErrorSource, ProxyError};
 pub use gateway::{Background, Exchange, Gateway, ResponseTap};

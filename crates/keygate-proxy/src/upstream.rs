@@ -65,6 +65,8 @@ pub struct UpstreamTimeouts {
     pub connect: Duration,
     /// Time from sending the request to the response headers.
     pub first_byte: Duration,
+    /// Longest silence between two frames of a response body.
+    pub idle: Duration,
 }
 
 /// A configured upstream, ready to send to.

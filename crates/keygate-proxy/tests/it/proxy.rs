@@ -959,3 +959,46 @@ async fn requests_per_minute_are_limited_per_key() {
         StatusCode::OK
     );
 }
+
+/// An upstream that goes silent mid-stream is cut after the idle timeout: the
+/// client sees the stream end with an error and the upstream request is dropped.
+#[tokio::test]
+async fn a_silent_upstream_stream_is_cut_after_the_idle_timeout() {
+    let mock = MockUpstream::start().await;
+    mock.set_chunk_delay(Duration::from_millis(600));
+    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
+    let options = ServerOptions {
+        tls: None,
+        grace: Duration::from_secs(5),
+    };
+    let gw = TestGateway::start_with(
+        &mock,
+        store,
+        |c| c.timeouts.idle = Duration::from_millis(200),
+        options,
+    )
+    .await;
+    let key = gw.key().await;
+    let auth = format!("Bearer {key}");
+    let req = request(
+        Method::POST,
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        chat("gpt-4o", true).to_string(),
+    );
+    let response = client().request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    use http_body_util::BodyExt as _;
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the stream should be cut"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.cancelled_streams() == 0 {
+        assert!(Instant::now() < deadline, "upstream stream never cancelled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
