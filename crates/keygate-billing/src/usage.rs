@@ -1,0 +1,260 @@
+//! Token usage as the upstream reports it, read from a complete JSON body or from
+//! an SSE stream fed frame by frame. Never a silent zero: a reader that saw no
+//! usage says `Unknown`, and the caller decides whether to estimate.
+//!
+//! Input tokens are normalised to include cached ones (as OpenAI reports them):
+//! for Anthropic, `input_tokens + cache_read_input_tokens +
+//! cache_creation_input_tokens`; `cached_input_tokens` is the cache-read part.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::sse::{SseEvent, SseParser};
+
+/// Where a usage figure came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The upstream's own `usage`.
+    Reported,
+    /// Estimated by keygate (for example, a stream the client cut short).
+    Estimated,
+    /// No usage seen and none estimated.
+    #[default]
+    Unknown,
+}
+
+impl UsageSource {
+    /// The name stored in usage records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reported => "reported",
+            Self::Estimated => "estimated",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Tokens used by one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// The part of the input read from the provider's cache.
+    pub cached_input_tokens: u64,
+    /// Where the figures came from.
+    pub source: UsageSource,
+}
+
+/// The response shapes usage is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiShape {
+    /// OpenAI chat completions and legacy completions.
+    OpenAiCompletions,
+    /// OpenAI embeddings (input only).
+    OpenAiEmbeddings,
+    /// OpenAI Responses API.
+    OpenAiResponses,
+    /// Anthropic Messages API.
+    AnthropicMessages,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Details {
+    cached_tokens: Option<u64>,
+}
+
+/// Every provider's usage fields in one struct; each shape fills some.
+#[derive(Debug, Default, Deserialize)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl RawUsage {
+    fn into_usage(self, shape: ApiShape) -> Usage {
+        let (input_tokens, cached_input_tokens) = match shape {
+            ApiShape::AnthropicMessages => {
+                let cached = self.cache_read_input_tokens.unwrap_or(0);
+                let input = self.input_tokens.unwrap_or(0)
+                    + cached
+                    + self.cache_creation_input_tokens.unwrap_or(0);
+                (input, cached)
+            }
+            _ => {
+                let details = self.prompt_tokens_details.or(self.input_tokens_details);
+                (
+                    self.prompt_tokens.or(self.input_tokens).unwrap_or(0),
+                    details.and_then(|d| d.cached_tokens).unwrap_or(0),
+                )
+            }
+        };
+        Usage {
+            input_tokens,
+            output_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
+            cached_input_tokens,
+            source: UsageSource::Reported,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WithUsage {
+    usage: Option<RawUsage>,
+}
+
+/// Usage from a complete JSON response body.
+pub fn read_json(shape: ApiShape, body: &[u8]) -> Usage {
+    match serde_json::from_slice::<WithUsage>(body) {
+        Ok(WithUsage { usage: Some(raw) }) => raw.into_usage(shape),
+        _ => Usage::default(),
+    }
+}
+
+/// The parts of a streamed event usage is read from.
+#[derive(Debug, Default, Deserialize)]
+struct StreamEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    usage: Option<RawUsage>,
+    /// Anthropic `message_start`.
+    message: Option<WithUsage>,
+    /// Responses API `response.completed`.
+    response: Option<WithUsage>,
+    /// OpenAI chunks.
+    #[serde(borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+    /// Legacy completions.
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+impl Choice<'_> {
+    fn has_content(&self) -> bool {
+        let delta = self.delta.as_ref().and_then(|d| d.content.as_deref());
+        delta
+            .or(self.text.as_deref())
+            .is_some_and(|t| !t.is_empty())
+    }
+}
+
+/// Reads usage from an SSE stream fed frame by frame.
+#[derive(Debug)]
+pub struct StreamUsage {
+    shape: ApiShape,
+    parser: SseParser,
+    usage: Usage,
+    /// Anthropic: `message_start` seen (input known); `message_delta` completes it.
+    anthropic_started: bool,
+    content_events: u64,
+}
+
+impl StreamUsage {
+    /// A reader for `shape`.
+    pub fn new(shape: ApiShape) -> Self {
+        Self {
+            shape,
+            parser: SseParser::new(),
+            usage: Usage::default(),
+            anthropic_started: false,
+            content_events: 0,
+        }
+    }
+
+    /// Feeds the next piece of the body.
+    pub fn push(&mut self, bytes: &[u8]) {
+        let mut events = Vec::new();
+        self.parser.push(bytes, |event| events.push(event));
+        for event in events {
+            self.on_event(&event);
+        }
+    }
+
+    /// Events that carried content (deltas), for estimating a cut-short stream.
+    pub fn content_events(&self) -> u64 {
+        self.content_events
+    }
+
+    /// The usage seen so far; `Unknown` unless the stream reported its final usage.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn on_event(&mut self, event: &SseEvent) {
+        if event.data == "[DONE]" {
+            return;
+        }
+        let Ok(parsed) = serde_json::from_str::<StreamEvent>(&event.data) else {
+            return;
+        };
+        let kind = parsed
+            .kind
+            .as_deref()
+            .unwrap_or(event.event.as_str())
+            .to_owned();
+        match self.shape {
+            ApiShape::OpenAiCompletions | ApiShape::OpenAiEmbeddings => {
+                if parsed
+                    .choices
+                    .as_ref()
+                    .is_some_and(|c| c.iter().any(Choice::has_content))
+                {
+                    self.content_events += 1;
+                }
+                if let Some(raw) = parsed.usage {
+                    self.usage = raw.into_usage(self.shape);
+                }
+            }
+            ApiShape::OpenAiResponses => match kind.as_str() {
+                "response.output_text.delta" => self.content_events += 1,
+                "response.completed" => {
+                    if let Some(raw) = parsed.response.and_then(|r| r.usage) {
+                        self.usage = raw.into_usage(self.shape);
+                    }
+                }
+                _ => {}
+            },
+            ApiShape::AnthropicMessages => match kind.as_str() {
+                "message_start" => {
+                    if let Some(raw) = parsed.message.and_then(|m| m.usage) {
+                        let start = raw.into_usage(self.shape);
+                        self.usage.input_tokens = start.input_tokens;
+                        self.usage.cached_input_tokens = start.cached_input_tokens;
+                        self.anthropic_started = true;
+                    }
+                }
+                "content_block_delta" => self.content_events += 1,
+                "message_delta" => {
+                    if let Some(output) = parsed.usage.and_then(|u| u.output_tokens) {
+                        // Cumulative: the last one is the total.
+                        self.usage.output_tokens = output;
+                        if self.anthropic_started {
+                            self.usage.source = UsageSource::Reported;
+                        }
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Usage readers against recorded provider bodies: exact tokens for each shape,
+//! streamed and not, and the same answer however a stream is split into frames.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use keygate_billing::{ApiShape, StreamUsage, Usage, UsageSource, read_json};
+use proptest::prelude::*;
+
+const CHAT_STREAM: &str = concat!(
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" there\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+    ": a comment\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":2,\"total_tokens\":1202,\"prompt_tokens_details\":{\"cached_tokens\":1024}}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const ANTHROPIC_STREAM: &str = concat!(
+    "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude\",\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":5,\"output_tokens\":1}}}\r\n\r\n",
+    "event: content_block_start\r\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\r\n\r\n",
+    "event: ping\r\ndata: {\"type\": \"ping\"}\r\n\r\n",
+    "event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\r\n\r\n",
+    "event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"!\"}}\r\n\r\n",
+    "event: content_block_stop\r\ndata: {\"type\":\"content_block_stop\",\"index\":0}\r\n\r\n",
+    "event: message_delta\r\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\r\n\r\n",
+    "event: message_delta\r\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":15}}\r\n\r\n",
+    "event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n",
+);
+
+const RESPONSES_STREAM: &str = concat!(
+    "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r1\",\"usage\":null}}\n\n",
+    "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n",
+    "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r1\",\"usage\":{\"input_tokens\":40,\"input_tokens_details\":{\"cached_tokens\":8},\"output_tokens\":12,\"total_tokens\":52}}}\n\n",
+);
+
+fn reported(input: u64, output: u64, cached: u64) -> Usage {
+    Usage {
+        input_tokens: input,
+        output_tokens: output,
+        cached_input_tokens: cached,
+        source: UsageSource::Reported,
+    }
+}
+
+fn stream(shape: ApiShape, chunks: &[&[u8]]) -> StreamUsage {
+    let mut reader = StreamUsage::new(shape);
+    for chunk in chunks {
+        reader.push(chunk);
+    }
+    reader
+}
+
+#[test]
+fn json_bodies_of_every_shape() {
+    let chat = br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":4}}}"#;
+    assert_eq!(
+        read_json(ApiShape::OpenAiCompletions, chat),
+        reported(12, 9, 4)
+    );
+    let embeddings = br#"{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+    assert_eq!(
+        read_json(ApiShape::OpenAiEmbeddings, embeddings),
+        reported(8, 0, 0)
+    );
+    let responses = br#"{"id":"r","usage":{"input_tokens":40,"input_tokens_details":{"cached_tokens":8},"output_tokens":12}}"#;
+    assert_eq!(
+        read_json(ApiShape::OpenAiResponses, responses),
+        reported(40, 12, 8)
+    );
+    let anthropic = br#"{"id":"m","usage":{"input_tokens":25,"cache_read_input_tokens":100,"cache_creation_input_tokens":5,"output_tokens":15}}"#;
+    assert_eq!(
+        read_json(ApiShape::AnthropicMessages, anthropic),
+        reported(130, 15, 100)
+    );
+}
+
+#[test]
+fn no_usage_is_unknown_never_a_silent_zero() {
+    for body in [&b"{}"[..], b"not json", br#"{"usage":null}"#, b""] {
+        assert_eq!(
+            read_json(ApiShape::OpenAiCompletions, body).source,
+            UsageSource::Unknown
+        );
+    }
+    let cut = &CHAT_STREAM[..CHAT_STREAM.find("\"usage\":{").unwrap()];
+    let reader = stream(ApiShape::OpenAiCompletions, &[cut.as_bytes()]);
+    assert_eq!(reader.usage().source, UsageSource::Unknown);
+    assert_eq!(reader.content_events(), 2);
+    let cut = &ANTHROPIC_STREAM[..ANTHROPIC_STREAM.find("event: message_delta").unwrap()];
+    let reader = stream(ApiShape::AnthropicMessages, &[cut.as_bytes()]);
+    assert_eq!(reader.usage().source, UsageSource::Unknown);
+    assert_eq!(
+        reader.usage().input_tokens,
+        130,
+        "input is known from message_start"
+    );
+}
+
+#[test]
+fn streams_of_every_shape() {
+    let chat = stream(ApiShape::OpenAiCompletions, &[CHAT_STREAM.as_bytes()]);
+    assert_eq!(chat.usage(), reported(1200, 2, 1024));
+    assert_eq!(chat.content_events(), 2);
+    let anthropic = stream(ApiShape::AnthropicMessages, &[ANTHROPIC_STREAM.as_bytes()]);
+    assert_eq!(
+        anthropic.usage(),
+        reported(130, 15, 100),
+        "message_delta is cumulative"
+    );
+    assert_eq!(anthropic.content_events(), 2);
+    let responses = stream(ApiShape::OpenAiResponses, &[RESPONSES_STREAM.as_bytes()]);
+    assert_eq!(responses.usage(), reported(40, 12, 8));
+}
+
+#[test]
+fn a_usage_chunk_that_still_carries_choices_counts() {
+    let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+    assert_eq!(
+        stream(ApiShape::OpenAiCompletions, &[body.as_bytes()]).usage(),
+        reported(3, 1, 0)
+    );
+}
+
+fn split_at(text: &str, cuts: &[usize]) -> Vec<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for cut in cuts {
+        out.push(bytes[at..cut].to_vec());
+        at = cut;
+    }
+    out.push(bytes[at..].to_vec());
+    out
+}
+
+#[test]
+fn every_two_way_split_gives_the_same_usage() {
+    for (shape, text) in [
+        (ApiShape::OpenAiCompletions, CHAT_STREAM),
+        (ApiShape::AnthropicMessages, ANTHROPIC_STREAM),
+        (ApiShape::OpenAiResponses, RESPONSES_STREAM),
+    ] {
+        let whole = stream(shape, &[text.as_bytes()]).usage();
+        for cut in 0..=text.len() {
+            let (a, b) = text.as_bytes().split_at(cut);
+            assert_eq!(
+                stream(shape, &[a, b]).usage(),
+                whole,
+                "{shape:?} split at {cut}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn any_chunking_gives_the_same_usage(cuts in proptest::collection::vec(0usize..4096, 0..40)) {
+        for (shape, text) in [
+            (ApiShape::OpenAiCompletions, CHAT_STREAM),
+            (ApiShape::AnthropicMessages, ANTHROPIC_STREAM),
+            (ApiShape::OpenAiResponses, RESPONSES_STREAM),
+        ] {
+            let whole = stream(shape, &[text.as_bytes()]);
+            let chunks = split_at(text, &cuts);
+            let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            let split = stream(shape, &refs);
+            prop_assert_eq!(split.usage(), whole.usage());
+            prop_assert_eq!(split.content_events(), whole.content_events());
+        }
+    }
+}
