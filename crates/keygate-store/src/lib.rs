@@ -7,6 +7,7 @@
 //! bounded by a CHECK constraint.
 
 mod error;
+mod ledger;
 mod memory;
 mod money;
 mod scope;
@@ -15,6 +16,9 @@ mod store;
 mod types;
 
 pub use error::{Result, StoreError};
+pub use ledger::{
+    KeySpend, Ledger, NewReservation, Reservation, Reserve, UsageRecord, UsageSource,
+};
 pub use memory::MemoryStore;
 pub use money::{AmountError, MICROS_PER_CREDIT, Micros};
 pub use scope::{Scope, ScopeSet, UnknownScope};
@@ -23,5 +27,5 @@ pub use store::CredentialStore;
 pub use types::{
     Account, AccountId, ApiKey, KeyChange, KeyId, KeySettings, KeyStatus, KeyUpdate,
     MAX_METADATA_ENTRIES, MAX_MODELS, MAX_NAME_LEN, MAX_ORIGINS, MAX_TOP_UP, NewAccount, NewApiKey,
-    ReplacementKey,
+    ReplacementKey, ReservationId,
 };

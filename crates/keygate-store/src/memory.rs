@@ -8,10 +8,15 @@ use chrono::{DateTime, Utc};
 use keygate_keys::KeyHash;
 
 use crate::error::{Result, StoreError};
+use crate::ledger::{
+    KeySpend, Ledger, NewReservation, Reservation, Reserve, UsageRecord, check_reservation,
+    check_usage_record,
+};
 use crate::money::Micros;
 use crate::store::{CredentialStore, check_rotatable, check_top_up};
 use crate::types::{
     Account, AccountId, ApiKey, KeyChange, KeyId, KeyUpdate, NewAccount, NewApiKey, ReplacementKey,
+    ReservationId,
 };
 
 /// An in-memory [`CredentialStore`].
@@ -26,6 +31,9 @@ struct State {
     keys: Vec<ApiKey>,
     by_hash: HashMap<KeyHash, usize>,
     changes: Vec<KeyChange>,
+    spend: HashMap<KeyId, KeySpend>,
+    reservations: HashMap<ReservationId, Reservation>,
+    usage: Vec<UsageRecord>,
 }
 
 impl State {
@@ -41,6 +49,18 @@ impl State {
             .iter()
             .position(|k| &k.id == id)
             .ok_or_else(|| StoreError::key_not_found(id))
+    }
+
+    /// Removes a reservation and returns its money to the account and the key.
+    fn release(&mut self, id: &ReservationId) -> Option<Reservation> {
+        let held = self.reservations.remove(id)?;
+        if let Some(account) = self.accounts.iter_mut().find(|a| a.id == held.account_id) {
+            account.reserved = Micros(account.reserved.0.saturating_sub(held.amount.0).max(0));
+        }
+        if let Some(spend) = self.spend.get_mut(&held.key_id) {
+            spend.reserved = Micros(spend.reserved.0.saturating_sub(held.amount.0).max(0));
+        }
+        Some(held)
     }
 
     fn record_change(&mut self, key: usize) {
@@ -233,5 +253,113 @@ impl CredentialStore for MemoryStore {
 
     async fn latest_key_change(&self) -> Result<u64> {
         Ok(self.state().changes.last().map_or(0, |c| c.seq))
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for MemoryStore {
+    async fn reserve(&self, new: NewReservation) -> Result<Reserve> {
+        check_reservation(&new)?;
+        let mut state = self.state();
+        let key = &state.keys[state.key_index(&new.key_id)?];
+        if key.account_id != new.account_id {
+            return Err(StoreError::key_not_found(&new.key_id));
+        }
+        let limit = key.spend_limit;
+        let spend = state.spend.get(&new.key_id).copied().unwrap_or_default();
+        let account = state.account_mut(&new.account_id)?;
+        if account.balance.0.saturating_sub(account.reserved.0) < new.amount.0 {
+            return Ok(Reserve::InsufficientBalance);
+        }
+        if limit.is_some_and(|limit| {
+            spend
+                .spent
+                .0
+                .saturating_add(spend.reserved.0)
+                .saturating_add(new.amount.0)
+                > limit.0
+        }) {
+            return Ok(Reserve::SpendLimitExceeded);
+        }
+        account.reserved = Micros(account.reserved.0 + new.amount.0);
+        let entry = state.spend.entry(new.key_id.clone()).or_default();
+        entry.reserved = Micros(entry.reserved.0 + new.amount.0);
+        let reservation = Reservation {
+            id: ReservationId::generate(),
+            account_id: new.account_id,
+            key_id: new.key_id,
+            amount: new.amount,
+            expires_at: new.expires_at,
+        };
+        state
+            .reservations
+            .insert(reservation.id.clone(), reservation.clone());
+        Ok(Reserve::Held(reservation))
+    }
+
+    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()> {
+        let mut state = self.state();
+        state.release(&reservation.id);
+        let account = state.account_mut(&reservation.account_id)?;
+        account.balance = Micros(account.balance.0.saturating_sub(cost.0));
+        let entry = state.spend.entry(reservation.key_id.clone()).or_default();
+        entry.spent = Micros(entry.spent.0.saturating_add(cost.0));
+        Ok(())
+    }
+
+    async fn release(&self, reservation: &Reservation) -> Result<()> {
+        self.state().release(&reservation.id);
+        Ok(())
+    }
+
+    async fn sweep_reservations(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut state = self.state();
+        let expired: Vec<ReservationId> = state
+            .reservations
+            .values()
+            .filter(|r| r.expires_at < now)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in &expired {
+            state.release(id);
+        }
+        Ok(expired.len() as u64)
+    }
+
+    async fn key_spend(&self, key: &KeyId) -> Result<KeySpend> {
+        let state = self.state();
+        state.key_index(key)?;
+        Ok(state.spend.get(key).copied().unwrap_or_default())
+    }
+
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()> {
+        for record in records {
+            check_usage_record(record)?;
+        }
+        self.state().usage.extend(records.iter().cloned());
+        Ok(())
+    }
+
+    async fn usage_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<UsageRecord>> {
+        let mut found: Vec<UsageRecord> = self
+            .state()
+            .usage
+            .iter()
+            .filter(|r| r.at >= since && r.at < until)
+            .cloned()
+            .collect();
+        found.sort_by_key(|r| r.at);
+        Ok(found)
+    }
+
+    async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut state = self.state();
+        let was = state.usage.len();
+        state.usage.retain(|r| r.at >= before);
+        Ok((was - state.usage.len()) as u64)
     }
 }

@@ -78,6 +78,11 @@ id_type!(
     KeyId,
     "key"
 );
+id_type!(
+    /// A reservation's id, `res_` and 16 hex.
+    ReservationId,
+    "res"
+);
 
 /// A billing account that owns keys and a balance.
 #[derive(Clone, Debug, PartialEq, Eq)]

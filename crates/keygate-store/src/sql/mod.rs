@@ -6,6 +6,7 @@
 //! on a small pool and writes on a single connection (SQLite has one writer at a
 //! time anyway). PostgreSQL runs on `AsyncPgConnection` (no libpq).
 
+mod ledger;
 mod rows;
 mod schema;
 

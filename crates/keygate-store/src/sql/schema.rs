@@ -32,6 +32,8 @@ diesel::table! {
         metadata -> Text,
         created_at -> BigInt,
         last_used_at -> Nullable<BigInt>,
+        spent_micros -> BigInt,
+        reserved_micros -> BigInt,
     }
 }
 
@@ -44,5 +46,44 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    reservations (id) {
+        id -> Text,
+        account_id -> Text,
+        key_id -> Text,
+        amount_micros -> BigInt,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    usage_records (id) {
+        id -> BigInt,
+        at -> BigInt,
+        key_id -> Text,
+        account_id -> Text,
+        model -> Text,
+        upstream -> Text,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+        cached_tokens -> BigInt,
+        cost_micros -> BigInt,
+        latency_ms -> BigInt,
+        ttfb_ms -> BigInt,
+        stream -> BigInt,
+        status -> BigInt,
+        client_name -> Nullable<Text>,
+        usage_source -> Text,
+        client_ip -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(api_keys -> accounts (account_id));
-diesel::allow_tables_to_appear_in_same_query!(accounts, api_keys, key_changes);
+diesel::allow_tables_to_appear_in_same_query!(
+    accounts,
+    api_keys,
+    key_changes,
+    reservations,
+    usage_records
+);

@@ -12,13 +12,17 @@ mod suite;
 
 use std::sync::Arc;
 
-use keygate_store::{CredentialStore, DbStore, MemoryStore};
+use keygate_store::{CredentialStore, DbStore, Ledger, MemoryStore};
 use keygate_test_utils::TestPostgres;
 
 /// A store plus whatever must live as long as it (a temp dir, a test database).
 #[allow(missing_debug_implementations, reason = "test fixture")]
 pub(crate) struct Backend {
     pub(crate) store: Arc<dyn CredentialStore>,
+    /// The same store's ledger.
+    pub(crate) ledger: Arc<dyn Ledger>,
+    /// The other process's ledger (the memory store's own for the memory backend).
+    pub(crate) other_ledger: Arc<dyn Ledger>,
     /// A second, independent handle on the same database, standing in for another
     /// process (the CLI while the gateway runs). `None` for the memory store.
     pub(crate) other_process: Option<Arc<dyn CredentialStore>>,
@@ -26,8 +30,11 @@ pub(crate) struct Backend {
 }
 
 async fn memory() -> Option<Backend> {
+    let store = Arc::new(MemoryStore::new());
     Some(Backend {
-        store: Arc::new(MemoryStore::new()),
+        store: store.clone(),
+        ledger: store.clone(),
+        other_ledger: store,
         other_process: None,
         _guard: Box::new(()),
     })
@@ -38,10 +45,13 @@ async fn sqlite() -> Option<Backend> {
     let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
     let store = DbStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    let other = DbStore::connect(&url).await.unwrap();
+    let other = Arc::new(DbStore::connect(&url).await.unwrap());
+    let store = Arc::new(store);
     Some(Backend {
-        store: Arc::new(store),
-        other_process: Some(Arc::new(other)),
+        store: store.clone(),
+        ledger: store,
+        other_ledger: other.clone(),
+        other_process: Some(other),
         _guard: Box::new(dir),
     })
 }
@@ -51,10 +61,13 @@ async fn postgres(test: &str) -> Option<Backend> {
     let store = DbStore::connect(db.url()).await.unwrap();
     let applied = store.migrate().await.unwrap();
     assert!(!applied.is_empty());
-    let other = DbStore::connect(db.url()).await.unwrap();
+    let other = Arc::new(DbStore::connect(db.url()).await.unwrap());
+    let store = Arc::new(store);
     Some(Backend {
-        store: Arc::new(store),
-        other_process: Some(Arc::new(other)),
+        store: store.clone(),
+        ledger: store,
+        other_ledger: other.clone(),
+        other_process: Some(other),
         _guard: Box::new(db),
     })
 }
@@ -119,6 +132,11 @@ backend_suite!(
     last_used_only_moves_forward,
     revoke_racing_lookups_is_seen_by_every_later_lookup,
     unknown_ids_are_not_found,
+    reservations_settle_and_release_exact_money,
+    spend_limits_hold_reservations_and_charges,
+    concurrent_reservations_never_overdraw,
+    expired_reservations_are_swept,
+    usage_records_round_trip_and_purge,
 );
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,8 +162,14 @@ async fn migrations_report_pending_then_apply_once() {
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
     let store = DbStore::connect(&url).await.unwrap();
     let pending = store.pending_migrations().await.unwrap();
-    assert_eq!(pending.len(), 1, "{pending:?}");
-    assert_eq!(store.migrate().await.unwrap().len(), 1);
+    let on_disk = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../migrations/sqlite"
+    ))
+    .unwrap()
+    .count();
+    assert_eq!(pending.len(), on_disk, "{pending:?}");
+    assert_eq!(store.migrate().await.unwrap().len(), on_disk);
     assert!(store.pending_migrations().await.unwrap().is_empty());
     assert!(store.migrate().await.unwrap().is_empty());
 }

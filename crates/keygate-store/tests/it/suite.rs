@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use keygate_keys::{KeyKind, KeyPrefix, SecretKey};
 use keygate_store::{
-    Account, ApiKey, CredentialStore, KeySettings, KeyStatus, KeyUpdate, Micros, NewAccount,
-    NewApiKey, ReplacementKey, Scope, ScopeSet, StoreError,
+    Account, ApiKey, CredentialStore, KeySettings, KeySpend, KeyStatus, KeyUpdate, Micros,
+    NewAccount, NewApiKey, NewReservation, ReplacementKey, Reservation, Reserve, Scope, ScopeSet,
+    StoreError, UsageRecord, UsageSource,
 };
 
 use crate::Backend;
@@ -660,4 +661,253 @@ pub(crate) async fn concurrent_key_changes_from_two_processes_all_land(b: &Backe
     assert_eq!(changes.len(), 24 * 4);
     assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(b.store.list_keys(Some(&acct.id)).await.unwrap().len(), 48);
+}
+
+// The ledger.
+
+async fn funded(backend: &Backend, credit: i64, limit: Option<i64>) -> (Account, ApiKey) {
+    let acct = account(&*backend.store, "ledger").await;
+    backend
+        .store
+        .top_up(&acct.id, credits(credit))
+        .await
+        .unwrap();
+    let mut settings = KeySettings::new(KeyKind::Private);
+    settings.spend_limit = limit.map(credits);
+    let (_, key) = key_with(&*backend.store, &acct, settings).await;
+    (acct, key)
+}
+
+fn hold(acct: &Account, key: &ApiKey, amount: Micros) -> NewReservation {
+    NewReservation {
+        account_id: acct.id.clone(),
+        key_id: key.id.clone(),
+        amount,
+        expires_at: Utc::now() + TimeDelta::minutes(10),
+    }
+}
+
+fn held(outcome: Reserve) -> Reservation {
+    match outcome {
+        Reserve::Held(r) => r,
+        other => panic!("expected a reservation, got {other:?}"),
+    }
+}
+
+pub(crate) async fn reservations_settle_and_release_exact_money(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 10, None).await;
+    let first = held(ledger.reserve(hold(&acct, &key, credits(3))).await.unwrap());
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!((shown.balance, shown.reserved), (credits(10), credits(3)));
+    assert_eq!(
+        ledger.reserve(hold(&acct, &key, credits(8))).await.unwrap(),
+        Reserve::InsufficientBalance
+    );
+    let second = held(ledger.reserve(hold(&acct, &key, credits(7))).await.unwrap());
+    assert_eq!(
+        ledger.reserve(hold(&acct, &key, Micros(1))).await.unwrap(),
+        Reserve::InsufficientBalance,
+        "exactly all of it is held"
+    );
+
+    ledger.settle(&first, Micros(1_250_001)).await.unwrap();
+    ledger.release(&second).await.unwrap();
+    ledger.release(&second).await.unwrap();
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!(shown.balance, Micros(10_000_000 - 1_250_001));
+    assert_eq!(shown.reserved, Micros::ZERO);
+    let spend = ledger.key_spend(&key.id).await.unwrap();
+    assert_eq!(
+        spend,
+        KeySpend {
+            spent: Micros(1_250_001),
+            reserved: Micros::ZERO
+        }
+    );
+
+    let other = account(&*backend.store, "other").await;
+    let err = ledger
+        .reserve(hold(&other, &key, credits(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    let err = ledger
+        .reserve(hold(&acct, &key, Micros(-1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+}
+
+pub(crate) async fn spend_limits_hold_reservations_and_charges(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 100, Some(2)).await;
+    let first = held(
+        ledger
+            .reserve(hold(&acct, &key, Micros(1_500_000)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        ledger.reserve(hold(&acct, &key, credits(1))).await.unwrap(),
+        Reserve::SpendLimitExceeded
+    );
+    ledger.settle(&first, Micros(1_500_000)).await.unwrap();
+    let rest = held(
+        ledger
+            .reserve(hold(&acct, &key, Micros(500_000)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        ledger.reserve(hold(&acct, &key, Micros(1))).await.unwrap(),
+        Reserve::SpendLimitExceeded
+    );
+    ledger.release(&rest).await.unwrap();
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!(
+        (shown.balance, shown.reserved),
+        (Micros(98_500_000), Micros::ZERO)
+    );
+}
+
+pub(crate) async fn concurrent_reservations_never_overdraw(backend: &Backend) {
+    let (acct, key) = funded(backend, 10, None).await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let ledger = if i % 2 == 0 {
+            backend.ledger.clone()
+        } else {
+            backend.other_ledger.clone()
+        };
+        let new = hold(&acct, &key, credits(1));
+        tasks.push(tokio::spawn(
+            async move { ledger.reserve(new).await.unwrap() },
+        ));
+    }
+    let mut reservations = Vec::new();
+    for task in tasks {
+        if let Reserve::Held(r) = task.await.unwrap() {
+            reservations.push(r);
+        }
+    }
+    assert_eq!(reservations.len(), 10, "exactly the balance is held");
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!(shown.reserved, credits(10));
+    let mut tasks = Vec::new();
+    for (i, r) in reservations.into_iter().enumerate() {
+        let ledger = if i % 2 == 0 {
+            backend.ledger.clone()
+        } else {
+            backend.other_ledger.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            ledger.settle(&r, Micros(500_000)).await.unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!((shown.balance, shown.reserved), (credits(5), Micros::ZERO));
+    assert_eq!(
+        backend.ledger.key_spend(&key.id).await.unwrap().spent,
+        credits(5)
+    );
+}
+
+pub(crate) async fn expired_reservations_are_swept(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 10, Some(10)).await;
+    let mut stale = hold(&acct, &key, credits(4));
+    stale.expires_at = Utc::now() - TimeDelta::seconds(1);
+    let stale = held(ledger.reserve(stale).await.unwrap());
+    let live = held(ledger.reserve(hold(&acct, &key, credits(2))).await.unwrap());
+    assert_eq!(ledger.sweep_reservations(Utc::now()).await.unwrap(), 1);
+    assert_eq!(ledger.sweep_reservations(Utc::now()).await.unwrap(), 0);
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!(shown.reserved, credits(2));
+    assert_eq!(
+        ledger.key_spend(&key.id).await.unwrap().reserved,
+        credits(2)
+    );
+    // A request that finishes after its reservation was swept is still charged.
+    ledger.settle(&stale, credits(1)).await.unwrap();
+    ledger.release(&live).await.unwrap();
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!((shown.balance, shown.reserved), (credits(9), Micros::ZERO));
+}
+
+pub(crate) async fn usage_records_round_trip_and_purge(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 1, None).await;
+    let now = Utc::now();
+    let record = |minutes_ago: i64, model: &str| UsageRecord {
+        at: DateTime::from_timestamp_millis(
+            (now - TimeDelta::minutes(minutes_ago)).timestamp_millis(),
+        )
+        .unwrap(),
+        key_id: key.id.clone(),
+        account_id: acct.id.clone(),
+        model: model.to_owned(),
+        upstream: "openai".into(),
+        input_tokens: 1200,
+        output_tokens: 7,
+        cached_tokens: 1024,
+        cost: Micros(1_337),
+        latency_ms: 812,
+        ttfb_ms: 95,
+        stream: minutes_ago % 2 == 0,
+        status: 200,
+        client_name: (minutes_ago == 1).then(|| "my-app/1.0".to_owned()),
+        usage_source: if minutes_ago == 3 {
+            UsageSource::Estimated
+        } else {
+            UsageSource::Reported
+        },
+        client_ip: None,
+    };
+    let records = vec![
+        record(3, "gpt-4o"),
+        record(1, "gpt-4o-mini"),
+        record(2, "o3"),
+    ];
+    ledger.record_usage(&records).await.unwrap();
+    let found = ledger
+        .usage_between(now - TimeDelta::hours(1), now + TimeDelta::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        vec![records[0].clone(), records[2].clone(), records[1].clone()]
+    );
+    assert_eq!(
+        ledger
+            .purge_usage(now - TimeDelta::seconds(150))
+            .await
+            .unwrap(),
+        1
+    );
+    let found = ledger
+        .usage_between(now - TimeDelta::hours(1), now + TimeDelta::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+
+    let mut bad = record(0, &"m".repeat(257));
+    assert!(matches!(
+        ledger.record_usage(&[bad.clone()]).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    bad.model = "ok".into();
+    bad.client_name = Some("c".repeat(101));
+    assert!(matches!(
+        ledger.record_usage(&[record(0, "fine"), bad]).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    let found = ledger
+        .usage_between(now - TimeDelta::hours(1), now + TimeDelta::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2, "a refused batch stores nothing");
 }

@@ -1,0 +1,215 @@
+//! The ledger: money held by in-flight requests (reservations), what they finally
+//! cost (settlement), and one usage record per request. Written once as a trait and
+//! implemented by every backend, like [`crate::CredentialStore`].
+//!
+//! A reservation takes an upper bound of a request's cost from the account's
+//! available balance (`balance - reserved`) and, when the key has a spend limit,
+//! from what the key may still spend (`limit - spent - reserved`), atomically: it
+//! fails rather than overdraw. Settling charges the actual cost and releases the
+//! rest in one transaction; releasing returns it all. Reservations carry an expiry
+//! so that a crash never strands money: [`Ledger::sweep_reservations`] releases
+//! expired ones.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Result, StoreError};
+use crate::money::Micros;
+use crate::types::{AccountId, KeyId, ReservationId};
+
+/// Input to reserve money for a request.
+#[derive(Clone, Debug)]
+pub struct NewReservation {
+    /// The paying account.
+    pub account_id: AccountId,
+    /// The key making the request.
+    pub key_id: KeyId,
+    /// The upper bound of the request's cost; zero or more.
+    pub amount: Micros,
+    /// When an unsettled reservation may be swept.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Money held for one in-flight request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// Id.
+    pub id: ReservationId,
+    /// The paying account.
+    pub account_id: AccountId,
+    /// The key.
+    pub key_id: KeyId,
+    /// The amount held.
+    pub amount: Micros,
+    /// When it may be swept.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The outcome of a reservation attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reserve {
+    /// The money is held.
+    Held(Reservation),
+    /// The account's available balance is smaller than the amount.
+    InsufficientBalance,
+    /// The key's spend limit would be passed.
+    SpendLimitExceeded,
+}
+
+/// What a key has spent and holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeySpend {
+    /// Charged so far.
+    pub spent: Micros,
+    /// Held by in-flight requests.
+    pub reserved: Micros,
+}
+
+/// Where a usage record's token counts came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The upstream's own `usage`.
+    Reported,
+    /// Estimated by keygate.
+    Estimated,
+    /// Not known.
+    Unknown,
+}
+
+impl UsageSource {
+    /// The stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reported => "reported",
+            Self::Estimated => "estimated",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "reported" => Some(Self::Reported),
+            "estimated" => Some(Self::Estimated),
+            "unknown" => Some(Self::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// One request's usage: metadata only, never content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// When the request started.
+    pub at: DateTime<Utc>,
+    /// The key.
+    pub key_id: KeyId,
+    /// The paying account.
+    pub account_id: AccountId,
+    /// The requested model (at most 256 bytes).
+    pub model: String,
+    /// The upstream that served it.
+    pub upstream: String,
+    /// Input tokens, cached included.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cached input tokens.
+    pub cached_tokens: u64,
+    /// What was charged.
+    pub cost: Micros,
+    /// Total time.
+    pub latency_ms: u64,
+    /// Time to the first byte of the response.
+    pub ttfb_ms: u64,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The status sent to the client.
+    pub status: u16,
+    /// `X-Client-Name` or similar, truncated to 100 bytes.
+    pub client_name: Option<String>,
+    /// Where the token counts came from.
+    pub usage_source: UsageSource,
+    /// The client address, only when the operator turned it on.
+    pub client_ip: Option<String>,
+}
+
+/// Money and usage operations.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync + std::fmt::Debug {
+    /// Holds `new.amount` against the account and the key's spend limit, or says
+    /// which one it does not fit.
+    async fn reserve(&self, new: NewReservation) -> Result<Reserve>;
+
+    /// Charges `cost` for a reservation and releases it, in one transaction. A
+    /// reservation already swept is charged all the same.
+    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()>;
+
+    /// Releases a reservation without charging. Releasing twice is harmless.
+    async fn release(&self, reservation: &Reservation) -> Result<()>;
+
+    /// Releases every reservation that expired before `now`; returns how many.
+    async fn sweep_reservations(&self, now: DateTime<Utc>) -> Result<u64>;
+
+    /// What a key has spent and holds.
+    async fn key_spend(&self, key: &KeyId) -> Result<KeySpend>;
+
+    /// Stores usage records, all or none.
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()>;
+
+    /// Usage records from `since` (inclusive) to `until` (exclusive), oldest first.
+    async fn usage_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<UsageRecord>>;
+
+    /// Deletes usage records older than `before`; returns how many.
+    async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Checks a reservation's amount.
+pub(crate) fn check_reservation(new: &NewReservation) -> Result<()> {
+    if new.amount < Micros::ZERO {
+        return Err(StoreError::invalid(
+            "amount",
+            "a reservation cannot be negative",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a usage record's bounded fields, so every backend refuses the same ones.
+pub(crate) fn check_usage_record(record: &UsageRecord) -> Result<()> {
+    let too_long = |field: &'static str, max: usize| {
+        StoreError::invalid(field, format!("at most {max} bytes"))
+    };
+    if record.model.len() > 256 {
+        return Err(too_long("model", 256));
+    }
+    if record.upstream.len() > 64 {
+        return Err(too_long("upstream", 64));
+    }
+    if record.client_name.as_ref().is_some_and(|c| c.len() > 100) {
+        return Err(too_long("client_name", 100));
+    }
+    if record.client_ip.as_ref().is_some_and(|c| c.len() > 45) {
+        return Err(too_long("client_ip", 45));
+    }
+    let fits = |n: u64| i64::try_from(n).is_ok();
+    if ![
+        record.input_tokens,
+        record.output_tokens,
+        record.cached_tokens,
+        record.latency_ms,
+        record.ttfb_ms,
+    ]
+    .into_iter()
+    .all(fits)
+    {
+        return Err(StoreError::invalid(
+            "tokens",
+            "a count does not fit in 63 bits",
+        ));
+    }
+    Ok(())
+}

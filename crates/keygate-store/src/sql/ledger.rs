@@ -1,0 +1,399 @@
+//! The ledger on SQLite and PostgreSQL: one query text per operation, compiled per
+//! connection type like the key operations. Every money-moving transaction locks
+//! the key row before the account row, so concurrent ones never deadlock; the
+//! conditional updates re-check their condition on the locked row, so concurrent
+//! reservations never overdraw.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use super::rows::millis;
+use super::schema::{accounts, api_keys, reservations, usage_records};
+use super::{Conn, DbStore, SqliteConn};
+use crate::error::{Result, StoreError};
+use crate::ledger::{
+    KeySpend, Ledger, NewReservation, Reservation, Reserve, UsageRecord, UsageSource,
+    check_reservation, check_usage_record,
+};
+use crate::money::Micros;
+use crate::types::{AccountId, KeyId, ReservationId};
+
+#[derive(Insertable, Queryable, Selectable, Debug)]
+#[diesel(table_name = reservations)]
+struct ReservationRow {
+    id: String,
+    account_id: String,
+    key_id: String,
+    amount_micros: i64,
+    created_at: i64,
+    expires_at: i64,
+}
+
+#[derive(Insertable, Debug)]
+#[diesel(table_name = usage_records, treat_none_as_default_value = false)]
+struct NewUsageRow<'a> {
+    at: i64,
+    key_id: &'a str,
+    account_id: &'a str,
+    model: &'a str,
+    upstream: &'a str,
+    input_tokens: i64,
+    output_tokens: i64,
+    cached_tokens: i64,
+    cost_micros: i64,
+    latency_ms: i64,
+    ttfb_ms: i64,
+    stream: i64,
+    status: i64,
+    client_name: Option<&'a str>,
+    usage_source: &'a str,
+    client_ip: Option<&'a str>,
+}
+
+#[derive(Queryable, Selectable, Debug)]
+#[diesel(table_name = usage_records)]
+struct UsageRow {
+    at: i64,
+    key_id: String,
+    account_id: String,
+    model: String,
+    upstream: String,
+    input_tokens: i64,
+    output_tokens: i64,
+    cached_tokens: i64,
+    cost_micros: i64,
+    latency_ms: i64,
+    ttfb_ms: i64,
+    stream: i64,
+    status: i64,
+    client_name: Option<String>,
+    usage_source: String,
+    client_ip: Option<String>,
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Database(format!("usage_records holds {what}"))
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl TryFrom<UsageRow> for UsageRecord {
+    type Error = StoreError;
+    fn try_from(row: UsageRow) -> Result<Self> {
+        Ok(Self {
+            at: DateTime::from_timestamp_millis(row.at)
+                .ok_or_else(|| corrupt("a time out of range"))?,
+            key_id: row.key_id.parse()?,
+            account_id: row.account_id.parse()?,
+            model: row.model,
+            upstream: row.upstream,
+            input_tokens: count(row.input_tokens),
+            output_tokens: count(row.output_tokens),
+            cached_tokens: count(row.cached_tokens),
+            cost: Micros(row.cost_micros),
+            latency_ms: count(row.latency_ms),
+            ttfb_ms: count(row.ttfb_ms),
+            stream: row.stream != 0,
+            status: u16::try_from(row.status).map_err(|_| corrupt("a status out of range"))?,
+            client_name: row.client_name,
+            usage_source: UsageSource::parse(&row.usage_source)
+                .ok_or_else(|| corrupt("an unknown usage source"))?,
+            client_ip: row.client_ip,
+        })
+    }
+}
+
+macro_rules! ledger_ops {
+    ($module:ident, $conn:ty) => {
+        mod $module {
+            use super::*;
+
+            type C = $conn;
+
+            /// Returns `held` to the key and the account, and charges `cost`.
+            async fn move_money(
+                c: &mut C,
+                key: &KeyId,
+                account: &AccountId,
+                held: i64,
+                cost: i64,
+            ) -> Result<()> {
+                diesel::update(api_keys::table.find(key.as_str()))
+                    .set((
+                        api_keys::reserved_micros.eq(api_keys::reserved_micros - held),
+                        api_keys::spent_micros.eq(api_keys::spent_micros + cost),
+                    ))
+                    .execute(c)
+                    .await?;
+                diesel::update(accounts::table.find(account.as_str()))
+                    .set((
+                        accounts::reserved_micros.eq(accounts::reserved_micros - held),
+                        accounts::balance_micros.eq(accounts::balance_micros - cost),
+                    ))
+                    .execute(c)
+                    .await?;
+                Ok(())
+            }
+
+            pub(super) async fn reserve(c: &mut C, new: NewReservation) -> Result<Reserve> {
+                check_reservation(&new)?;
+                c.transaction::<_, StoreError, _>(async move |c| {
+                    let amount = new.amount.0;
+                    let key = new.key_id.as_str();
+                    let on_key = diesel::update(api_keys::table.find(key))
+                        .filter(api_keys::account_id.eq(new.account_id.as_str()))
+                        .filter(
+                            api_keys::spend_limit_micros
+                                .is_null()
+                                .or(
+                                    (api_keys::spent_micros + api_keys::reserved_micros + amount)
+                                        .le(api_keys::spend_limit_micros.assume_not_null()),
+                                ),
+                        )
+                        .set(api_keys::reserved_micros.eq(api_keys::reserved_micros + amount))
+                        .execute(c)
+                        .await?;
+                    if on_key == 0 {
+                        let exists: i64 = api_keys::table
+                            .filter(api_keys::id.eq(key))
+                            .filter(api_keys::account_id.eq(new.account_id.as_str()))
+                            .count()
+                            .get_result(c)
+                            .await?;
+                        if exists == 0 {
+                            return Err(StoreError::key_not_found(&new.key_id));
+                        }
+                        return Ok(Reserve::SpendLimitExceeded);
+                    }
+                    let on_account = diesel::update(accounts::table.find(new.account_id.as_str()))
+                        .filter(accounts::balance_micros.ge(accounts::reserved_micros + amount))
+                        .set(accounts::reserved_micros.eq(accounts::reserved_micros + amount))
+                        .execute(c)
+                        .await?;
+                    if on_account == 0 {
+                        // Undo the key's hold; the transaction commits nothing else.
+                        diesel::update(api_keys::table.find(key))
+                            .set(api_keys::reserved_micros.eq(api_keys::reserved_micros - amount))
+                            .execute(c)
+                            .await?;
+                        return Ok(Reserve::InsufficientBalance);
+                    }
+                    let row = ReservationRow {
+                        id: ReservationId::generate().to_string(),
+                        account_id: new.account_id.to_string(),
+                        key_id: new.key_id.to_string(),
+                        amount_micros: amount,
+                        created_at: millis(Utc::now()),
+                        expires_at: millis(new.expires_at),
+                    };
+                    diesel::insert_into(reservations::table)
+                        .values(&row)
+                        .execute(c)
+                        .await?;
+                    Ok(Reserve::Held(Reservation {
+                        id: row.id.parse()?,
+                        account_id: new.account_id,
+                        key_id: new.key_id,
+                        amount: new.amount,
+                        expires_at: new.expires_at,
+                    }))
+                })
+                .await
+            }
+
+            /// Deletes a reservation; charges `cost` and returns what it held.
+            pub(super) async fn finish(
+                c: &mut C,
+                reservation: &Reservation,
+                cost: Micros,
+            ) -> Result<()> {
+                let reservation = reservation.clone();
+                c.transaction::<_, StoreError, _>(async move |c| {
+                    let deleted = diesel::delete(reservations::table.find(reservation.id.as_str()))
+                        .execute(c)
+                        .await?;
+                    let held = if deleted == 1 {
+                        reservation.amount.0
+                    } else {
+                        0
+                    };
+                    if held != 0 || cost.0 != 0 {
+                        move_money(
+                            c,
+                            &reservation.key_id,
+                            &reservation.account_id,
+                            held,
+                            cost.0,
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+
+            pub(super) async fn sweep(c: &mut C, now: DateTime<Utc>) -> Result<u64> {
+                let expired: Vec<ReservationRow> = reservations::table
+                    .filter(reservations::expires_at.lt(millis(now)))
+                    .select(ReservationRow::as_select())
+                    .limit(1000)
+                    .load(c)
+                    .await?;
+                let mut swept = 0;
+                for row in expired {
+                    let reservation = Reservation {
+                        id: row.id.parse()?,
+                        account_id: row.account_id.parse()?,
+                        key_id: row.key_id.parse()?,
+                        amount: Micros(row.amount_micros),
+                        expires_at: DateTime::from_timestamp_millis(row.expires_at).unwrap_or(now),
+                    };
+                    finish(c, &reservation, Micros::ZERO).await?;
+                    swept += 1;
+                }
+                Ok(swept)
+            }
+
+            pub(super) async fn key_spend(c: &mut C, key: &KeyId) -> Result<KeySpend> {
+                let found: Option<(i64, i64)> = api_keys::table
+                    .find(key.as_str())
+                    .select((api_keys::spent_micros, api_keys::reserved_micros))
+                    .first(c)
+                    .await
+                    .optional()?;
+                let (spent, reserved) = found.ok_or_else(|| StoreError::key_not_found(key))?;
+                Ok(KeySpend {
+                    spent: Micros(spent),
+                    reserved: Micros(reserved),
+                })
+            }
+
+            pub(super) async fn record_usage(c: &mut C, records: &[UsageRecord]) -> Result<()> {
+                let rows: Vec<NewUsageRow<'_>> = records
+                    .iter()
+                    .map(|r| NewUsageRow {
+                        at: millis(r.at),
+                        key_id: r.key_id.as_str(),
+                        account_id: r.account_id.as_str(),
+                        model: &r.model,
+                        upstream: &r.upstream,
+                        input_tokens: to_i64(r.input_tokens),
+                        output_tokens: to_i64(r.output_tokens),
+                        cached_tokens: to_i64(r.cached_tokens),
+                        cost_micros: r.cost.0,
+                        latency_ms: to_i64(r.latency_ms),
+                        ttfb_ms: to_i64(r.ttfb_ms),
+                        stream: i64::from(r.stream),
+                        status: i64::from(r.status),
+                        client_name: r.client_name.as_deref(),
+                        usage_source: r.usage_source.name(),
+                        client_ip: r.client_ip.as_deref(),
+                    })
+                    .collect();
+                c.transaction::<_, StoreError, _>(async move |c| {
+                    // One statement per row inside one transaction: diesel's
+                    // multi-row insert is not available on SQLite for rows with
+                    // nullable columns, and one query text must serve both backends.
+                    for row in &rows {
+                        diesel::insert_into(usage_records::table)
+                            .values(row)
+                            .execute(c)
+                            .await?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+
+            pub(super) async fn usage_between(
+                c: &mut C,
+                since: DateTime<Utc>,
+                until: DateTime<Utc>,
+            ) -> Result<Vec<UsageRecord>> {
+                usage_records::table
+                    .filter(usage_records::at.ge(millis(since)))
+                    .filter(usage_records::at.lt(millis(until)))
+                    .order((usage_records::at.asc(), usage_records::id.asc()))
+                    .select(UsageRow::as_select())
+                    .load(c)
+                    .await?
+                    .into_iter()
+                    .map(UsageRecord::try_from)
+                    .collect()
+            }
+
+            pub(super) async fn purge_usage(c: &mut C, before: DateTime<Utc>) -> Result<u64> {
+                let deleted = diesel::delete(
+                    usage_records::table.filter(usage_records::at.lt(millis(before))),
+                )
+                .execute(c)
+                .await?;
+                Ok(deleted as u64)
+            }
+        }
+    };
+}
+
+ledger_ops!(sqlite_ledger, SqliteConn);
+ledger_ops!(pg_ledger, AsyncPgConnection);
+
+macro_rules! dispatch_ledger {
+    ($conn:expr, $op:ident($($arg:expr),*)) => {
+        match $conn {
+            Conn::Sqlite(mut c) => sqlite_ledger::$op(&mut c, $($arg),*).await,
+            Conn::Postgres(mut c) => pg_ledger::$op(&mut c, $($arg),*).await,
+        }
+    };
+}
+
+#[async_trait::async_trait]
+impl Ledger for DbStore {
+    async fn reserve(&self, new: NewReservation) -> Result<Reserve> {
+        dispatch_ledger!(self.write().await?, reserve(new))
+    }
+
+    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()> {
+        dispatch_ledger!(self.write().await?, finish(reservation, cost))
+    }
+
+    async fn release(&self, reservation: &Reservation) -> Result<()> {
+        dispatch_ledger!(self.write().await?, finish(reservation, Micros::ZERO))
+    }
+
+    async fn sweep_reservations(&self, now: DateTime<Utc>) -> Result<u64> {
+        dispatch_ledger!(self.write().await?, sweep(now))
+    }
+
+    async fn key_spend(&self, key: &KeyId) -> Result<KeySpend> {
+        dispatch_ledger!(self.read().await?, key_spend(key))
+    }
+
+    async fn record_usage(&self, records: &[UsageRecord]) -> Result<()> {
+        for record in records {
+            check_usage_record(record)?;
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        dispatch_ledger!(self.write().await?, record_usage(records))
+    }
+
+    async fn usage_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<UsageRecord>> {
+        dispatch_ledger!(self.read().await?, usage_between(since, until))
+    }
+
+    async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64> {
+        dispatch_ledger!(self.write().await?, purge_usage(before))
+    }
+}
