@@ -1,5 +1,7 @@
 //! Usage readers against recorded provider bodies: exact tokens for each shape,
 //! streamed and not, and the same answer however a stream is split into frames.
+//! Costs of those bodies at real prices, worked out by hand. The usage-chunk
+//! filter: the same bytes out however the stream is split.
 
 #![allow(
     clippy::unwrap_used,
@@ -8,7 +10,11 @@
     reason = "tests"
 )]
 
-use keygate_billing::{ApiShape, StreamUsage, Usage, UsageSource, read_json};
+use keygate_billing::{
+    ApiShape, Injection, Price, ReservationRule, StreamUsage, Usage, UsageChunkFilter, UsageSource,
+    inject_include_usage, max_output_tokens, read_json, reserve_upper_bound,
+};
+use keygate_store::Micros;
 use proptest::prelude::*;
 
 const CHAT_STREAM: &str = concat!(
@@ -174,6 +180,152 @@ proptest! {
             let split = stream(shape, &refs);
             prop_assert_eq!(split.usage(), whole.usage());
             prop_assert_eq!(split.content_events(), whole.content_events());
+        }
+    }
+}
+
+fn gpt_4o() -> Price {
+    Price::from_credits(2.5, 10.0, Some(1.25)).unwrap()
+}
+
+#[test]
+fn costs_of_every_shape_worked_by_hand() {
+    // OpenAI chat, streamed: 1200 input of which 1024 cached, 2 output, at
+    // 2.5 / 10 / 1.25 credits per Mtok:
+    // 176 × 2.5 + 1024 × 1.25 + 2 × 10 = 440 + 1280 + 20 = 1740 micro-units.
+    let chat = stream(ApiShape::OpenAiCompletions, &[CHAT_STREAM.as_bytes()]).usage();
+    assert_eq!(gpt_4o().cost(&chat), Micros(1740));
+    assert_eq!(Micros(1740).to_string(), "0.00174");
+
+    // Embeddings at 0.02 credits per Mtok: 8 × 0.02 = 0.16 micro-units, rounded
+    // up to 1; 1000 tokens are exactly 20.
+    let small = Price::from_credits(0.02, 0.0, None).unwrap();
+    let embeddings = br#"{"object":"list","data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+    assert_eq!(
+        small.cost(&read_json(ApiShape::OpenAiEmbeddings, embeddings)),
+        Micros(1)
+    );
+    let embeddings =
+        br#"{"object":"list","data":[],"usage":{"prompt_tokens":1000,"total_tokens":1000}}"#;
+    assert_eq!(
+        small.cost(&read_json(ApiShape::OpenAiEmbeddings, embeddings)),
+        Micros(20)
+    );
+
+    // Responses, streamed, gpt-4o-mini at 0.15 / 0.6 / 0.075: 40 input of which
+    // 8 cached, 12 output: 32 × 0.15 + 8 × 0.075 + 12 × 0.6 = 4.8 + 0.6 + 7.2 =
+    // 12.6, rounded up to 13.
+    let mini = Price::from_credits(0.15, 0.6, Some(0.075)).unwrap();
+    let responses = stream(ApiShape::OpenAiResponses, &[RESPONSES_STREAM.as_bytes()]).usage();
+    assert_eq!(mini.cost(&responses), Micros(13));
+
+    // Anthropic, streamed, at 3 / 15 / 0.3: 25 uncached + 5 cache-creation input
+    // at the input price, 100 cache reads, 15 output:
+    // 30 × 3 + 100 × 0.3 + 15 × 15 = 90 + 30 + 225 = 345.
+    let sonnet = Price::from_credits(3.0, 15.0, Some(0.3)).unwrap();
+    let anthropic = stream(ApiShape::AnthropicMessages, &[ANTHROPIC_STREAM.as_bytes()]).usage();
+    assert_eq!(sonnet.cost(&anthropic), Micros(345));
+
+    // The same figures from complete JSON bodies.
+    let chat = br#"{"choices":[],"usage":{"prompt_tokens":1200,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":1024}}}"#;
+    assert_eq!(
+        gpt_4o().cost(&read_json(ApiShape::OpenAiCompletions, chat)),
+        Micros(1740)
+    );
+    let anthropic = br#"{"usage":{"input_tokens":25,"cache_read_input_tokens":100,"cache_creation_input_tokens":5,"output_tokens":15}}"#;
+    assert_eq!(
+        sonnet.cost(&read_json(ApiShape::AnthropicMessages, anthropic)),
+        Micros(345)
+    );
+}
+
+#[test]
+fn the_reservation_covers_the_cost() {
+    let body = br#"{"model":"gpt-4o","stream":true,"max_completion_tokens":2,"messages":[{"role":"user","content":"Say hello."}]}"#;
+    let cap = max_output_tokens(body);
+    assert_eq!(cap, Some(2));
+    let reserved = reserve_upper_bound(&gpt_4o(), body.len(), cap, &ReservationRule::default());
+    // body.len() × 2.5 + 2 × 10, rounded up.
+    let expected = (body.len() as u64 * 2_500_000 + 20_000_000).div_ceil(1_000_000);
+    assert_eq!(reserved, Micros(expected as i64));
+    let usage = reported(20, 2, 0);
+    assert!(gpt_4o().cost(&usage) <= reserved);
+}
+
+/// `CHAT_STREAM` with its line endings replaced.
+fn with_line_endings(text: &str, end: &str) -> String {
+    text.replace('\n', end)
+}
+
+fn filter(chunks: &[Vec<u8>]) -> Vec<u8> {
+    let mut filter = UsageChunkFilter::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        out.extend(filter.push(chunk));
+    }
+    out.extend(filter.finish());
+    out
+}
+
+const USAGE_EVENT: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":2,\"total_tokens\":1202,\"prompt_tokens_details\":{\"cached_tokens\":1024}}}\n\n";
+
+#[test]
+fn the_injected_request_and_the_filtered_stream_fit_together() {
+    let body = br#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+    let Injection::Rewritten(forwarded) = inject_include_usage(body) else {
+        panic!("not rewritten");
+    };
+    assert_eq!(
+        inject_include_usage(&forwarded),
+        Injection::AlreadyAsked,
+        "the rewritten body asks for usage"
+    );
+    // Usage is read from the upstream bytes; the client gets them without the chunk.
+    let reader = stream(ApiShape::OpenAiCompletions, &[CHAT_STREAM.as_bytes()]);
+    assert_eq!(reader.usage(), reported(1200, 2, 1024));
+    let out = filter(&[CHAT_STREAM.as_bytes().to_vec()]);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        CHAT_STREAM.replace(USAGE_EVENT, "")
+    );
+}
+
+#[test]
+fn every_two_way_split_filters_the_same() {
+    for end in ["\n", "\r\n", "\r"] {
+        let text = with_line_endings(CHAT_STREAM, end);
+        let whole = filter(&[text.as_bytes().to_vec()]);
+        for cut in 0..=text.len() {
+            let (a, b) = text.as_bytes().split_at(cut);
+            assert_eq!(
+                filter(&[a.to_vec(), b.to_vec()]),
+                whole,
+                "{end:?} split at {cut}"
+            );
+        }
+        let bytewise: Vec<Vec<u8>> = text.bytes().map(|b| vec![b]).collect();
+        assert_eq!(filter(&bytewise), whole, "{end:?} byte by byte");
+    }
+}
+
+proptest! {
+    #[test]
+    fn any_chunking_filters_the_same(cuts in proptest::collection::vec(0usize..4096, 0..40)) {
+        assert!(CHAT_STREAM.contains(USAGE_EVENT));
+        for end in ["\n", "\r\n", "\r"] {
+            let text = with_line_endings(CHAT_STREAM, end);
+            let expected = text.replace(&with_line_endings(USAGE_EVENT, end), "");
+            prop_assert_eq!(expected.len() + USAGE_EVENT.len() - 2 + 2 * end.len(), text.len());
+            let whole = filter(&[text.as_bytes().to_vec()]);
+            prop_assert_eq!(String::from_utf8(whole.clone()).unwrap(), expected.clone());
+            prop_assert_eq!(&filter(&split_at(&text, &cuts)), &whole);
+
+            // Without a usage-only chunk, every byte passes.
+            let plain = expected;
+            prop_assert_eq!(filter(&split_at(&plain, &cuts)), plain.as_bytes());
+        }
+        for text in [ANTHROPIC_STREAM, RESPONSES_STREAM] {
+            prop_assert_eq!(filter(&split_at(text, &cuts)), text.as_bytes());
         }
     }
 }

@@ -1,0 +1,447 @@
+//! Getting usage out of an OpenAI stream whose client did not ask for it.
+//!
+//! OpenAI chat and legacy completions streams report usage only when the request
+//! sets `stream_options.include_usage`. [`inject_include_usage`] sets it; the
+//! upstream then ends the stream with a usage-only chunk (`"choices": []`), which
+//! [`UsageChunkFilter`] removes again so the client gets the stream it asked for.
+//! Responses API and Anthropic streams always report usage and need neither.
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
+
+use crate::sse::SseParser;
+
+/// What [`inject_include_usage`] made of a request body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Injection {
+    /// A stream the client did not ask usage for: forward this body instead, and
+    /// pass the response through a [`UsageChunkFilter`] (after reading usage from
+    /// the unfiltered bytes).
+    Rewritten(Vec<u8>),
+    /// The client asked for usage itself: forward the body and the stream as they are.
+    AlreadyAsked,
+    /// Not a stream, or not a JSON object read without doubt (invalid JSON, a
+    /// duplicated `stream` or `stream_options` key): forward the body as it is.
+    NotStreaming,
+}
+
+/// Sets `stream_options.include_usage` in a streaming OpenAI chat or completions
+/// request body. When the body has no `stream_options`, the field is inserted
+/// right after the opening `{` and every other byte is kept. When it has one
+/// without `include_usage: true`, the body is parsed, changed and serialised
+/// again: same fields and values, but keys in sorted order and insignificant
+/// whitespace gone.
+pub fn inject_include_usage(body: &[u8]) -> Injection {
+    #[derive(Deserialize)]
+    struct StreamRequest {
+        stream: Option<bool>,
+        /// Absent: `None`; `null`: `Some(None)`.
+        #[serde(default, deserialize_with = "present")]
+        stream_options: Option<Option<StreamOptions>>,
+    }
+    #[derive(Deserialize)]
+    struct StreamOptions {
+        include_usage: Option<bool>,
+    }
+
+    let Some(open) = object_start(body) else {
+        return Injection::NotStreaming;
+    };
+    let Ok(request) = serde_json::from_slice::<StreamRequest>(body) else {
+        return Injection::NotStreaming;
+    };
+    if request.stream != Some(true) {
+        return Injection::NotStreaming;
+    }
+    match request.stream_options {
+        None => {
+            // The object has a `stream` key, so a comma after the new one is valid.
+            const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+            let (head, tail) = body.split_at(open + 1);
+            Injection::Rewritten([head, FIELD, tail].concat())
+        }
+        Some(Some(StreamOptions {
+            include_usage: Some(true),
+        })) => Injection::AlreadyAsked,
+        Some(_) => reserialise_with_usage(body),
+    }
+}
+
+/// Whether `bytes` start, after whitespace, with `{`. Serde reads a struct from
+/// a JSON array too; probes check this first so `[true]` is not read as an object.
+pub(crate) fn is_json_object(bytes: &[u8]) -> bool {
+    object_start(bytes).is_some()
+}
+
+/// Removes the usage-only chunk from an OpenAI SSE stream, passing every other
+/// byte through unchanged, however the stream is split into frames.
+///
+/// The usage-only chunk is an event whose `data:` is a JSON object with
+/// `"choices": []` and a non-null `usage`; it is removed with all its lines and
+/// the blank line that ends it. A chunk carrying usage and choices is kept. Only
+/// the current, unfinished event is held back, and only while it is no longer
+/// than [`MAX_HELD_EVENT_BYTES`]; a longer one cannot be a usage chunk and is
+/// passed through as it arrives. Lines end in `\n`, `\r\n` or `\r`, as for
+/// [`SseParser`].
+#[derive(Debug, Default)]
+pub struct UsageChunkFilter {
+    /// The current event so far, while it may still be a usage-only chunk.
+    held: Vec<u8>,
+    /// The current event outgrew `MAX_HELD_EVENT_BYTES` and is being passed through.
+    passing: bool,
+    /// No byte of the current line seen yet.
+    at_line_start: bool,
+    /// The previous byte was `\r`, so a following `\n` belongs to the same ending.
+    after_cr: bool,
+    /// The previous byte was the `\r` that ended an event; a `\n` next goes where
+    /// that event went.
+    ended_on_cr: Option<Fate>,
+    removed: u64,
+}
+
+/// Longest event [`UsageChunkFilter`] holds back to look at. A usage-only chunk
+/// is a few hundred bytes.
+pub const MAX_HELD_EVENT_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Sent,
+    Removed,
+}
+
+impl UsageChunkFilter {
+    /// A filter at the start of a stream.
+    pub fn new() -> Self {
+        Self {
+            at_line_start: true,
+            ..Self::default()
+        }
+    }
+
+    /// Feeds the next piece of the upstream stream; returns the bytes to send to
+    /// the client now.
+    pub fn push(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len());
+        for &byte in input {
+            if let Some(fate) = self.ended_on_cr.take() {
+                if byte == b'\n' {
+                    self.after_cr = false;
+                    if fate == Fate::Sent {
+                        out.push(byte);
+                    }
+                    continue;
+                }
+            }
+            match byte {
+                b'\n' if self.after_cr => {
+                    self.after_cr = false;
+                    self.keep(byte, &mut out);
+                }
+                b'\n' | b'\r' => {
+                    self.after_cr = byte == b'\r';
+                    self.keep(byte, &mut out);
+                    if self.at_line_start {
+                        let fate = self.end_event(&mut out);
+                        if byte == b'\r' {
+                            self.ended_on_cr = Some(fate);
+                        }
+                    }
+                    self.at_line_start = true;
+                }
+                _ => {
+                    self.after_cr = false;
+                    self.at_line_start = false;
+                    self.keep(byte, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// Ends the stream; returns what is left of an unfinished last event (nothing
+    /// if that event is a usage-only chunk).
+    pub fn finish(mut self) -> Vec<u8> {
+        if is_usage_only(&self.held) {
+            self.removed += 1;
+            return Vec::new();
+        }
+        self.held
+    }
+
+    /// Usage-only chunks removed so far.
+    pub fn removed(&self) -> u64 {
+        self.removed
+    }
+
+    fn keep(&mut self, byte: u8, out: &mut Vec<u8>) {
+        if self.passing {
+            out.push(byte);
+            return;
+        }
+        self.held.push(byte);
+        if self.held.len() > MAX_HELD_EVENT_BYTES {
+            out.append(&mut self.held);
+            self.passing = true;
+        }
+    }
+
+    fn end_event(&mut self, out: &mut Vec<u8>) -> Fate {
+        if std::mem::replace(&mut self.passing, false) {
+            return Fate::Sent;
+        }
+        if is_usage_only(&self.held) {
+            self.held.clear();
+            self.removed += 1;
+            return Fate::Removed;
+        }
+        out.append(&mut self.held);
+        Fate::Sent
+    }
+}
+
+/// Deserialises a field that is present, `null` included, as `Some`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// The index of the `{` a JSON object starts at, after leading whitespace.
+fn object_start(bytes: &[u8]) -> Option<usize> {
+    let at = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
+    (bytes.get(at) == Some(&b'{')).then_some(at)
+}
+
+fn reserialise_with_usage(body: &[u8]) -> Injection {
+    let Ok(serde_json::Value::Object(mut request)) = serde_json::from_slice(body) else {
+        return Injection::NotStreaming;
+    };
+    let include = || ("include_usage".to_owned(), serde_json::Value::Bool(true));
+    match request.get_mut("stream_options") {
+        Some(serde_json::Value::Object(options)) => {
+            let (key, value) = include();
+            options.insert(key, value);
+        }
+        _ => {
+            let options = serde_json::Map::from_iter([include()]);
+            request.insert(
+                "stream_options".to_owned(),
+                serde_json::Value::Object(options),
+            );
+        }
+    }
+    match serde_json::to_vec(&request) {
+        Ok(rewritten) => Injection::Rewritten(rewritten),
+        Err(_) => Injection::NotStreaming,
+    }
+}
+
+/// Whether an event's bytes (terminated or not) are a usage-only chunk.
+fn is_usage_only(event: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk {
+        choices: Option<Vec<IgnoredAny>>,
+        usage: Option<IgnoredAny>,
+    }
+    if event.is_empty() {
+        return false;
+    }
+    let mut parser = SseParser::new();
+    let mut data = None;
+    // The blank line ends an unterminated event; after a terminated one it is
+    // only more blank lines.
+    for bytes in [event, b"\n\n"] {
+        parser.push(bytes, |e| {
+            data.get_or_insert(e.data);
+        });
+    }
+    let Some(data) = data else {
+        return false;
+    };
+    if !is_json_object(data.as_bytes()) {
+        return false;
+    }
+    matches!(
+        serde_json::from_str::<Chunk>(&data),
+        Ok(Chunk {
+            choices: Some(choices),
+            usage: Some(_),
+        }) if choices.is_empty()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(body: &str) -> String {
+        match inject_include_usage(body.as_bytes()) {
+            Injection::Rewritten(bytes) => String::from_utf8(bytes).unwrap(),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn inserts_stream_options_keeping_every_other_byte() {
+        assert_eq!(
+            rewritten(
+                r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+            ),
+            r#"{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+        );
+        assert_eq!(
+            rewritten(" \n{ \"stream\" : true }\n"),
+            " \n{\"stream_options\":{\"include_usage\":true}, \"stream\" : true }\n"
+        );
+    }
+
+    #[test]
+    fn completes_existing_stream_options() {
+        assert_eq!(
+            rewritten(
+                r#"{"stream":true,"model":"m","stream_options":{"include_usage":false,"x":1}}"#
+            ),
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"x":1}}"#
+        );
+        assert_eq!(
+            rewritten(r#"{"stream":true,"stream_options":null}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            rewritten(r#"{"stream":true,"stream_options":{}}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+    }
+
+    #[test]
+    fn a_client_that_asked_is_left_alone() {
+        assert_eq!(
+            inject_include_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),
+            Injection::AlreadyAsked
+        );
+    }
+
+    #[test]
+    fn everything_else_is_not_streaming() {
+        for body in [
+            &br#"{"model":"m"}"#[..],
+            br#"{"stream":false}"#,
+            br#"{"stream":null}"#,
+            br#"{"stream":"true"}"#,
+            br#"{"stream":true,"stream":true}"#,
+            br#"{"stream":true,"stream_options":{},"stream_options":{}}"#,
+            br#"{"stream":true,"stream_options":"yes"}"#,
+            br#"[true]"#,
+            br#"{"stream":true"#,
+            b"",
+        ] {
+            assert_eq!(
+                inject_include_usage(body),
+                Injection::NotStreaming,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    const USAGE: &str =
+        r#"data: {"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+
+    fn filter_bytewise(input: &[u8]) -> (Vec<u8>, u64) {
+        let mut filter = UsageChunkFilter::new();
+        let mut out = Vec::new();
+        for byte in input {
+            out.extend(filter.push(std::slice::from_ref(byte)));
+        }
+        let removed = filter.removed();
+        out.extend(filter.finish());
+        (out, removed)
+    }
+
+    #[test]
+    fn removes_the_usage_chunk_with_every_line_ending() {
+        for end in ["\n", "\r\n", "\r"] {
+            let keep = format!("data: {{\"choices\":[{{\"delta\":{{}}}}]}}{end}{end}");
+            let done = format!(": c{end}{end}data: [DONE]{end}{end}");
+            let input = format!("{keep}{USAGE}{end}{end}{done}");
+            let expected = format!("{keep}{done}");
+            let mut filter = UsageChunkFilter::new();
+            let mut whole = filter.push(input.as_bytes());
+            assert_eq!(filter.removed(), 1);
+            whole.extend(filter.finish());
+            assert_eq!(String::from_utf8(whole).unwrap(), expected, "{end:?}");
+            let (bytewise, removed) = filter_bytewise(input.as_bytes());
+            assert_eq!(String::from_utf8(bytewise).unwrap(), expected, "{end:?}");
+            assert_eq!(removed, 1);
+        }
+    }
+
+    #[test]
+    fn the_lf_of_a_split_crlf_follows_its_event() {
+        let mut filter = UsageChunkFilter::new();
+        let mut out = filter.push(format!("{USAGE}\r\n\r").as_bytes());
+        assert!(out.is_empty());
+        out.extend(filter.push(b"\ndata: x\r"));
+        out.extend(filter.push(b"\n\r"));
+        assert_eq!(out, b"data: x\r\n\r");
+        out.extend(filter.push(b"\n"));
+        assert_eq!(out, b"data: x\r\n\r\n");
+    }
+
+    #[test]
+    fn complete_events_go_out_at_once() {
+        let mut filter = UsageChunkFilter::new();
+        assert_eq!(filter.push(b"data: a\n\ndata: b"), b"data: a\n\n");
+        assert_eq!(filter.push(b"\n"), b"");
+        assert_eq!(filter.push(b"\n"), b"data: b\n\n");
+    }
+
+    #[test]
+    fn keeps_chunks_that_are_not_usage_only() {
+        for data in [
+            r#"{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[],"usage":null}"#,
+            r#"{"choices":[]}"#,
+            r#"{"usage":{"prompt_tokens":3}}"#,
+            r#"[[],{"prompt_tokens":3}]"#,
+            r#"{"choices":[],"choices":[],"usage":{}}"#,
+            "[DONE]",
+        ] {
+            let input = format!("data: {data}\n\n");
+            let (out, removed) = filter_bytewise(input.as_bytes());
+            assert_eq!(String::from_utf8(out).unwrap(), input);
+            assert_eq!(removed, 0);
+        }
+    }
+
+    #[test]
+    fn an_unterminated_usage_chunk_at_the_end_is_removed() {
+        for tail in ["", "\n", "\r", "\r\n"] {
+            let input = format!("data: a\n\n{USAGE}{tail}");
+            let (out, removed_before_finish) = filter_bytewise(input.as_bytes());
+            assert_eq!(out, b"data: a\n\n", "{tail:?}");
+            assert_eq!(removed_before_finish, 0);
+        }
+        let (out, _) = filter_bytewise(b"data: a\n\ndata: {\"choices\":[");
+        assert_eq!(out, b"data: a\n\ndata: {\"choices\":[");
+    }
+
+    #[test]
+    fn a_long_event_streams_through_without_being_held() {
+        let mut filter = UsageChunkFilter::new();
+        let big = vec![b'x'; MAX_HELD_EVENT_BYTES];
+        assert!(filter.push(b"data: ").is_empty());
+        let first = filter.push(&big);
+        assert_eq!(first.len(), MAX_HELD_EVENT_BYTES + 6);
+        assert_eq!(filter.push(b"yz"), b"yz");
+        assert_eq!(filter.push(b"\n\n"), b"\n\n");
+        assert!(filter.push(USAGE.as_bytes()).is_empty());
+        assert!(filter.push(b"\n\n").is_empty());
+        assert_eq!(filter.removed(), 1);
+        assert!(filter.finish().is_empty());
+    }
+}
