@@ -19,7 +19,10 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keygate_test_utils::{GatewayProcess, MockUpstream, admin};
+use keygate_test_utils::{
+    GatewayProcess, MOCK_ANTHROPIC_KEY_ENV, MOCK_OPENAI_KEY_ENV, MockUpstream, admin,
+    write_mock_config,
+};
 use serde_json::{Value, json};
 
 /// What `cargo xtask demo` was asked to do.
@@ -67,8 +70,8 @@ const PROVIDER_KEY: &str = "sk-demo-provider-key";
 const ANTHROPIC_KEY: &str = "sk-ant-demo";
 /// The gateway's environment: where its provider keys come from.
 const GATEWAY_ENV: [(&str, &str); 2] = [
-    ("DEMO_PROVIDER_KEY", PROVIDER_KEY),
-    ("DEMO_ANTHROPIC_KEY", ANTHROPIC_KEY),
+    (MOCK_OPENAI_KEY_ENV, PROVIDER_KEY),
+    (MOCK_ANTHROPIC_KEY_ENV, ANTHROPIC_KEY),
 ];
 /// The mock provider's default answer.
 const REPLY: &str = "The quick brown fox jumps over the lazy dog.";
@@ -164,7 +167,8 @@ impl Demo {
         self.step("Starting the gateway");
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let database_url = format!("sqlite://{}", dir.path().join("keygate.db").display());
-        let config = write_config(dir.path(), &mock.url(), &database_url)?;
+        let config = write_mock_config(dir.path(), &mock.url(), &database_url)
+            .context("cannot write keygate.toml")?;
         let text = std::fs::read_to_string(&config)?;
         println!("   keygate.toml:");
         for line in text.lines() {
@@ -572,39 +576,6 @@ impl Demo {
             "the gateway's log contains the reply text".to_owned()
         });
     }
-}
-
-/// Writes `keygate.toml` into `dir` for the mock at `mock_url`.
-fn write_config(dir: &Path, mock_url: &str, database_url: &str) -> Result<PathBuf> {
-    // A JSON string is a valid TOML basic string: quotes and backslashes escaped.
-    let database_url = Value::String(database_url.to_owned());
-    let text = format!(
-        r#"listen = "127.0.0.1:0"
-database_url = {database_url}
-shutdown_grace = "5s"
-
-[[upstreams]]
-name = "mock-openai"
-base_url = "{mock_url}/v1"
-kind = "openai"
-api_key_env = "DEMO_PROVIDER_KEY"
-models = ["gpt-4o*", "text-embedding-3-small"]
-
-[[upstreams]]
-name = "mock-anthropic"
-base_url = "{mock_url}/v1"
-kind = "anthropic"
-api_key_env = "DEMO_ANTHROPIC_KEY"
-models = ["claude-*"]
-
-[prices."gpt-4o-mini"]
-input_per_mtok = 0.15
-output_per_mtok = 0.6
-"#
-    );
-    let path = dir.join("keygate.toml");
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
 }
 
 /// Starts the gateway. `GatewayProcess::start` panics when the gateway does not

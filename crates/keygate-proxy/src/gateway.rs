@@ -186,13 +186,12 @@ impl Gateway {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<GatewayBody> {
         let started = Instant::now();
         let method = request.method().clone();
-        let origin = request.headers().get(header::ORIGIN).cloned();
         let mut info = RequestInfo {
             route: "unknown",
             ..RequestInfo::default()
         };
         let mut cors = None;
-        match self.serve(request, &mut info, &mut cors).await {
+        match self.serve(request, started, &mut info, &mut cors).await {
             Ok(mut response) => {
                 if let Some(origin) = cors {
                     allow_origin(response.headers_mut(), origin);
@@ -206,7 +205,7 @@ impl Gateway {
                 }
                 log_request(&method, &info, kind.status, started, None, 0, kind.code);
                 let mut response = error.into_response();
-                if let (Some(origin), true) = (origin, cors.is_some()) {
+                if let Some(origin) = cors {
                     allow_origin(response.headers_mut(), origin);
                 }
                 response
@@ -217,10 +216,10 @@ impl Gateway {
     async fn serve(
         &self,
         request: Request<Incoming>,
+        started: Instant,
         info: &mut RequestInfo,
         cors: &mut Option<HeaderValue>,
     ) -> Result<Response<GatewayBody>, ProxyError> {
-        let started = Instant::now();
         let path = request.uri().path();
         match (request.method(), path) {
             (&Method::GET, "/healthz") => return Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),

@@ -19,5 +19,8 @@ mod tls;
 
 pub use mock_upstream::{MockUpstream, RecordedRequest};
 pub use postgres::{POSTGRES_URL_VAR, TestPostgres};
-pub use process::{AdminOutput, GatewayProcess, admin, workspace_binary};
+pub use process::{
+    AdminOutput, GatewayProcess, MOCK_ANTHROPIC_KEY_ENV, MOCK_OPENAI_KEY_ENV, admin,
+    workspace_binary, write_mock_config,
+};
 pub use tls::TestCerts;

@@ -36,6 +36,56 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The variable [`write_mock_config`] reads the OpenAI upstream's provider key from.
+pub const MOCK_OPENAI_KEY_ENV: &str = "KEYGATE_MOCK_OPENAI_KEY";
+/// The variable [`write_mock_config`] reads the Anthropic upstream's provider key from.
+pub const MOCK_ANTHROPIC_KEY_ENV: &str = "KEYGATE_MOCK_ANTHROPIC_KEY";
+
+/// Writes `DIR/keygate.toml` for a gateway on a free loopback port in front of the
+/// mock upstream at `mock_url`: an OpenAI upstream (`gpt-4o*`,
+/// `text-embedding-3-small`) and an Anthropic one (`claude-*`), with provider keys
+/// from [`MOCK_OPENAI_KEY_ENV`] and [`MOCK_ANTHROPIC_KEY_ENV`], a 200 ms change-feed
+/// poll and a price for `gpt-4o-mini`.
+pub fn write_mock_config(
+    dir: &Path,
+    mock_url: &str,
+    database_url: &str,
+) -> std::io::Result<PathBuf> {
+    // A JSON string is a valid TOML basic string: quotes and backslashes escaped.
+    let database_url = serde_json::Value::String(database_url.to_owned());
+    let text = format!(
+        r#"listen = "127.0.0.1:0"
+database_url = {database_url}
+key_prefix = "kg"
+shutdown_grace = "10s"
+
+[auth_cache]
+poll_interval = "200ms"
+
+[[upstreams]]
+name = "mock-openai"
+base_url = "{mock_url}/v1"
+kind = "openai"
+api_key_env = "{MOCK_OPENAI_KEY_ENV}"
+models = ["gpt-4o*", "text-embedding-3-small"]
+
+[[upstreams]]
+name = "mock-anthropic"
+base_url = "{mock_url}/v1"
+kind = "anthropic"
+api_key_env = "{MOCK_ANTHROPIC_KEY_ENV}"
+models = ["claude-*"]
+
+[prices."gpt-4o-mini"]
+input_per_mtok = 0.15
+output_per_mtok = 0.6
+"#
+    );
+    let path = dir.join("keygate.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 /// A running `keygate` process. Killed on drop.
 #[derive(Debug)]
 pub struct GatewayProcess {

@@ -12,50 +12,22 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keygate_test_utils::{GatewayProcess, MockUpstream, TestPostgres, admin};
+use keygate_test_utils::{
+    GatewayProcess, MOCK_ANTHROPIC_KEY_ENV, MOCK_OPENAI_KEY_ENV, MockUpstream, TestPostgres, admin,
+    write_mock_config,
+};
 
 const PROVIDER_KEY: &str = "sk-provider-e2e-0123456789";
 const ANTHROPIC_KEY: &str = "sk-ant-provider-e2e-0123456789";
 
-/// Writes a config for `mock` and `database_url` into `dir`.
+/// Writes the shared mock config for `mock` and `database_url` into `dir`.
 fn write_config(dir: &Path, mock: &MockUpstream, database_url: &str) -> std::path::PathBuf {
-    let path = dir.join("keygate.toml");
-    let text = format!(
-        r#"listen = "127.0.0.1:0"
-database_url = "{database_url}"
-key_prefix = "kg"
-shutdown_grace = "10s"
-
-[auth_cache]
-poll_interval = "200ms"
-
-[[upstreams]]
-name = "mock-openai"
-base_url = "{mock}/v1"
-kind = "openai"
-api_key_env = "E2E_OPENAI_KEY"
-models = ["gpt-4o*", "text-embedding-3-small"]
-
-[[upstreams]]
-name = "mock-anthropic"
-base_url = "{mock}/v1"
-kind = "anthropic"
-api_key_env = "E2E_ANTHROPIC_KEY"
-models = ["claude-*"]
-
-[prices."gpt-4o-mini"]
-input_per_mtok = 0.15
-output_per_mtok = 0.6
-"#,
-        mock = mock.url()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    write_mock_config(dir, &mock.url(), database_url).unwrap()
 }
 
 const ENV: [(&str, &str); 2] = [
-    ("E2E_OPENAI_KEY", PROVIDER_KEY),
-    ("E2E_ANTHROPIC_KEY", ANTHROPIC_KEY),
+    (MOCK_OPENAI_KEY_ENV, PROVIDER_KEY),
+    (MOCK_ANTHROPIC_KEY_ENV, ANTHROPIC_KEY),
 ];
 
 /// Creates an account and a key with the CLI; returns (key, key id).
@@ -272,6 +244,16 @@ async fn request_log_carries_metadata_only() {
     );
 }
 
+/// Runs `keygate --config PATH` to its end.
+async fn run_keygate(path: &Path) -> std::process::Output {
+    tokio::process::Command::new(keygate_test_utils::workspace_binary("keygate"))
+        .arg("--config")
+        .arg(path)
+        .output()
+        .await
+        .unwrap()
+}
+
 /// A config mistake stops the gateway at start with one line naming the file, the
 /// field and the fix.
 #[tokio::test]
@@ -279,12 +261,7 @@ async fn config_errors_stop_the_start_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"x\"\nbase_url = \"ftp://nowhere\"\nkind = \"openai\"\nmodels = [\"m\"]\n").unwrap();
-    let output = tokio::process::Command::new(keygate_test_utils::workspace_binary("keygate"))
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let output = run_keygate(&path).await;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.lines().last().unwrap_or_default();
@@ -296,12 +273,7 @@ async fn config_errors_stop_the_start_with_one_clear_line() {
     );
 
     std::fs::write(&path, "listen = \"127.0.0.1:0\"\nlisten_port = 8080\n").unwrap();
-    let output = tokio::process::Command::new(keygate_test_utils::workspace_binary("keygate"))
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let output = run_keygate(&path).await;
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

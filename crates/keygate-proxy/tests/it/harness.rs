@@ -319,10 +319,10 @@ pub async fn send(request: Request<Full<Bytes>>) -> Reply {
     }
 }
 
-/// POSTs JSON with a Bearer key.
-pub async fn post(url: &str, key: &str, body: &serde_json::Value) -> Reply {
+/// A JSON POST with a Bearer key.
+pub fn json_request(url: &str, key: &str, body: &serde_json::Value) -> Request<Full<Bytes>> {
     let auth = format!("Bearer {key}");
-    send(request(
+    request(
         Method::POST,
         url,
         &[
@@ -330,8 +330,12 @@ pub async fn post(url: &str, key: &str, body: &serde_json::Value) -> Reply {
             ("content-type", "application/json"),
         ],
         body.to_string(),
-    ))
-    .await
+    )
+}
+
+/// POSTs JSON with a Bearer key.
+pub async fn post(url: &str, key: &str, body: &serde_json::Value) -> Reply {
+    send(json_request(url, key, body)).await
 }
 
 pub fn chat(model: &str, stream: bool) -> serde_json::Value {

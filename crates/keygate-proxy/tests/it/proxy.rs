@@ -496,16 +496,7 @@ async fn streaming_chunks_arrive_at_the_upstream_pace() {
     mock.set_chunk_delay(Duration::from_millis(100));
     let gw = TestGateway::start(&mock).await;
     let key = gw.key().await;
-    let auth = format!("Bearer {key}");
-    let req = request(
-        Method::POST,
-        &gw.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        chat("gpt-4o", true).to_string(),
-    );
+    let req = json_request(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true));
     let (status, frames) = stream_frames(req).await;
     assert_eq!(status, StatusCode::OK);
     let text: String = frames
@@ -547,16 +538,7 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     mock.set_chunk_delay(Duration::from_millis(100));
     let gw = TestGateway::start(&mock).await;
     let key = gw.key().await;
-    let auth = format!("Bearer {key}");
-    let req = request(
-        Method::POST,
-        &gw.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        chat("gpt-4o", true).to_string(),
-    );
+    let req = json_request(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true));
     let response = client().request(req).await.unwrap();
     let mut body = response.into_body();
     use http_body_util::BodyExt as _;
@@ -578,16 +560,7 @@ async fn graceful_shutdown_lets_a_running_stream_finish() {
     mock.set_chunk_delay(Duration::from_millis(80));
     let mut gw = TestGateway::start(&mock).await;
     let key = gw.key().await;
-    let auth = format!("Bearer {key}");
-    let req = request(
-        Method::POST,
-        &gw.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        chat("gpt-4o", true).to_string(),
-    );
+    let req = json_request(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true));
     let response = client().request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let addr = gw.addr;
@@ -619,16 +592,7 @@ async fn shutdown_grace_period_is_bounded() {
     };
     let mut gw = TestGateway::start_with(&mock, store, |_| {}, options).await;
     let key = gw.key().await;
-    let auth = format!("Bearer {key}");
-    let req = request(
-        Method::POST,
-        &gw.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        chat("gpt-4o", true).to_string(),
-    );
+    let req = json_request(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true));
     let response = client().request(req).await.unwrap();
     let server = gw.begin_shutdown();
     assert_eq!(server.await.unwrap(), Shutdown::GraceExpired);
@@ -979,16 +943,7 @@ async fn a_silent_upstream_stream_is_cut_after_the_idle_timeout() {
     )
     .await;
     let key = gw.key().await;
-    let auth = format!("Bearer {key}");
-    let req = request(
-        Method::POST,
-        &gw.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        chat("gpt-4o", true).to_string(),
-    );
+    let req = json_request(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true));
     let response = client().request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     use http_body_util::BodyExt as _;
