@@ -352,3 +352,37 @@ async fn official_python_sdks_end_to_end() {
             .all(|r| !r.headers.contains_key("authorization"))
     );
 }
+
+/// `--check` builds what the start builds (upstreams, patterns, CA and TLS files)
+/// without opening the database or the port.
+#[tokio::test]
+async fn check_validates_upstreams_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("check.toml");
+    let run = |path: std::path::PathBuf| async move {
+        tokio::process::Command::new(keygate_test_utils::workspace_binary("keygate"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .await
+            .unwrap()
+    };
+    std::fs::write(&path, "database_url = \"sqlite:///nonexistent/dir/kg.db\"\n[[upstreams]]\nname = \"x\"\nbase_url = \"https://x.example/v1\"\nkind = \"openai\"\nmodels = [\"g*pt\"]\n").unwrap();
+    let output = run(path.clone()).await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("upstreams[0].models") && stderr.contains("g*pt"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, "database_url = \"sqlite:///nonexistent/dir/kg.db\"\n[[upstreams]]\nname = \"x\"\nbase_url = \"https://x.example/v1\"\nkind = \"openai\"\nmodels = [\"gpt-4o*\"]\n").unwrap();
+    let output = run(path).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!dir.path().join("kg.db").exists());
+}
