@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use keygate_keys::{KeyKind, KeyPrefix};
-use keygate_store::{Micros, ScopeSet};
+use keygate_store::{Micros, ScopeSet, UsageGroup};
 
-/// Manage a keygate deployment: migrations, accounts and API keys.
+/// Manage a keygate deployment: migrations, accounts, API keys and usage.
 #[derive(Debug, Parser)]
 #[command(name = "keygate-admin", version, about, max_term_width = 100)]
 pub(crate) struct Cli {
@@ -46,6 +47,9 @@ pub(crate) enum Command {
     /// Create, list, show, update, revoke and rotate API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Report and purge usage records.
+    #[command(subcommand)]
+    Usage(UsageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +114,63 @@ pub(crate) enum KeyCommand {
         #[arg(long, value_parser = duration)]
         grace: Option<chrono::TimeDelta>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UsageCommand {
+    /// Requests, tokens and cost per model, key or day, with a total.
+    Report(UsageReportArgs),
+    /// Delete usage records older than a duration.
+    Purge {
+        /// Delete records older than this, e.g. 90d (at least 1d).
+        #[arg(long, value_parser = retention)]
+        older_than: chrono::TimeDelta,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UsageReportArgs {
+    /// Only this account's usage (acct_…).
+    #[arg(long)]
+    pub(crate) account: Option<String>,
+    /// Only this key's usage (key_…).
+    #[arg(long)]
+    pub(crate) key: Option<String>,
+    /// Start, inclusive: a duration ago (7d, 24h, 90m) or an RFC 3339 time.
+    #[arg(long, default_value = "7d", value_parser = when)]
+    pub(crate) since: When,
+    /// End, exclusive: an RFC 3339 time or a duration ago (default: now).
+    #[arg(long, value_parser = when)]
+    pub(crate) until: Option<When>,
+    /// What one row totals.
+    #[arg(
+        long,
+        default_value = "model",
+        value_parser = PossibleValuesParser::new(["model", "key", "day"])
+            .try_map(|name| UsageGroup::parse(&name).ok_or("unknown group"))
+    )]
+    pub(crate) group_by: UsageGroup,
+}
+
+/// A point in time as typed: a duration ago, or an absolute time.
+#[derive(Clone, Debug)]
+pub(crate) enum When {
+    /// This long before now.
+    Ago(String, chrono::TimeDelta),
+    /// This time.
+    At(DateTime<Utc>),
+}
+
+impl When {
+    /// The time this names, relative to `now`; `flag` names it in errors.
+    pub(crate) fn resolve(&self, flag: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+        match self {
+            When::Ago(text, ago) => now
+                .checked_sub_signed(*ago)
+                .with_context(|| format!("{flag} {text} reaches too far into the past")),
+            When::At(at) => Ok(*at),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +346,34 @@ fn duration(text: &str) -> Result<chrono::TimeDelta, String> {
     chrono::TimeDelta::from_std(parsed).map_err(|_| format!("{text:?} is too long"))
 }
 
+/// The shortest retention `usage purge` accepts: a shorter one is more likely a
+/// typo (90m for 90d) than a wish to delete nearly all usage.
+const MIN_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+fn retention(text: &str) -> Result<chrono::TimeDelta, String> {
+    let age = duration(text)?;
+    if age < MIN_RETENTION {
+        return Err(format!(
+            "{text:?} would delete all usage but the last {}; give 1d or more, such as 90d",
+            text.trim()
+        ));
+    }
+    Ok(age)
+}
+
+/// A duration ago (`7d`) or an RFC 3339 time.
+fn when(text: &str) -> Result<When, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(When::At(at.with_timezone(&Utc)));
+    }
+    if humantime::parse_duration(text.trim()).is_err() {
+        return Err(format!(
+            "{text:?} is neither a duration such as 7d, 24h or 90m nor an RFC 3339 time such as 2027-01-31T00:00:00Z"
+        ));
+    }
+    duration(text).map(|ago| When::Ago(text.trim().to_owned(), ago))
+}
+
 fn timestamp(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text.trim())
         .map(|t| t.with_timezone(&Utc))
@@ -334,6 +423,40 @@ mod tests {
         assert!(duration("3x").is_err());
         assert!(duration("0s").is_err());
         assert!(duration("").is_err());
+    }
+
+    #[test]
+    fn points_in_time() {
+        let now: DateTime<Utc> = "2026-03-10T12:00:00Z".parse().unwrap();
+        let resolve = |text: &str| when(text).unwrap().resolve("--since", now).unwrap();
+        assert_eq!(
+            resolve("7d"),
+            "2026-03-03T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            resolve("90m"),
+            "2026-03-10T10:30:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            resolve("2026-01-01T01:00:00+01:00"),
+            "2026-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert!(when("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(when("0d").unwrap_err().contains("zero"));
+        let far = when("1000000y")
+            .unwrap()
+            .resolve("--since", now)
+            .unwrap_err();
+        assert!(far.to_string().contains("too far"), "{far}");
+    }
+
+    #[test]
+    fn retentions() {
+        assert_eq!(retention("90d").unwrap(), chrono::TimeDelta::days(90));
+        assert_eq!(retention("24h").unwrap(), chrono::TimeDelta::days(1));
+        assert!(retention("0d").unwrap_err().contains("zero"));
+        assert!(retention("90m").unwrap_err().contains("1d or more"));
+        assert!(retention("soon").is_err());
     }
 
     #[test]

@@ -2,16 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, bail};
-use chrono::Utc;
+use anyhow::{Context as _, Result, bail, ensure};
+use chrono::{DateTime, TimeDelta, Utc};
 use keygate_keys::{KeyPrefix, SecretKey};
 use keygate_store::{
-    AccountId, CredentialStore, DatabaseUrl, DbStore, KeyId, KeySettings, KeyUpdate, NewAccount,
-    NewApiKey, ReplacementKey,
+    AccountId, CredentialStore, DatabaseUrl, DbStore, KeyId, KeySettings, KeyUpdate, Ledger,
+    NewAccount, NewApiKey, ReplacementKey, UsageQuery,
 };
 
-use crate::cli::{AccountCommand, Cli, Command, KeyCommand, KeyCreate, KeyUpdateArgs};
-use crate::output::Output;
+use crate::cli::{
+    AccountCommand, Cli, Command, KeyCommand, KeyCreate, KeyUpdateArgs, UsageCommand,
+    UsageReportArgs,
+};
+use crate::output::{Output, time};
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     let out = Output { json: cli.json };
@@ -43,6 +46,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Migrate => Ok(()),
         Command::Account(command) => account(&store, command, &out).await,
         Command::Key(command) => key(&store, command, &cli.key_prefix, &out).await,
+        Command::Usage(command) => usage(&store, command, &out).await,
     }
 }
 
@@ -199,4 +203,69 @@ async fn update_key(store: &dyn CredentialStore, args: KeyUpdateArgs, out: &Outp
         );
     }
     out.key(&store.update_key(&args.id.parse()?, update).await?)
+}
+
+async fn usage(store: &DbStore, command: UsageCommand, out: &Output) -> Result<()> {
+    match command {
+        UsageCommand::Report(args) => usage_report(store, args, out).await,
+        UsageCommand::Purge { older_than } => {
+            let before = purge_cutoff(older_than, Utc::now())?;
+            out.purged(store.purge_usage(before).await?, before)
+        }
+    }
+}
+
+async fn usage_report(store: &DbStore, args: UsageReportArgs, out: &Output) -> Result<()> {
+    let now = Utc::now();
+    let since = args.since.resolve("--since", now)?;
+    let until = match &args.until {
+        Some(until) => until.resolve("--until", now)?,
+        None => now,
+    };
+    ensure!(
+        since < until,
+        "--since {} is not before --until {}",
+        time(since),
+        time(until)
+    );
+    let account: Option<AccountId> = args.account.as_deref().map(str::parse).transpose()?;
+    let key: Option<KeyId> = args.key.as_deref().map(str::parse).transpose()?;
+    // Say "not found" rather than print an empty report for a typo.
+    if let Some(account) = &account {
+        store.get_account(account).await?;
+    }
+    if let Some(key) = &key {
+        let owner = store.get_key(key).await?.account_id;
+        match &account {
+            Some(account) if *account != owner => {
+                bail!("key {key} belongs to account {owner}, not {account}")
+            }
+            _ => {}
+        }
+    }
+    let query = UsageQuery {
+        since,
+        until,
+        account,
+        key,
+        group_by: args.group_by,
+    };
+    let rows = store.usage_report(&query).await?;
+    out.usage_report(&query, &rows)
+}
+
+/// The time before which `usage purge --older-than` deletes records. Refuses one
+/// before 1970: nothing was recorded then, so the duration is a mistake.
+fn purge_cutoff(older_than: TimeDelta, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    now.checked_sub_signed(older_than)
+        .filter(|before| *before >= DateTime::UNIX_EPOCH)
+        .with_context(|| {
+            let shown = older_than
+                .to_std()
+                .map(|d| humantime::format_duration(d).to_string())
+                .unwrap_or_default();
+            format!(
+                "--older-than {shown} reaches back before 1970, when nothing was recorded; give a retention such as 90d"
+            )
+        })
 }

@@ -1,4 +1,4 @@
-//! `keygate-admin`: the operator's CLI for migrations, accounts and API keys.
+//! `keygate-admin`: the operator's CLI for migrations, accounts, API keys and usage.
 //!
 //! Thin by design: it parses arguments, opens the store, calls `keygate-store` and
 //! `keygate-keys`, and prints. Every failure is one line on stderr and a non-zero

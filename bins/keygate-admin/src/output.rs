@@ -5,16 +5,16 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use comfy_table::{Table, presets};
+use comfy_table::{CellAlignment, Table, presets};
 use keygate_keys::SecretKey;
-use keygate_store::{Account, ApiKey, DatabaseUrl};
+use keygate_store::{Account, ApiKey, DatabaseUrl, UsageQuery, UsageTotals};
 use serde_json::{Value, json};
 
 pub(crate) struct Output {
     pub(crate) json: bool,
 }
 
-fn time(at: DateTime<Utc>) -> String {
+pub(crate) fn time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
@@ -53,6 +53,64 @@ fn key_json(k: &ApiKey) -> Value {
         "created_at": time(k.created_at),
         "last_used_at": opt_time(k.last_used_at),
     })
+}
+
+/// The counts and cost of usage totals, without the group.
+fn totals_json(t: &UsageTotals) -> serde_json::Map<String, Value> {
+    let mut map = serde_json::Map::new();
+    map.insert("requests".into(), t.requests.into());
+    map.insert("input_tokens".into(), t.input_tokens.into());
+    map.insert("output_tokens".into(), t.output_tokens.into());
+    map.insert("cached_tokens".into(), t.cached_tokens.into());
+    map.insert("cost_micros".into(), t.cost.0.into());
+    map
+}
+
+fn usage_row_json(t: &UsageTotals) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert("group".into(), t.group.clone().into());
+    map.extend(totals_json(t));
+    Value::Object(map)
+}
+
+/// The sum of report rows, or `None` if it does not fit.
+fn grand_total(rows: &[UsageTotals]) -> Option<UsageTotals> {
+    rows.iter().try_fold(UsageTotals::default(), |sum, row| {
+        Some(UsageTotals {
+            group: String::new(),
+            requests: sum.requests.checked_add(row.requests)?,
+            input_tokens: sum.input_tokens.checked_add(row.input_tokens)?,
+            output_tokens: sum.output_tokens.checked_add(row.output_tokens)?,
+            cached_tokens: sum.cached_tokens.checked_add(row.cached_tokens)?,
+            cost: sum.cost.checked_add(row.cost)?,
+        })
+    })
+}
+
+/// Text with its control characters escaped (`\u{1b}`), so a model name sent by a
+/// client cannot drive the operator's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// One table row of usage totals; cost in credits.
+fn usage_cells(label: &str, t: &UsageTotals) -> Vec<String> {
+    vec![
+        printable(label),
+        t.requests.to_string(),
+        t.input_tokens.to_string(),
+        t.output_tokens.to_string(),
+        t.cached_tokens.to_string(),
+        t.cost.to_string(),
+    ]
 }
 
 fn table() -> Table {
@@ -177,6 +235,62 @@ impl Output {
         emit(&t.trim_fmt())
     }
 
+    /// Prints a usage report and its total: `{"rows":[…],"total":{…}}` in JSON.
+    pub(crate) fn usage_report(
+        &self,
+        query: &UsageQuery,
+        rows: &[UsageTotals],
+    ) -> anyhow::Result<()> {
+        let total = grand_total(rows).context("the usage totals do not fit in 64 bits")?;
+        if self.json {
+            let list: Vec<Value> = rows.iter().map(usage_row_json).collect();
+            return print_json(&json!({ "rows": list, "total": totals_json(&total) }));
+        }
+        let group = query.group_by.name();
+        let mut heading = format!(
+            "Usage by {group} from {} to {}",
+            time(query.since),
+            time(query.until)
+        );
+        if let Some(account) = &query.account {
+            heading.push_str(&format!(", account {account}"));
+        }
+        if let Some(key) = &query.key {
+            heading.push_str(&format!(", key {key}"));
+        }
+        heading.push_str(" (cost in credits):");
+        let mut t = table();
+        t.set_header(vec![
+            group.to_uppercase(),
+            "REQUESTS".to_owned(),
+            "INPUT TOKENS".to_owned(),
+            "OUTPUT TOKENS".to_owned(),
+            "CACHED TOKENS".to_owned(),
+            "COST".to_owned(),
+        ]);
+        for row in rows {
+            t.add_row(usage_cells(&row.group, row));
+        }
+        t.add_row(usage_cells("total", &total));
+        for number in 1..=5 {
+            if let Some(column) = t.column_mut(number) {
+                column.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        emit(&format!("{heading}\n{}", t.trim_fmt()))
+    }
+
+    pub(crate) fn purged(&self, deleted: u64, before: DateTime<Utc>) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(&json!({ "deleted": deleted }));
+        }
+        let records = if deleted == 1 { "record" } else { "records" };
+        emit(&format!(
+            "deleted {deleted} usage {records} from before {}",
+            time(before)
+        ))
+    }
+
     pub(crate) fn key(&self, k: &ApiKey) -> anyhow::Result<()> {
         if self.json {
             return print_json(&key_json(k));
@@ -240,5 +354,16 @@ impl Output {
             "Save this key now: keygate stores only its hash and cannot show it again."
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_escape_control_characters() {
+        assert_eq!(printable("gpt-4o/ü"), "gpt-4o/ü");
+        assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
     }
 }

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use keygate_billing::{DEFAULT_OUTPUT_RESERVE, Price, PriceTable, ReservationRule};
 use keygate_keys::KeyPrefix;
 use keygate_proxy::{
-    AuthSettings, ProviderKey, ProviderKind, ProxyConfig, UpstreamConfig, UpstreamTimeouts,
-    defaults,
+    AuthSettings, BillingConfig, ProviderKey, ProviderKind, ProxyConfig, UpstreamConfig,
+    UpstreamTimeouts, defaults,
 };
 use serde::Deserialize;
 
@@ -39,6 +40,23 @@ struct RawConfig {
     upstreams: Vec<RawUpstream>,
     #[serde(default)]
     prices: BTreeMap<String, RawPrice>,
+    billing: Option<RawBilling>,
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBilling {
+    allow_unpriced: Option<bool>,
+    default_output_reserve: Option<u64>,
+    usage_retention_days: Option<u32>,
+    reservation_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    log_client_ip: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,8 +150,8 @@ pub(crate) struct Config {
     pub(crate) proxy: ProxyConfig,
     /// Upstreams skipped because their key variable is unset (built-in defaults only).
     pub(crate) skipped: Vec<String>,
-    /// Prices per model, for billing.
-    pub(crate) prices: BTreeMap<String, RawPrice>,
+    /// Billing: prices, reservations, retention.
+    pub(crate) billing: BillingConfig,
 }
 
 /// Variables the environment can override.
@@ -395,19 +413,61 @@ fn validate(
             ca_file: up.ca_file.map(|p| base_dir.join(p)),
         });
     }
+    let mut prices = PriceTable::new();
     for (model, price) in &raw.prices {
-        for (name, value) in [
-            ("input_per_mtok", Some(price.input_per_mtok)),
-            ("output_per_mtok", Some(price.output_per_mtok)),
-            ("cached_input_per_mtok", price.cached_input_per_mtok),
-        ] {
-            if let Some(value) = value {
-                if !value.is_finite() || value < 0.0 {
-                    bail!("prices.\"{model}\".{name}: must be a number of credits, 0 or more");
+        let price = Price::from_credits(
+            price.input_per_mtok,
+            price.output_per_mtok,
+            price.cached_input_per_mtok,
+        )
+        .map_err(|e| {
+            anyhow!("prices.\"{model}\": the {e}; write a number of credits per million tokens, 0 or more")
+        })?;
+        prices.insert(model.clone(), price);
+    }
+    let raw_billing = raw.billing.as_ref();
+    let allow_unpriced = raw_billing.and_then(|b| b.allow_unpriced).unwrap_or(false);
+    if !allow_unpriced {
+        // A model named exactly must have a price; a pattern is checked per request.
+        for (i, upstream) in upstreams.iter().enumerate() {
+            for model in &upstream.models {
+                if !model.ends_with('*') && prices.get(model).is_none() {
+                    bail!(
+                        "upstreams[{i}].models: the model {model:?} has no price; add [prices.\"{model}\"] with input_per_mtok and output_per_mtok, or set [billing] allow_unpriced = true to serve unpriced models free of charge"
+                    );
                 }
             }
         }
     }
+    let mut billing = BillingConfig::new(prices);
+    billing.allow_unpriced = allow_unpriced;
+    billing.rule = ReservationRule {
+        default_output_reserve: raw_billing
+            .and_then(|b| b.default_output_reserve)
+            .unwrap_or(DEFAULT_OUTPUT_RESERVE),
+    };
+    if let Some(days) = raw_billing.and_then(|b| b.usage_retention_days) {
+        billing.usage_retention = match days {
+            0 => None,
+            days => Some(Duration::from_secs(u64::from(days) * 86_400)),
+        };
+    }
+    billing.reservation_ttl = duration(
+        "billing.reservation_ttl",
+        raw_billing.and_then(|b| b.reservation_ttl.as_deref()),
+        billing.reservation_ttl,
+    )?;
+    if billing.reservation_ttl <= timeouts.first_byte {
+        bail!(
+            "billing.reservation_ttl: must be longer than timeouts.first_byte ({}s), or reservations of waiting requests would be swept",
+            timeouts.first_byte.as_secs()
+        );
+    }
+    billing.log_client_ip = raw
+        .privacy
+        .as_ref()
+        .and_then(|p| p.log_client_ip)
+        .unwrap_or(false);
     let _ = source;
     let mut proxy = ProxyConfig::new(key_prefix, upstreams);
     proxy.query_param = query_param;
@@ -424,7 +484,7 @@ fn validate(
         log_format,
         proxy,
         skipped,
-        prices: raw.prices,
+        billing,
     })
 }
 
@@ -458,6 +518,9 @@ models = ["gpt-4o*", "o3"]
 [prices."gpt-4o"]
 input_per_mtok = 2.5
 output_per_mtok = 10.0
+[prices."o3"]
+input_per_mtok = 2.0
+output_per_mtok = 8.0
 "#;
 
     #[test]
@@ -466,7 +529,15 @@ output_per_mtok = 10.0
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.proxy.upstreams.len(), 1);
         assert_eq!(config.proxy.upstreams[0].kind, ProviderKind::OpenAi);
-        assert_eq!(config.prices["gpt-4o"].output_per_mtok, 10.0);
+        assert_eq!(
+            config
+                .billing
+                .prices
+                .get("gpt-4o")
+                .unwrap()
+                .output_per_mtok(),
+            keygate_store::Micros(10_000_000)
+        );
         assert!(
             !format!("{config:?}").contains("sk-test"),
             "provider key in Debug"
@@ -521,7 +592,36 @@ output_per_mtok = 10.0
         let err = load_text(&bad_price, &[("OPENAI_API_KEY", "k")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("prices.\"gpt-4o\".output_per_mtok"), "{err}");
+        assert!(
+            err.contains("prices.\"gpt-4o\"") && err.contains("negative"),
+            "{err}"
+        );
+
+        let unpriced = ISSUE_SHAPE.replace("\"gpt-4o*\", \"o3\"]", "\"gpt-4o*\", \"o3\", \"o1\"]");
+        let err = load_text(&unpriced, &[("OPENAI_API_KEY", "k")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("upstreams[0].models") && err.contains("allow_unpriced"),
+            "{err}"
+        );
+        let allowed = format!("{unpriced}\n[billing]\nallow_unpriced = true\n");
+        assert!(load_text(&allowed, &[("OPENAI_API_KEY", "k")]).is_ok());
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let example = doc
+            .split("## Example")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let env = [("OPENAI_API_KEY", "k"), ("ANTHROPIC_API_KEY", "k")];
+        let config = load_text(example, &env).unwrap();
+        assert!(config.billing.prices.get("o3").is_some());
+        assert_eq!(config.billing.rule.default_output_reserve, 4096);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use keygate_proxy::{Gateway, ServerOptions, Shutdown};
-use keygate_store::{CredentialStore, DatabaseUrl, DbStore};
+use keygate_proxy::{Billing, Gateway, ServerOptions, Shutdown};
+use keygate_store::{CredentialStore, DatabaseUrl, DbStore, Ledger};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -118,7 +118,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot migrate the database {shown_url}"))?;
     tracing::info!(database = %shown_url, backend = store.backend(), migrations_applied = applied.len(), "store ready");
 
-    tracing::info!(config = %config.source, priced_models = config.prices.len(), "configuration loaded");
+    tracing::info!(
+        config = %config.source,
+        priced_models = config.billing.prices.len(),
+        allow_unpriced = config.billing.allow_unpriced,
+        "configuration loaded"
+    );
     for skipped in &config.skipped {
         tracing::warn!("upstream {skipped}");
     }
@@ -134,9 +139,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let store: Arc<dyn CredentialStore> = Arc::new(store);
-    let gateway =
-        Gateway::new(config.proxy, store).map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?;
+    let store = Arc::new(store);
+    let ledger: Arc<dyn Ledger> = Arc::clone(&store) as Arc<dyn Ledger>;
+    let billing = Arc::new(Billing::new(config.billing, ledger));
+    let gateway = Gateway::new(config.proxy, store)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?
+        .with_billing(billing);
     for upstream in gateway.router().upstreams() {
         tracing::info!(
             upstream = upstream.name(),

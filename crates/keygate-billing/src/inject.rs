@@ -194,8 +194,118 @@ impl UsageChunkFilter {
             self.removed += 1;
             return Fate::Removed;
         }
+        strip_null_usage(&mut self.held);
         out.append(&mut self.held);
         Fate::Sent
+    }
+}
+
+/// With `include_usage` set, OpenAI adds `"usage":null` to every chunk before
+/// the usage-only one. A client that did not ask for usage never sees that
+/// member: it is cut from each `data:` line of `event`, with its comma, leaving
+/// every other byte as the upstream sent it.
+fn strip_null_usage(event: &mut Vec<u8>) {
+    let mut start = 0;
+    while start < event.len() {
+        let end = event[start..]
+            .iter()
+            .position(|b| matches!(b, b'\n' | b'\r'))
+            .map_or(event.len(), |at| start + at);
+        if let Some(data) = event[start..end].strip_prefix(b"data:") {
+            let offset = end - data.len();
+            if let Some(cut) = null_usage_member(data) {
+                event.drain(offset + cut.start..offset + cut.end);
+                return;
+            }
+        }
+        start = end + 1;
+    }
+}
+
+/// Where the top-level `"usage": null` member of a JSON object is, with the
+/// comma that joins it to its neighbour.
+fn null_usage_member(json: &[u8]) -> Option<std::ops::Range<usize>> {
+    let skip_ws = |mut i: usize| {
+        while json.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            i += 1;
+        }
+        i
+    };
+    let mut depth = 0_u32;
+    let mut comma = None;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let key_start = i;
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                if depth != 1 || json.get(key_start..i) != Some(&b"\"usage\""[..]) {
+                    continue;
+                }
+                let colon = skip_ws(i);
+                if json.get(colon) != Some(&b':') {
+                    continue;
+                }
+                let value = skip_ws(colon + 1);
+                if json.get(value..value + 4) != Some(&b"null"[..]) {
+                    return None;
+                }
+                let after = skip_ws(value + 4);
+                return match (json.get(after), comma) {
+                    (Some(b','), _) => Some(key_start..skip_ws(after + 1)),
+                    (Some(b'}'), Some(comma)) => Some(comma..value + 4),
+                    (Some(b'}'), None) => Some(key_start..value + 4),
+                    _ => None,
+                };
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => comma = Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod null_usage_tests {
+    use super::*;
+
+    fn strip(text: &str) -> String {
+        let mut bytes = text.as_bytes().to_vec();
+        strip_null_usage(&mut bytes);
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn the_null_usage_member_is_cut_with_its_comma() {
+        assert_eq!(
+            strip("data: {\"id\":\"c\",\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n"),
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{}}]}\n\n"
+        );
+        assert_eq!(
+            strip("data: {\"usage\": null, \"id\":\"c\"}\n\n"),
+            "data: {\"id\":\"c\"}\n\n"
+        );
+        assert_eq!(strip("data: {\"usage\":null}\n\n"), "data: {}\n\n");
+    }
+
+    #[test]
+    fn anything_else_is_left_alone() {
+        for text in [
+            "data: {\"choices\":[{\"usage\":null}]}\n\n",
+            "data: {\"text\":\"\\\"usage\\\":null\"}\n\n",
+            "data: {\"usage\":{\"prompt_tokens\":1}}\n\n",
+            "event: x\ndata: [DONE]\n\n",
+            ": usage null\n\n",
+        ] {
+            assert_eq!(strip(text), text);
+        }
     }
 }
 
@@ -404,7 +514,6 @@ mod tests {
     fn keeps_chunks_that_are_not_usage_only() {
         for data in [
             r#"{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":3}}"#,
-            r#"{"choices":[],"usage":null}"#,
             r#"{"choices":[]}"#,
             r#"{"usage":{"prompt_tokens":3}}"#,
             r#"[[],{"prompt_tokens":3}]"#,
@@ -416,6 +525,10 @@ mod tests {
             assert_eq!(String::from_utf8(out).unwrap(), input);
             assert_eq!(removed, 0);
         }
+        // A chunk is kept, but without the `"usage":null` the injection added.
+        let (out, removed) = filter_bytewise(b"data: {\"choices\":[],\"usage\":null}\n\n");
+        assert_eq!(out, b"data: {\"choices\":[]}\n\n");
+        assert_eq!(removed, 0);
     }
 
     #[test]

@@ -18,4 +18,7 @@ pub use price::{
     ReservationRule, max_output_tokens, reserve_upper_bound,
 };
 pub use sse::{MAX_EVENT_BYTES, SseEvent, SseParser};
-pub use usage::{ApiShape, StreamUsage, Usage, UsageSource, read_json};
+pub use usage::{
+    ApiShape, JSON_TAIL_BYTES, JsonUsage, MAX_JSON_BODY_BYTES, StreamUsage, Usage, UsageSource,
+    read_json,
+};

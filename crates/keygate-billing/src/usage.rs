@@ -258,3 +258,97 @@ impl StreamUsage {
         }
     }
 }
+
+/// Reads usage from a complete JSON body fed frame by frame, holding at most
+/// [`MAX_JSON_BODY_BYTES`] of it. A larger body (a big embeddings batch) keeps
+/// only its last [`JSON_TAIL_BYTES`], where OpenAI and Anthropic put `usage`, and
+/// the last `"usage"` object found there is read.
+#[derive(Debug)]
+pub struct JsonUsage {
+    shape: ApiShape,
+    held: Vec<u8>,
+    /// The body outgrew `MAX_JSON_BODY_BYTES`: `held` is only its tail.
+    truncated: bool,
+}
+
+/// Largest JSON response body held whole to read its usage.
+pub const MAX_JSON_BODY_BYTES: usize = 1 << 20;
+
+/// How much of the end of a larger body is kept.
+pub const JSON_TAIL_BYTES: usize = 64 * 1024;
+
+impl JsonUsage {
+    /// A reader for `shape`.
+    pub fn new(shape: ApiShape) -> Self {
+        Self {
+            shape,
+            held: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    /// Feeds the next piece of the body.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+        if self.held.len() > MAX_JSON_BODY_BYTES {
+            let cut = self.held.len() - JSON_TAIL_BYTES;
+            self.held.drain(..cut);
+            self.truncated = true;
+        }
+    }
+
+    /// The usage in the body; `Unknown` when it has none.
+    pub fn usage(&self) -> Usage {
+        if !self.truncated {
+            return read_json(self.shape, &self.held);
+        }
+        let needle = b"\"usage\"";
+        let Some(at) = self.held.windows(needle.len()).rposition(|w| w == needle) else {
+            return Usage::default();
+        };
+        let rest = &self.held[at + needle.len()..];
+        let Some(open) = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b':'))
+        else {
+            return Usage::default();
+        };
+        let mut values =
+            serde_json::Deserializer::from_slice(&rest[open..]).into_iter::<RawUsage>();
+        match values.next() {
+            Some(Ok(raw)) => raw.into_usage(self.shape),
+            _ => Usage::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod json_usage_tests {
+    use super::*;
+
+    #[test]
+    fn a_large_body_keeps_its_tail_usage() {
+        let mut reader = JsonUsage::new(ApiShape::OpenAiEmbeddings);
+        reader.push(br#"{"object":"list","data":["#);
+        let item = br#"{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3,0.4]},"#;
+        for _ in 0..(2 * MAX_JSON_BODY_BYTES / item.len()) {
+            reader.push(item);
+        }
+        reader.push(br#"{"index":1}],"usage":{"prompt_tokens":77,"total_tokens":77}}"#);
+        let usage = reader.usage();
+        assert_eq!(usage.input_tokens, 77);
+        assert_eq!(usage.source, UsageSource::Reported);
+        assert!(reader.held.len() <= MAX_JSON_BODY_BYTES);
+    }
+
+    #[test]
+    fn a_small_body_is_read_whole_and_no_usage_is_unknown() {
+        let mut reader = JsonUsage::new(ApiShape::OpenAiCompletions);
+        reader.push(br#"{"id":"x","usage":{"prompt_tokens":3,"#);
+        reader.push(br#""completion_tokens":4}}"#);
+        assert_eq!(reader.usage().output_tokens, 4);
+        let mut reader = JsonUsage::new(ApiShape::OpenAiCompletions);
+        reader.push(br#"{"id":"x"}"#);
+        assert_eq!(reader.usage().source, UsageSource::Unknown);
+    }
+}

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use keygate_billing::UsageChunkFilter;
 use tokio::time::Sleep;
 
 /// The error a streamed body can end with.
@@ -49,6 +50,11 @@ enum Inner {
 
 struct Stream {
     body: Incoming,
+    /// Observers of the upstream's own bytes (billing reads usage here).
+    raw: Option<Box<dyn BodyObserver>>,
+    /// Removes the usage-only chunk keygate asked for from what the client gets.
+    filter: Option<UsageChunkFilter>,
+    /// Observers of the bytes the client gets.
     observers: Vec<Box<dyn BodyObserver>>,
     ended: bool,
     /// Longest wait for the next frame, and the timer for it.
@@ -84,11 +90,29 @@ impl GatewayBody {
         Self {
             inner: Inner::Stream(Stream {
                 body,
+                raw: None,
+                filter: None,
                 observers,
                 ended: false,
                 idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             }),
         }
+    }
+
+    /// Adds an observer of the upstream's bytes as they arrive, before any filter.
+    pub(crate) fn with_raw_observer(mut self, observer: Box<dyn BodyObserver>) -> Self {
+        if let Inner::Stream(stream) = &mut self.inner {
+            stream.raw = Some(observer);
+        }
+        self
+    }
+
+    /// Passes the stream through `filter` on its way to the client.
+    pub(crate) fn with_filter(mut self, filter: Option<UsageChunkFilter>) -> Self {
+        if let Inner::Stream(stream) = &mut self.inner {
+            stream.filter = filter;
+        }
+        self
     }
 }
 
@@ -106,10 +130,44 @@ impl Stream {
     fn end(&mut self, end: BodyEnd) {
         if !self.ended {
             self.ended = true;
+            if let Some(raw) = &mut self.raw {
+                raw.on_end(end);
+            }
             for observer in &mut self.observers {
                 observer.on_end(end);
             }
         }
+    }
+}
+
+impl Stream {
+    /// Shows an upstream data frame to the observers, through the filter; `None`
+    /// when nothing of it is left for the client. `last` flushes the filter.
+    fn pass(&mut self, data: Bytes, last: bool) -> Option<Bytes> {
+        if let Some(raw) = &mut self.raw {
+            if !data.is_empty() {
+                raw.on_data(&data);
+            }
+        }
+        let data = match &mut self.filter {
+            None => data,
+            Some(filter) => {
+                let mut out = filter.push(&data);
+                if last {
+                    if let Some(filter) = self.filter.take() {
+                        out.extend_from_slice(&filter.finish());
+                    }
+                }
+                Bytes::from(out)
+            }
+        };
+        if data.is_empty() {
+            return None;
+        }
+        for observer in &mut self.observers {
+            observer.on_data(&data);
+        }
+        Some(data)
     }
 }
 
@@ -139,7 +197,7 @@ impl Body for GatewayBody {
             Inner::Full(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
-            Inner::Stream(stream) => {
+            Inner::Stream(stream) => loop {
                 if stream.ended {
                     return Poll::Ready(None);
                 }
@@ -161,28 +219,36 @@ impl Body for GatewayBody {
                 }
                 match polled {
                     Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            for observer in &mut stream.observers {
-                                observer.on_data(data);
-                            }
-                        }
                         // With a known length the server stops polling after the
                         // last byte, so the end is seen here, not as a `None`.
-                        if stream.body.is_end_stream() {
+                        let last = stream.body.is_end_stream();
+                        let frame = match frame.into_data() {
+                            Ok(data) => match stream.pass(data, last) {
+                                Some(data) => Frame::data(data),
+                                None if last => {
+                                    stream.end(BodyEnd::Complete);
+                                    return Poll::Ready(None);
+                                }
+                                None => continue,
+                            },
+                            Err(frame) => frame,
+                        };
+                        if last {
                             stream.end(BodyEnd::Complete);
                         }
-                        Poll::Ready(Some(Ok(frame)))
+                        return Poll::Ready(Some(Ok(frame)));
                     }
                     Some(Err(error)) => {
                         stream.end(BodyEnd::Failed);
-                        Poll::Ready(Some(Err(Box::new(error))))
+                        return Poll::Ready(Some(Err(Box::new(error))));
                     }
                     None => {
+                        let tail = stream.pass(Bytes::new(), true);
                         stream.end(BodyEnd::Complete);
-                        Poll::Ready(None)
+                        return Poll::Ready(tail.map(|data| Ok(Frame::data(data))));
                     }
                 }
-            }
+            },
         }
     }
 
@@ -196,6 +262,8 @@ impl Body for GatewayBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(full) => full.size_hint(),
+            // A filter changes the length.
+            Inner::Stream(stream) if stream.filter.is_some() => SizeHint::default(),
             Inner::Stream(stream) => stream.body.size_hint(),
         }
     }

@@ -63,6 +63,11 @@ pub enum ProxyError {
     /// No upstream serves the model on this route.
     #[error("{0}")]
     ModelNotFound(String),
+    /// The model has no price and the gateway bills every request.
+    #[error(
+        "the model '{0}' has no price on this gateway, so it cannot be used; the operator must add a [prices] entry for it"
+    )]
+    ModelNotPriced(String),
     /// No such route.
     #[error("unknown route {method} {path}")]
     UnknownRoute {
@@ -148,6 +153,7 @@ impl ProxyError {
             Self::ModelNotAllowed(_) => (403, "permission_error", "model_not_allowed", Client),
             Self::OriginNotAllowed => (403, "permission_error", "origin_not_allowed", Client),
             Self::ModelNotFound(_) => (404, "invalid_request_error", "model_not_found", Client),
+            Self::ModelNotPriced(_) => (404, "invalid_request_error", "model_not_found", Client),
             Self::UnknownRoute { .. } => (404, "invalid_request_error", "unknown_route", Client),
             Self::MethodNotAllowed { .. } => {
                 (405, "invalid_request_error", "method_not_allowed", Client)
@@ -175,9 +181,10 @@ impl ProxyError {
     /// The OpenAI `param` the error is about, if any.
     fn param(&self) -> Option<&'static str> {
         match self {
-            Self::ModelRequired | Self::ModelNotAllowed(_) | Self::ModelNotFound(_) => {
-                Some("model")
-            }
+            Self::ModelRequired
+            | Self::ModelNotAllowed(_)
+            | Self::ModelNotFound(_)
+            | Self::ModelNotPriced(_) => Some("model"),
             _ => None,
         }
     }

@@ -18,6 +18,7 @@ use keygate_store::{ApiKey, CredentialStore};
 use serde::Deserialize;
 
 use crate::auth::Authenticator;
+use crate::billing::{Admission, Billing};
 use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::error::ProxyError;
@@ -28,6 +29,14 @@ use crate::upstream::Upstream;
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Longest model name accepted.
 const MAX_MODEL_LEN: usize = 256;
+/// Longest client name kept in usage records.
+const MAX_CLIENT_NAME_LEN: usize = 100;
+/// How long shutdown waits for settlements and the last usage batch.
+const BILLING_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+
+/// The client's address, put in request extensions by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// What a [`ResponseTap`] learns about a forwarded exchange.
 #[derive(Debug)]
@@ -64,6 +73,7 @@ pub struct Gateway {
     poll_interval: Duration,
     last_used_flush: Duration,
     taps: Vec<Arc<dyn ResponseTap>>,
+    billing: Option<Arc<Billing>>,
     listed_models: Vec<String>,
     started_unix: i64,
 }
@@ -142,6 +152,7 @@ impl Gateway {
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
             taps: Vec::new(),
+            billing: None,
             listed_models: config.listed_models,
             started_unix: Utc::now().timestamp(),
         })
@@ -151,6 +162,17 @@ impl Gateway {
     pub fn with_tap(mut self, tap: Arc<dyn ResponseTap>) -> Self {
         self.taps.push(tap);
         self
+    }
+
+    /// Bills every forwarded request through `billing`.
+    pub fn with_billing(mut self, billing: Arc<Billing>) -> Self {
+        self.billing = Some(billing);
+        self
+    }
+
+    /// The billing layer, when on.
+    pub fn billing(&self) -> Option<&Arc<Billing>> {
+        self.billing.as_ref()
     }
 
     /// The routing table.
@@ -176,9 +198,32 @@ impl Gateway {
                 auth.flush_key_uses().await;
             }
         });
+        let mut tasks = vec![follower, flusher];
+        if let Some(billing) = &self.billing {
+            // Sweeps at start-up (money a crash left reserved) and periodically;
+            // purges old usage at start-up and daily.
+            billing.sweep().await;
+            billing.purge().await;
+            let billing = Arc::clone(billing);
+            tasks.push(tokio::spawn(async move {
+                let mut sweep = tokio::time::interval(billing.config().sweep_interval);
+                let mut purge = tokio::time::interval(Duration::from_secs(86_400));
+                for ticker in [&mut sweep, &mut purge] {
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticker.tick().await;
+                }
+                loop {
+                    tokio::select! {
+                        _ = sweep.tick() => billing.sweep().await,
+                        _ = purge.tick() => billing.purge().await,
+                    }
+                }
+            }));
+        }
         Background {
             auth: Arc::clone(&self.auth),
-            tasks: vec![follower, flusher],
+            billing: self.billing.clone(),
+            tasks,
         }
     }
 
@@ -224,6 +269,7 @@ impl Gateway {
         match (request.method(), path) {
             (&Method::GET, "/healthz") => return Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
             (&Method::GET, "/readyz") => return Ok(self.readiness().await),
+            (&Method::GET, "/metrics") => return Ok(self.metrics()),
             (&Method::OPTIONS, _) => return Ok(preflight(request.headers())),
             _ => {}
         }
@@ -290,6 +336,26 @@ impl Gateway {
         }
         let upstream = self.router.route(endpoint.provider(), &model)?;
         info.upstream = Some(upstream.name().to_owned());
+        let mut body = body;
+        let charge = match &self.billing {
+            Some(billing) => {
+                let admission = Admission {
+                    endpoint,
+                    provider: upstream.kind(),
+                    key,
+                    model: &model,
+                    upstream: upstream.name(),
+                    stream,
+                    client_name: client_name(&parts.headers),
+                    client_ip: parts
+                        .extensions
+                        .get::<PeerAddr>()
+                        .map(|p| p.0.ip().to_string()),
+                };
+                Some(billing.admit(admission, &mut body, now, started).await?)
+            }
+            None => None,
+        };
 
         let query = match (parts.uri.query(), self.auth.query_param()) {
             (Some(query), Some(param)) => strip_query_param(query, param),
@@ -307,18 +373,29 @@ impl Gateway {
 
         let sent =
             tokio::time::timeout(self.first_byte_timeout, upstream.client().request(outgoing));
-        let response = match sent.await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(upstream.name().to_owned())),
+        let failed = match sent.await {
+            Ok(Ok(response)) => Ok(response),
+            Err(_) => Err(ProxyError::UpstreamTimeout(upstream.name().to_owned())),
             Ok(Err(error)) => {
                 tracing::warn!(
                     upstream = upstream.name(),
                     error = %error_chain(&error),
                     "upstream request failed"
                 );
-                return Err(ProxyError::UpstreamUnavailable(upstream.name().to_owned()));
+                Err(ProxyError::UpstreamUnavailable(upstream.name().to_owned()))
             }
-            Ok(Ok(response)) => response,
         };
+        let response = match failed {
+            Ok(response) => response,
+            Err(error) => {
+                // Nothing was served: the reservation is released, the attempt recorded.
+                if let Some(charge) = charge {
+                    charge.abandon(error.kind().status);
+                }
+                return Err(error);
+            }
+        };
+        let first_byte = started.elapsed();
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         for name in &NOT_RETURNED {
@@ -351,13 +428,90 @@ impl Gateway {
             info: std::mem::take(info),
             status: head.status,
             started,
-            first_byte: started.elapsed(),
+            first_byte,
             bytes: 0,
         }));
-        Ok(Response::from_parts(
-            head,
-            GatewayBody::stream(body, observers, Some(self.idle_timeout)),
-        ))
+        let mut body = GatewayBody::stream(body, observers, Some(self.idle_timeout));
+        if let Some(charge) = charge {
+            let event_stream = head
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let filter = charge
+                .usage_chunk_filter()
+                .filter(|_| event_stream && head.status.is_success());
+            if filter.is_some() {
+                head.headers.remove(header::CONTENT_LENGTH);
+            }
+            let tap = charge.into_tap(head.status, event_stream, first_byte);
+            body = body.with_raw_observer(Box::new(tap)).with_filter(filter);
+        }
+        Ok(Response::from_parts(head, body))
+    }
+
+    /// Prometheus text: billing counters, when billing is on.
+    fn metrics(&self) -> Response<GatewayBody> {
+        let mut out = String::new();
+        if let Some(billing) = &self.billing {
+            let m = billing.metrics();
+            for (name, help, value) in [
+                (
+                    "keygate_reservations_total",
+                    "Reservations taken.",
+                    m.reserved,
+                ),
+                (
+                    "keygate_reservations_settled_total",
+                    "Reservations settled with a charge.",
+                    m.settled,
+                ),
+                (
+                    "keygate_reservations_released_total",
+                    "Reservations released without a charge.",
+                    m.released,
+                ),
+                (
+                    "keygate_settle_failures_total",
+                    "Settlements the store never took; the sweep releases them.",
+                    m.settle_failures,
+                ),
+                (
+                    "keygate_refused_for_balance_total",
+                    "Requests refused with 402.",
+                    m.refused,
+                ),
+                (
+                    "keygate_usage_records_written_total",
+                    "Usage records stored.",
+                    m.records_written,
+                ),
+                (
+                    "keygate_usage_records_dropped_total",
+                    "Usage records lost.",
+                    m.records_dropped,
+                ),
+                (
+                    "keygate_usage_estimated_total",
+                    "Answers billed on estimated usage.",
+                    m.usage_estimated,
+                ),
+                (
+                    "keygate_usage_unknown_total",
+                    "Answers with no usage reported.",
+                    m.usage_unknown,
+                ),
+            ] {
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+                ));
+            }
+        }
+        let mut response = Response::new(GatewayBody::full(out));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        response
     }
 
     async fn readiness(&self) -> Response<GatewayBody> {
@@ -454,11 +608,13 @@ impl Gateway {
 #[derive(Debug)]
 pub struct Background {
     auth: Arc<Authenticator>,
+    billing: Option<Arc<Billing>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Background {
-    /// Stops the tasks and writes the last `last_used_at` batch.
+    /// Stops the tasks, writes the last `last_used_at` batch, and waits for the
+    /// pending settlements and the last usage records.
     pub async fn stop(self) {
         for task in &self.tasks {
             task.abort();
@@ -468,6 +624,17 @@ impl Background {
             let _ = task.await;
         }
         self.auth.flush_key_uses().await;
+        if let Some(billing) = &self.billing {
+            billing.shutdown(BILLING_SHUTDOWN_LIMIT).await;
+            let metrics = billing.metrics();
+            tracing::info!(
+                records_written = metrics.records_written,
+                records_dropped = metrics.records_dropped,
+                settled = metrics.settled,
+                released = metrics.released,
+                "billing stopped"
+            );
+        }
     }
 }
 
@@ -583,6 +750,16 @@ fn preflight(headers: &HeaderMap) -> Response<GatewayBody> {
         );
     }
     response
+}
+
+/// The client's own name for itself, for usage records: `X-Client-Name`,
+/// `X-Keygate-Client` or `User-Agent`, truncated.
+fn client_name(headers: &HeaderMap) -> Option<String> {
+    ["x-client-name", "x-keygate-client", "user-agent"]
+        .into_iter()
+        .find_map(|name| headers.get(name)?.to_str().ok())
+        .map(|name| truncate(name.trim(), MAX_CLIENT_NAME_LEN).to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 fn header_bytes(headers: &HeaderMap) -> usize {

@@ -4,9 +4,14 @@
 //! provider's key, and streams the answer back frame by frame. Every error it
 //! answers itself is OpenAI-shaped and comes from one mapping in [`ProxyError::kind`].
 //!
-//! It does no SQL: the store is a `dyn CredentialStore`.
+//! With [`Billing`] on, it reserves the upper bound of each request's cost before
+//! forwarding, reads usage from the response as it streams past and settles the
+//! actual cost when it ends.
+//!
+//! It does no SQL: the store is a `dyn CredentialStore` and a `dyn Ledger`.
 
 mod auth;
+mod billing;
 mod body;
 mod config;
 mod error;
@@ -15,15 +20,20 @@ mod limits;
 mod routing;
 mod server;
 mod upstream;
+mod usage_writer;
 
 pub use auth::{Authenticated, Authenticator, CachedKey};
+pub use billing::{
+    Billing, BillingConfig, BillingMetrics, BillingSnapshot, ESTIMATE_BYTES_PER_TOKEN,
+};
 pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody, IdleTimeout};
 pub use config::{AuthSettings, ConfigError, ProxyConfig, defaults};
 pub use error::{ErrorKind, ErrorSource, ProxyError};
-pub use gateway::{Background, Exchange, Gateway, ResponseTap};
+pub use gateway::{Background, Exchange, Gateway, PeerAddr, ResponseTap};
 pub use limits::RequestAllowance;
 pub use routing::{
     BodyFormat, Endpoint, InvalidModelPattern, ModelPattern, ProviderKind, Router, key_allows_model,
 };
 pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
 pub use upstream::{ProviderKey, Upstream, UpstreamConfig, UpstreamTimeouts};
+pub use usage_writer::WriterSettings;

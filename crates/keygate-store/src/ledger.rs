@@ -133,6 +133,70 @@ pub struct UsageRecord {
     pub client_ip: Option<String>,
 }
 
+/// What [`Ledger::usage_report`] groups usage by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageGroup {
+    /// The requested model.
+    Model,
+    /// The key id.
+    Key,
+    /// The UTC day of the request, `YYYY-MM-DD`.
+    Day,
+}
+
+impl UsageGroup {
+    /// The name operators type: `model`, `key` or `day`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Key => "key",
+            Self::Day => "day",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "model" => Some(Self::Model),
+            "key" => Some(Self::Key),
+            "day" => Some(Self::Day),
+            _ => None,
+        }
+    }
+}
+
+/// Which usage to total, and how to group it.
+#[derive(Clone, Debug)]
+pub struct UsageQuery {
+    /// Start of the window, inclusive.
+    pub since: DateTime<Utc>,
+    /// End of the window, exclusive. A window that ends before it starts is empty.
+    pub until: DateTime<Utc>,
+    /// Only this account's usage.
+    pub account: Option<AccountId>,
+    /// Only this key's usage.
+    pub key: Option<KeyId>,
+    /// What one row totals.
+    pub group_by: UsageGroup,
+}
+
+/// The totals of one group of usage records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// The model, the key id, or the UTC day as `YYYY-MM-DD`.
+    pub group: String,
+    /// How many requests.
+    pub requests: u64,
+    /// Input tokens, cached included.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cached input tokens.
+    pub cached_tokens: u64,
+    /// What was charged.
+    pub cost: Micros,
+}
+
 /// Money and usage operations.
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync + std::fmt::Debug {
@@ -163,8 +227,26 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         until: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>>;
 
+    /// Totals of the usage records in `query`'s window and filters, one row per
+    /// group, ordered by group: byte order for models and keys, oldest first for
+    /// days (the same as the text order of `YYYY-MM-DD`). Totals that do not fit in
+    /// 63 bits are an error. The SQL backends total in the database, not here.
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageTotals>>;
+
     /// Deletes usage records older than `before`; returns how many.
     async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Milliseconds in a day; a day group is `at` (Unix milliseconds) divided by this,
+/// rounded down.
+pub(crate) const MILLIS_PER_DAY: i64 = 86_400_000;
+
+/// The label of day number `day` (days since 1970-01-01, UTC): `YYYY-MM-DD`.
+pub(crate) fn day_label(day: i64) -> Result<String> {
+    day.checked_mul(MILLIS_PER_DAY)
+        .and_then(DateTime::from_timestamp_millis)
+        .map(|start| start.format("%Y-%m-%d").to_string())
+        .ok_or_else(|| StoreError::Database(format!("usage day {day} is out of range")))
 }
 
 /// Checks a reservation's amount.

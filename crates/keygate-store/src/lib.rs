@@ -17,7 +17,8 @@ mod types;
 
 pub use error::{Result, StoreError};
 pub use ledger::{
-    KeySpend, Ledger, NewReservation, Reservation, Reserve, UsageRecord, UsageSource,
+    KeySpend, Ledger, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery, UsageRecord,
+    UsageSource, UsageTotals,
 };
 pub use memory::MemoryStore;
 pub use money::{AmountError, MICROS_PER_CREDIT, Micros};

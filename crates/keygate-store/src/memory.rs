@@ -1,7 +1,7 @@
 //! `MemoryStore`: the in-memory backend, for tests and for embedding keygate in a
 //! process that keeps its keys elsewhere. Nothing survives a restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -9,8 +9,8 @@ use keygate_keys::KeyHash;
 
 use crate::error::{Result, StoreError};
 use crate::ledger::{
-    KeySpend, Ledger, NewReservation, Reservation, Reserve, UsageRecord, check_reservation,
-    check_usage_record,
+    KeySpend, Ledger, MILLIS_PER_DAY, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery,
+    UsageRecord, UsageTotals, check_reservation, check_usage_record, day_label,
 };
 use crate::money::Micros;
 use crate::store::{CredentialStore, check_rotatable, check_top_up};
@@ -356,10 +356,66 @@ impl Ledger for MemoryStore {
         Ok(found)
     }
 
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageTotals>> {
+        let state = self.state();
+        let matching = state.usage.iter().filter(|r| {
+            r.at >= query.since
+                && r.at < query.until
+                && query.account.as_ref().is_none_or(|a| &r.account_id == a)
+                && query.key.as_ref().is_none_or(|k| &r.key_id == k)
+        });
+        let labelled = |groups: BTreeMap<String, UsageTotals>| {
+            groups
+                .into_iter()
+                .map(|(group, totals)| UsageTotals { group, ..totals })
+                .collect()
+        };
+        match query.group_by {
+            UsageGroup::Model => Ok(labelled(totals_by(matching, |r| r.model.clone())?)),
+            UsageGroup::Key => Ok(labelled(totals_by(matching, |r| r.key_id.to_string())?)),
+            UsageGroup::Day => totals_by(matching, |r| {
+                r.at.timestamp_millis().div_euclid(MILLIS_PER_DAY)
+            })?
+            .into_iter()
+            .map(|(day, totals)| {
+                Ok(UsageTotals {
+                    group: day_label(day)?,
+                    ..totals
+                })
+            })
+            .collect(),
+        }
+    }
+
     async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut state = self.state();
         let was = state.usage.len();
         state.usage.retain(|r| r.at >= before);
         Ok((was - state.usage.len()) as u64)
     }
+}
+
+/// Totals of `records` per group, groups in order. Like the SQL backends, refuses
+/// totals that do not fit in 63 bits.
+fn totals_by<'a, K: Ord>(
+    records: impl Iterator<Item = &'a UsageRecord>,
+    group: impl Fn(&UsageRecord) -> K,
+) -> Result<BTreeMap<K, UsageTotals>> {
+    let mut groups: BTreeMap<K, UsageTotals> = BTreeMap::new();
+    for record in records {
+        let totals = groups.entry(group(record)).or_default();
+        add_record(totals, record)
+            .ok_or_else(|| StoreError::Database("usage totals do not fit in 63 bits".into()))?;
+    }
+    Ok(groups)
+}
+
+fn add_record(totals: &mut UsageTotals, record: &UsageRecord) -> Option<()> {
+    let add = |sum: u64, n: u64| sum.checked_add(n).filter(|s| i64::try_from(*s).is_ok());
+    totals.requests = add(totals.requests, 1)?;
+    totals.input_tokens = add(totals.input_tokens, record.input_tokens)?;
+    totals.output_tokens = add(totals.output_tokens, record.output_tokens)?;
+    totals.cached_tokens = add(totals.cached_tokens, record.cached_tokens)?;
+    totals.cost = totals.cost.checked_add(record.cost)?;
+    Some(())
 }

@@ -45,7 +45,8 @@ const DEFAULT_REPLY: &str = "The quick brown fox jumps over the lazy dog.";
 ///   `stream_options.include_usage`);
 /// - `POST /v1/embeddings`, deterministic vectors, floats or `base64`;
 /// - `POST /v1/messages`, Anthropic JSON or SSE;
-/// - `POST /v1/responses`, a minimal non-streaming Responses API reply;
+/// - `POST /v1/responses`, a minimal Responses API reply, or its SSE events with
+///   `"stream": true`;
 /// - `GET /v1/models`, listing `gpt-4o`, `gpt-4o-mini`, `gpt-4.1-mini`,
 ///   `text-embedding-3-small` and `text-embedding-3-large`.
 ///
@@ -471,12 +472,12 @@ fn route(
             }
         }),
         (&Method::POST, "/responses") => ctx.with_json(body, |ctx, body, model| {
-            if stream_options(body).is_some() {
-                return ctx.bad_request("the mock upstream does not stream the Responses API");
-            }
             let reply = ctx.reply("resp_mock", model, formats::responses_prompt_words(body));
             let message_id = format!("msg_mock{:08}", ctx.shared.next_id());
-            json(StatusCode::OK, &formats::response(&reply, &message_id))
+            match stream_options(body) {
+                Some(_) => ctx.sse(formats::response_stream(&reply, &message_id)),
+                None => json(StatusCode::OK, &formats::response(&reply, &message_id)),
+            }
         }),
         (&Method::GET, "/models") => json(StatusCode::OK, &formats::models(now())),
         (method, _) => json(

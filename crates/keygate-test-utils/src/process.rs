@@ -45,7 +45,7 @@ pub const MOCK_ANTHROPIC_KEY_ENV: &str = "KEYGATE_MOCK_ANTHROPIC_KEY";
 /// mock upstream at `mock_url`: an OpenAI upstream (`gpt-4o*`,
 /// `text-embedding-3-small`) and an Anthropic one (`claude-*`), with provider keys
 /// from [`MOCK_OPENAI_KEY_ENV`] and [`MOCK_ANTHROPIC_KEY_ENV`], a 200 ms change-feed
-/// poll and a price for `gpt-4o-mini`.
+/// poll and a price for every model the tests and the demo use.
 pub fn write_mock_config(
     dir: &Path,
     mock_url: &str,
@@ -76,9 +76,26 @@ kind = "anthropic"
 api_key_env = "{MOCK_ANTHROPIC_KEY_ENV}"
 models = ["claude-*"]
 
+[prices."gpt-4o"]
+input_per_mtok = 2.5
+output_per_mtok = 10.0
+cached_input_per_mtok = 1.25
+
 [prices."gpt-4o-mini"]
 input_per_mtok = 0.15
 output_per_mtok = 0.6
+
+[prices."text-embedding-3-small"]
+input_per_mtok = 0.02
+output_per_mtok = 0.0
+
+[prices."claude-haiku-4-5"]
+input_per_mtok = 1.0
+output_per_mtok = 5.0
+
+[prices."claude-3-5-sonnet-latest"]
+input_per_mtok = 3.0
+output_per_mtok = 15.0
 "#
     );
     let path = dir.join("keygate.toml");

@@ -11,9 +11,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use keygate_keys::{KeyPrefix, ParsedKey};
+use keygate_store::{
+    AccountId, DbStore, KeyId, Ledger, Micros, NewReservation, Reserve, UsageRecord, UsageSource,
+};
 use keygate_test_utils::TestPostgres;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 struct Admin {
@@ -573,4 +577,442 @@ fn metadata_can_be_replaced_and_cleared() {
     );
     let cleared = admin.json(&["key", "update", id, "--no-meta"]);
     assert_eq!(cleared["metadata"], serde_json::json!({}));
+}
+
+/// The CLI plus a store handle on the same database, for writing what the CLI only
+/// reads (usage records, reservations). Store calls run on `runtime`; the CLI runs
+/// as a child process in between. Fields drop in order: connections first, the
+/// test database last.
+struct WithStore {
+    store: DbStore,
+    runtime: tokio::runtime::Runtime,
+    admin: Admin,
+    _postgres: Option<TestPostgres>,
+}
+
+impl WithStore {
+    fn sqlite() -> Self {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let admin = Admin::sqlite().migrated();
+        let store = runtime.block_on(DbStore::connect(&admin.url)).unwrap();
+        Self {
+            store,
+            runtime,
+            admin,
+            _postgres: None,
+        }
+    }
+
+    fn postgres(test: &str) -> Option<Self> {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let db = runtime.block_on(TestPostgres::create(test))?;
+        let admin = Admin {
+            url: db.url().to_owned(),
+            dir: None,
+        }
+        .migrated();
+        let store = runtime.block_on(DbStore::connect(db.url())).unwrap();
+        Some(Self {
+            store,
+            runtime,
+            admin,
+            _postgres: Some(db),
+        })
+    }
+
+    fn key(&self, account: &str) -> String {
+        let key = self.admin.json(&["key", "create", "--account", account]);
+        key["id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn usage(
+    at: DateTime<Utc>,
+    (account, key): (&str, &str),
+    model: &str,
+    tokens: (u64, u64, u64),
+    cost: i64,
+) -> UsageRecord {
+    UsageRecord {
+        at,
+        key_id: key.parse().unwrap(),
+        account_id: account.parse().unwrap(),
+        model: model.to_owned(),
+        upstream: "openai".into(),
+        input_tokens: tokens.0,
+        output_tokens: tokens.1,
+        cached_tokens: tokens.2,
+        cost: Micros(cost),
+        latency_ms: 100,
+        ttfb_ms: 10,
+        stream: false,
+        status: 200,
+        client_name: None,
+        usage_source: UsageSource::Reported,
+        client_ip: None,
+    }
+}
+
+fn usage_row(group: &str, requests: u64, tokens: (u64, u64, u64), cost: i64) -> Value {
+    json!({
+        "group": group,
+        "requests": requests,
+        "input_tokens": tokens.0,
+        "output_tokens": tokens.1,
+        "cached_tokens": tokens.2,
+        "cost_micros": cost,
+    })
+}
+
+fn usage_doc(rows: Vec<Value>) -> Value {
+    let sum = |field: &str| -> i64 { rows.iter().map(|r| r[field].as_i64().unwrap()).sum() };
+    json!({
+        "rows": rows,
+        "total": {
+            "requests": sum("requests"),
+            "input_tokens": sum("input_tokens"),
+            "output_tokens": sum("output_tokens"),
+            "cached_tokens": sum("cached_tokens"),
+            "cost_micros": sum("cost_micros"),
+        },
+    })
+}
+
+/// Usage over three whole UTC days a month ago, one record on each side of that
+/// window, recent records for the default window, and one past a 90-day retention;
+/// then every grouping, the filters, the table, and a purge.
+fn usage_reports_and_purge(db: &WithStore) {
+    let admin = &db.admin;
+    let acct_a = admin.account();
+    let acct_b = admin.account();
+    let (key_a1, key_a2, key_b) = (db.key(&acct_a), db.key(&acct_a), db.key(&acct_b));
+    let (a1, a2, b) = (
+        (acct_a.as_str(), key_a1.as_str()),
+        (acct_a.as_str(), key_a2.as_str()),
+        (acct_b.as_str(), key_b.as_str()),
+    );
+    let now = Utc::now();
+    let base = (now - TimeDelta::days(30))
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let at = |days: i64, ms: i64| base + TimeDelta::days(days) + TimeDelta::milliseconds(ms);
+    let day = |days: i64| {
+        (base + TimeDelta::days(days))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    const HOUR: i64 = 3_600_000;
+    let records = vec![
+        usage(at(0, -1), a1, "gpt-4o", (1, 1, 1), 1),
+        usage(at(0, 0), a1, "gpt-4o", (100, 10, 50), 1_000),
+        usage(at(0, 24 * HOUR - 1), a2, "gpt-4o", (200, 20, 0), 2_000),
+        usage(at(1, 0), a1, "o3", (300, 30, 100), 3_001),
+        usage(at(1, 12 * HOUR), b, "gpt-4o", (400, 40, 0), 4_000),
+        usage(at(2, 8 * HOUR), b, "claude", (500, 50, 7), 2_500_000),
+        usage(at(3, 0), b, "o3", (1, 1, 1), 1),
+        usage(now - TimeDelta::hours(1), a1, "gpt-4o", (7, 7, 7), 7),
+        usage(now - TimeDelta::days(8), a2, "o3", (9, 9, 9), 9),
+        usage(now - TimeDelta::days(100), b, "gpt-4o", (5, 5, 5), 5),
+    ];
+    db.runtime
+        .block_on(db.store.record_usage(&records))
+        .unwrap();
+
+    let (since, until) = (rfc3339(at(0, 0)), rfc3339(at(3, 0)));
+    let report = |extra: &[&str]| {
+        let mut args = vec!["usage", "report", "--since", &since, "--until", &until];
+        args.extend_from_slice(extra);
+        admin.json(&args)
+    };
+    let by_model = usage_doc(vec![
+        usage_row("claude", 1, (500, 50, 7), 2_500_000),
+        usage_row("gpt-4o", 3, (700, 70, 50), 7_000),
+        usage_row("o3", 1, (300, 30, 100), 3_001),
+    ]);
+    assert_eq!(report(&[]), by_model);
+    assert_eq!(report(&["--group-by", "model"]), by_model);
+    assert_eq!(
+        by_model["total"],
+        json!({"requests": 5, "input_tokens": 1500, "output_tokens": 150,
+               "cached_tokens": 157, "cost_micros": 2_510_001})
+    );
+
+    let mut by_key = vec![
+        usage_row(&key_a1, 2, (400, 40, 150), 4_001),
+        usage_row(&key_a2, 1, (200, 20, 0), 2_000),
+        usage_row(&key_b, 2, (900, 90, 7), 2_504_000),
+    ];
+    by_key.sort_by_key(|row| row["group"].as_str().unwrap().to_owned());
+    assert_eq!(report(&["--group-by", "key"]), usage_doc(by_key));
+
+    assert_eq!(
+        report(&["--group-by", "day"]),
+        usage_doc(vec![
+            usage_row(&day(0), 2, (300, 30, 50), 3_000),
+            usage_row(&day(1), 2, (700, 70, 100), 7_001),
+            usage_row(&day(2), 1, (500, 50, 7), 2_500_000),
+        ])
+    );
+
+    // Filters.
+    assert_eq!(
+        report(&["--account", &acct_a, "--group-by", "day"]),
+        usage_doc(vec![
+            usage_row(&day(0), 2, (300, 30, 50), 3_000),
+            usage_row(&day(1), 1, (300, 30, 100), 3_001),
+        ])
+    );
+    assert_eq!(
+        report(&["--key", &key_b]),
+        usage_doc(vec![
+            usage_row("claude", 1, (500, 50, 7), 2_500_000),
+            usage_row("gpt-4o", 1, (400, 40, 0), 4_000),
+        ])
+    );
+    assert_eq!(
+        report(&["--account", &acct_a, "--key", &key_a2, "--group-by", "key"]),
+        usage_doc(vec![usage_row(&key_a2, 1, (200, 20, 0), 2_000)])
+    );
+
+    // The default window is the last 7 days; durations count back from now.
+    assert_eq!(
+        admin.json(&["usage", "report"]),
+        usage_doc(vec![usage_row("gpt-4o", 1, (7, 7, 7), 7)])
+    );
+    assert_eq!(
+        admin.json(&["usage", "report", "--since", "9d", "--until", "30m"]),
+        usage_doc(vec![
+            usage_row("gpt-4o", 1, (7, 7, 7), 7),
+            usage_row("o3", 1, (9, 9, 9), 9),
+        ])
+    );
+    assert_eq!(
+        admin.json(&["usage", "report", "--since", "9d", "--until", "2h"]),
+        usage_doc(vec![usage_row("o3", 1, (9, 9, 9), 9)])
+    );
+    let wide = admin.json(&["usage", "report", "--since", "365d"]);
+    assert_eq!(wide["total"]["requests"], 10);
+
+    // People get an aligned table with a total line, cost in credits.
+    let out = admin.run(&["usage", "report", "--since", &since, "--until", &until]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 6, "{table}");
+    assert!(lines[0].starts_with("Usage by model from "), "{table}");
+    let cells = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        cells(lines[1]),
+        [
+            "MODEL", "REQUESTS", "INPUT", "TOKENS", "OUTPUT", "TOKENS", "CACHED", "TOKENS", "COST"
+        ]
+    );
+    assert_eq!(cells(lines[2]), ["claude", "1", "500", "50", "7", "2.5"]);
+    assert_eq!(cells(lines[3]), ["gpt-4o", "3", "700", "70", "50", "0.007"]);
+    assert_eq!(
+        cells(lines[5]),
+        ["total", "5", "1500", "150", "157", "2.510001"]
+    );
+    let width = lines[1].chars().count();
+    assert!(
+        lines[1..].iter().all(|line| line.chars().count() == width),
+        "columns are not aligned:\n{table}"
+    );
+
+    // Purge: only the record past 90 days goes, once.
+    assert_eq!(
+        admin.json(&["usage", "purge", "--older-than", "90d"]),
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        admin.json(&["usage", "purge", "--older-than", "90d"]),
+        json!({"deleted": 0})
+    );
+    let wide = admin.json(&["usage", "report", "--since", "365d"]);
+    assert_eq!(wide["total"]["requests"], 9);
+    let left = db
+        .runtime
+        .block_on(db.store.usage_between(now - TimeDelta::days(365), now))
+        .unwrap();
+    assert_eq!(left.len(), 9);
+    assert!(left.iter().all(|r| r.at > now - TimeDelta::days(90)));
+    let out = admin.run(&["usage", "purge", "--older-than", "8d"]);
+    assert!(out.status.success());
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.starts_with("deleted 8 usage records from before "),
+        "{said}"
+    );
+}
+
+#[test]
+fn usage_report_and_purge_on_sqlite() {
+    usage_reports_and_purge(&WithStore::sqlite());
+}
+
+#[test]
+fn usage_report_and_purge_on_postgres() {
+    let Some(db) = WithStore::postgres("keygate-admin usage_report_and_purge_on_postgres") else {
+        return;
+    };
+    usage_reports_and_purge(&db);
+}
+
+/// Money held by an in-flight request shows as reserved, exactly.
+fn account_show_includes_reserved_money(db: &WithStore) {
+    let account = db.admin.account();
+    let key = db.key(&account);
+    let outcome = db
+        .runtime
+        .block_on(db.store.reserve(NewReservation {
+            account_id: account.parse::<AccountId>().unwrap(),
+            key_id: key.parse::<KeyId>().unwrap(),
+            amount: Micros(1_250_001),
+            expires_at: Utc::now() + TimeDelta::minutes(10),
+        }))
+        .unwrap();
+    assert!(matches!(outcome, Reserve::Held(_)), "{outcome:?}");
+    let shown = db.admin.json(&["account", "show", &account]);
+    assert_eq!(shown["balance_micros"], 10_500_000);
+    assert_eq!(shown["reserved_micros"], 1_250_001);
+    let listed = db.admin.json(&["account", "list"]);
+    assert_eq!(listed["accounts"][0]["reserved_micros"], 1_250_001);
+    assert_eq!(listed["accounts"][0]["balance_micros"], 10_500_000);
+    let out = db.admin.run(&["account", "show", &account]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .map(|line| line.split_whitespace().skip(1).collect::<Vec<_>>())
+    };
+    assert_eq!(row("balance"), Some(vec!["10.5"]), "{table}");
+    assert_eq!(row("reserved"), Some(vec!["1.250001"]), "{table}");
+    let out = db.admin.run(&["account", "list"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("RESERVED") && table.contains("1.250001"),
+        "{table}"
+    );
+}
+
+#[test]
+fn account_show_includes_reserved_money_on_sqlite() {
+    account_show_includes_reserved_money(&WithStore::sqlite());
+}
+
+#[test]
+fn account_show_includes_reserved_money_on_postgres() {
+    let Some(db) =
+        WithStore::postgres("keygate-admin account_show_includes_reserved_money_on_postgres")
+    else {
+        return;
+    };
+    account_show_includes_reserved_money(&db);
+}
+
+#[test]
+fn a_model_name_cannot_drive_the_terminal() {
+    let db = WithStore::sqlite();
+    let account = db.admin.account();
+    let key = db.key(&account);
+    let model = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let at = Utc::now() - TimeDelta::hours(1);
+    db.runtime
+        .block_on(
+            db.store
+                .record_usage(&[usage(at, (&account, &key), model, (1, 2, 0), 3)]),
+        )
+        .unwrap();
+    let report = db.admin.json(&["usage", "report"]);
+    assert_eq!(
+        report["rows"][0]["group"], model,
+        "JSON keeps the name exactly"
+    );
+    let out = db.admin.run(&["usage", "report"]);
+    assert!(out.status.success());
+    assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("evil\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"),
+        "{table}"
+    );
+}
+
+#[test]
+fn usage_commands_fail_with_one_clear_line() {
+    let db = WithStore::sqlite();
+    let admin = &db.admin;
+    let acct_a = admin.account();
+    let acct_b = admin.account();
+    let key_b = db.key(&acct_b);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["usage", "report", "--since", "3x"],
+            "neither a duration",
+        ),
+        (vec!["usage", "report", "--since", "yesterday"], "RFC 3339"),
+        (vec!["usage", "report", "--until", "soon"], "RFC 3339"),
+        (vec!["usage", "report", "--since", "0d"], "zero"),
+        (
+            vec!["usage", "report", "--since", "1d", "--until", "2d"],
+            "is not before --until",
+        ),
+        (
+            vec![
+                "usage",
+                "report",
+                "--since",
+                "2026-03-02T00:00:00Z",
+                "--until",
+                "2026-03-01T00:00:00Z",
+            ],
+            "--since 2026-03-02T00:00:00Z is not before --until 2026-03-01T00:00:00Z",
+        ),
+        (vec!["usage", "report", "--since", "1000000y"], "too far"),
+        (vec!["usage", "report", "--account", "bogus"], "acct_"),
+        (vec!["usage", "report", "--key", &acct_a], "not a key_"),
+        (
+            vec!["usage", "report", "--account", "acct_0000000000000000"],
+            "account acct_0000000000000000 not found",
+        ),
+        (
+            vec!["usage", "report", "--key", "key_0000000000000000"],
+            "key key_0000000000000000 not found",
+        ),
+        (
+            vec!["usage", "report", "--account", &acct_a, "--key", &key_b],
+            "belongs to account",
+        ),
+        (
+            vec!["usage", "report", "--group-by", "week"],
+            "possible values: model, key, day",
+        ),
+        (vec!["usage", "purge"], "--older-than"),
+        (vec!["usage", "purge", "--older-than", "0d"], "zero"),
+        (vec!["usage", "purge", "--older-than", "90m"], "1d or more"),
+        (vec!["usage", "purge", "--older-than", "ninety"], "30d"),
+        (
+            vec!["usage", "purge", "--older-than", "1000000y"],
+            "before 1970",
+        ),
+        (
+            vec!["usage", "purge", "--older-than", "200y"],
+            "before 1970",
+        ),
+    ];
+    for (args, expected) in cases {
+        let err = admin.fails(&args);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
 }

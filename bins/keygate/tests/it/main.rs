@@ -260,7 +260,7 @@ async fn run_keygate(path: &Path) -> std::process::Output {
 async fn config_errors_stop_the_start_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"x\"\nbase_url = \"ftp://nowhere\"\nkind = \"openai\"\nmodels = [\"m\"]\n").unwrap();
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"x\"\nbase_url = \"ftp://nowhere\"\nkind = \"openai\"\nmodels = [\"m*\"]\n").unwrap();
     let output = run_keygate(&path).await;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);

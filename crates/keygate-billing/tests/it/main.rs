@@ -267,6 +267,9 @@ fn filter(chunks: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// What `include_usage` adds to every chunk before the usage-only one.
+const NULL_USAGE: &str = ",\"usage\":null";
+
 const USAGE_EVENT: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":2,\"total_tokens\":1202,\"prompt_tokens_details\":{\"cached_tokens\":1024}}}\n\n";
 
 #[test]
@@ -286,7 +289,7 @@ fn the_injected_request_and_the_filtered_stream_fit_together() {
     let out = filter(&[CHAT_STREAM.as_bytes().to_vec()]);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        CHAT_STREAM.replace(USAGE_EVENT, "")
+        CHAT_STREAM.replace(USAGE_EVENT, "").replace(NULL_USAGE, "")
     );
 }
 
@@ -314,13 +317,18 @@ proptest! {
         assert!(CHAT_STREAM.contains(USAGE_EVENT));
         for end in ["\n", "\r\n", "\r"] {
             let text = with_line_endings(CHAT_STREAM, end);
-            let expected = text.replace(&with_line_endings(USAGE_EVENT, end), "");
-            prop_assert_eq!(expected.len() + USAGE_EVENT.len() - 2 + 2 * end.len(), text.len());
+            let expected = text
+                .replace(&with_line_endings(USAGE_EVENT, end), "")
+                .replace(NULL_USAGE, "");
+            prop_assert_eq!(
+                expected.len() + USAGE_EVENT.len() - 2 + 2 * end.len() + 4 * NULL_USAGE.len(),
+                text.len()
+            );
             let whole = filter(&[text.as_bytes().to_vec()]);
             prop_assert_eq!(String::from_utf8(whole.clone()).unwrap(), expected.clone());
             prop_assert_eq!(&filter(&split_at(&text, &cuts)), &whole);
 
-            // Without a usage-only chunk, every byte passes.
+            // Without the injection's additions, every byte passes.
             let plain = expected;
             prop_assert_eq!(filter(&split_at(&plain, &cuts)), plain.as_bytes());
         }

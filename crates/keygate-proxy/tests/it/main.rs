@@ -9,6 +9,7 @@
     reason = "tests"
 )]
 
+mod billing;
 mod harness;
 mod proxy;
 mod tls;

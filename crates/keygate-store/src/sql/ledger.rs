@@ -5,7 +5,9 @@
 //! reservations never overdraw.
 
 use chrono::{DateTime, Utc};
+use diesel::dsl;
 use diesel::prelude::*;
+use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::rows::millis;
@@ -13,8 +15,8 @@ use super::schema::{accounts, api_keys, reservations, usage_records};
 use super::{Conn, DbStore, SqliteConn};
 use crate::error::{Result, StoreError};
 use crate::ledger::{
-    KeySpend, Ledger, NewReservation, Reservation, Reserve, UsageRecord, UsageSource,
-    check_reservation, check_usage_record,
+    KeySpend, Ledger, MILLIS_PER_DAY, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery,
+    UsageRecord, UsageSource, UsageTotals, check_reservation, check_usage_record, day_label,
 };
 use crate::money::Micros;
 use crate::types::{AccountId, KeyId, ReservationId};
@@ -108,6 +110,71 @@ impl TryFrom<UsageRow> for UsageRecord {
             client_ip: row.client_ip,
         })
     }
+}
+
+/// One row of a usage report as the database returns it: the group, then the
+/// request count and the sums of input, output and cached tokens and of the cost.
+type TotalsRow<G> = (G, i64, i64, i64, i64, i64);
+
+fn totals<G>(group: String, row: TotalsRow<G>) -> UsageTotals {
+    let (_, requests, input, output, cached, cost) = row;
+    UsageTotals {
+        group,
+        requests: count(requests),
+        input_tokens: count(input),
+        output_tokens: count(output),
+        cached_tokens: count(cached),
+        cost: Micros(cost),
+    }
+}
+
+/// The UTC day of `at`: days since 1970-01-01, rounded down (SQL's integer
+/// division rounds toward zero, hence the shift for times before 1970). SQL text
+/// rather than a diesel expression so that the GROUP BY and the SELECT are the same
+/// expression, which PostgreSQL requires and bound parameters would break.
+const DAY_SQL: &str = "(CASE WHEN \"at\" >= 0 THEN \"at\" ELSE \"at\" - 86399999 END) / 86400000";
+const _: () = assert!(
+    MILLIS_PER_DAY == 86_400_000,
+    "DAY_SQL spells out MILLIS_PER_DAY"
+);
+
+/// The sum of a BIGINT column as BIGINT on both backends (PostgreSQL's SUM(bigint)
+/// is NUMERIC). A sum past 63 bits is a database error on both.
+macro_rules! sum_of {
+    ($column:literal) => {
+        dsl::sql::<BigInt>(concat!(
+            "CAST(COALESCE(SUM(\"",
+            $column,
+            "\"), 0) AS BIGINT)"
+        ))
+    };
+}
+
+/// Loads a usage report grouped by `$group`, totalled by the database.
+macro_rules! usage_totals {
+    ($c:expr, $query:expr, $group:expr) => {{
+        let query: &UsageQuery = $query;
+        let mut rows = usage_records::table
+            .filter(usage_records::at.ge(millis(query.since)))
+            .filter(usage_records::at.lt(millis(query.until)))
+            .group_by($group)
+            .select((
+                $group,
+                dsl::count_star(),
+                sum_of!("input_tokens"),
+                sum_of!("output_tokens"),
+                sum_of!("cached_tokens"),
+                sum_of!("cost_micros"),
+            ))
+            .into_boxed();
+        if let Some(account) = &query.account {
+            rows = rows.filter(usage_records::account_id.eq(account.as_str()));
+        }
+        if let Some(key) = &query.key {
+            rows = rows.filter(usage_records::key_id.eq(key.as_str()));
+        }
+        rows.load($c).await?
+    }};
 }
 
 macro_rules! ledger_ops {
@@ -329,6 +396,29 @@ macro_rules! ledger_ops {
                     .collect()
             }
 
+            pub(super) async fn usage_report(
+                c: &mut C,
+                query: &UsageQuery,
+            ) -> Result<Vec<UsageTotals>> {
+                match query.group_by {
+                    UsageGroup::Model => {
+                        let rows: Vec<TotalsRow<String>> =
+                            usage_totals!(c, query, usage_records::model);
+                        Ok(by_text(rows))
+                    }
+                    UsageGroup::Key => {
+                        let rows: Vec<TotalsRow<String>> =
+                            usage_totals!(c, query, usage_records::key_id);
+                        Ok(by_text(rows))
+                    }
+                    UsageGroup::Day => {
+                        let rows: Vec<TotalsRow<i64>> =
+                            usage_totals!(c, query, dsl::sql::<BigInt>(DAY_SQL));
+                        by_day(rows)
+                    }
+                }
+            }
+
             pub(super) async fn purge_usage(c: &mut C, before: DateTime<Utc>) -> Result<u64> {
                 let deleted = diesel::delete(
                     usage_records::table.filter(usage_records::at.lt(millis(before))),
@@ -339,6 +429,25 @@ macro_rules! ledger_ops {
             }
         }
     };
+}
+
+/// Report rows grouped by text, in byte order. Sorted here rather than by ORDER BY:
+/// PostgreSQL orders text by the database's collation, SQLite by bytes.
+fn by_text(rows: Vec<TotalsRow<String>>) -> Vec<UsageTotals> {
+    let mut rows: Vec<UsageTotals> = rows
+        .into_iter()
+        .map(|mut row| totals(std::mem::take(&mut row.0), row))
+        .collect();
+    rows.sort_by(|a, b| a.group.cmp(&b.group));
+    rows
+}
+
+/// Report rows grouped by day number, oldest first, labelled `YYYY-MM-DD`.
+fn by_day(mut rows: Vec<TotalsRow<i64>>) -> Result<Vec<UsageTotals>> {
+    rows.sort_by_key(|row| row.0);
+    rows.into_iter()
+        .map(|row| Ok(totals(day_label(row.0)?, row)))
+        .collect()
 }
 
 ledger_ops!(sqlite_ledger, SqliteConn);
@@ -391,6 +500,10 @@ impl Ledger for DbStore {
         until: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>> {
         dispatch_ledger!(self.read().await?, usage_between(since, until))
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageTotals>> {
+        dispatch_ledger!(self.read().await?, usage_report(query))
     }
 
     async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64> {

@@ -137,6 +137,11 @@ backend_suite!(
     concurrent_reservations_never_overdraw,
     expired_reservations_are_swept,
     usage_records_round_trip_and_purge,
+    usage_report_totals_by_model_in_byte_order,
+    usage_report_totals_by_key,
+    usage_report_totals_by_utc_day,
+    usage_report_filters_by_account_key_and_window,
+    usage_report_refuses_totals_past_63_bits,
 );
 
 #[tokio::test(flavor = "multi_thread")]

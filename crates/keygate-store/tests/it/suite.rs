@@ -9,7 +9,7 @@ use keygate_keys::{KeyKind, KeyPrefix, SecretKey};
 use keygate_store::{
     Account, ApiKey, CredentialStore, KeySettings, KeySpend, KeyStatus, KeyUpdate, Micros,
     NewAccount, NewApiKey, NewReservation, ReplacementKey, Reservation, Reserve, Scope, ScopeSet,
-    StoreError, UsageRecord, UsageSource,
+    StoreError, UsageGroup, UsageQuery, UsageRecord, UsageSource, UsageTotals,
 };
 
 use crate::Backend;
@@ -910,4 +910,318 @@ pub(crate) async fn usage_records_round_trip_and_purge(backend: &Backend) {
         .await
         .unwrap();
     assert_eq!(found.len(), 2, "a refused batch stores nothing");
+}
+
+// Usage reports.
+
+fn at(rfc3339: &str) -> DateTime<Utc> {
+    rfc3339.parse().unwrap()
+}
+
+fn usage(when: &str, key: &ApiKey, model: &str, tokens: (u64, u64, u64), cost: i64) -> UsageRecord {
+    UsageRecord {
+        at: at(when),
+        key_id: key.id.clone(),
+        account_id: key.account_id.clone(),
+        model: model.to_owned(),
+        upstream: "openai".into(),
+        input_tokens: tokens.0,
+        output_tokens: tokens.1,
+        cached_tokens: tokens.2,
+        cost: Micros(cost),
+        latency_ms: 100,
+        ttfb_ms: 10,
+        stream: false,
+        status: 200,
+        client_name: None,
+        usage_source: UsageSource::Reported,
+        client_ip: None,
+    }
+}
+
+fn totals(group: &str, requests: u64, tokens: (u64, u64, u64), cost: i64) -> UsageTotals {
+    UsageTotals {
+        group: group.to_owned(),
+        requests,
+        input_tokens: tokens.0,
+        output_tokens: tokens.1,
+        cached_tokens: tokens.2,
+        cost: Micros(cost),
+    }
+}
+
+/// 2^53 + 1: a total that went through a float would come back one short.
+const BEYOND_FLOAT: i64 = 9_007_199_254_740_993;
+
+/// Two accounts, three keys and usage over three days of March 2026, plus one
+/// record just before and one exactly at the end of the window.
+struct UsageFixture {
+    key_a1: ApiKey,
+    key_a2: ApiKey,
+    key_b: ApiKey,
+    query: UsageQuery,
+}
+
+async fn usage_fixture(backend: &Backend) -> UsageFixture {
+    let store = &*backend.store;
+    let acct_a = account(store, "a").await;
+    let acct_b = account(store, "b").await;
+    let (_, key_a1) = key(store, &acct_a).await;
+    let (_, key_a2) = key(store, &acct_a).await;
+    let (_, key_b) = key(store, &acct_b).await;
+    let records = vec![
+        usage("2026-02-28T23:59:59.999Z", &key_a1, "gpt-4o", (1, 1, 1), 1),
+        usage(
+            "2026-03-01T00:00:00Z",
+            &key_a1,
+            "gpt-4o",
+            (100, 10, 50),
+            1_000,
+        ),
+        usage(
+            "2026-03-01T23:59:59.999Z",
+            &key_a2,
+            "gpt-4o",
+            (200, 20, 0),
+            2_000,
+        ),
+        usage("2026-03-02T00:00:00Z", &key_a1, "o3", (300, 30, 100), 3_001),
+        usage(
+            "2026-03-02T12:00:00Z",
+            &key_b,
+            "gpt-4o",
+            (400, 40, 0),
+            4_000,
+        ),
+        usage(
+            "2026-03-03T08:00:00Z",
+            &key_b,
+            "GPT-4o",
+            (500, 50, 7),
+            5_000,
+        ),
+        usage(
+            "2026-03-03T09:00:00Z",
+            &key_a2,
+            "claude-sonnet",
+            (600, 60, 600),
+            6_000,
+        ),
+        usage(
+            "2026-03-03T23:00:00Z",
+            &key_a1,
+            "o3",
+            (4_294_967_297, 0, 0),
+            BEYOND_FLOAT,
+        ),
+        usage("2026-03-04T00:00:00Z", &key_b, "o3", (1, 1, 1), 1),
+    ];
+    backend.ledger.record_usage(&records).await.unwrap();
+    UsageFixture {
+        key_a1,
+        key_a2,
+        key_b,
+        query: UsageQuery {
+            since: at("2026-03-01T00:00:00Z"),
+            until: at("2026-03-04T00:00:00Z"),
+            account: None,
+            key: None,
+            group_by: UsageGroup::Model,
+        },
+    }
+}
+
+pub(crate) async fn usage_report_totals_by_model_in_byte_order(backend: &Backend) {
+    let f = usage_fixture(backend).await;
+    let report = backend.ledger.usage_report(&f.query).await.unwrap();
+    assert_eq!(
+        report,
+        vec![
+            totals("GPT-4o", 1, (500, 50, 7), 5_000),
+            totals("claude-sonnet", 1, (600, 60, 600), 6_000),
+            totals("gpt-4o", 3, (700, 70, 50), 7_000),
+            totals("o3", 2, (4_294_967_597, 30, 100), BEYOND_FLOAT + 3_001),
+        ]
+    );
+}
+
+pub(crate) async fn usage_report_totals_by_key(backend: &Backend) {
+    let f = usage_fixture(backend).await;
+    let query = UsageQuery {
+        group_by: UsageGroup::Key,
+        ..f.query.clone()
+    };
+    let report = backend.ledger.usage_report(&query).await.unwrap();
+    let mut expected = vec![
+        totals(
+            f.key_a1.id.as_str(),
+            3,
+            (4_294_967_697, 40, 150),
+            BEYOND_FLOAT + 4_001,
+        ),
+        totals(f.key_a2.id.as_str(), 2, (800, 80, 600), 8_000),
+        totals(f.key_b.id.as_str(), 2, (900, 90, 7), 9_000),
+    ];
+    expected.sort_by(|a, b| a.group.cmp(&b.group));
+    assert_eq!(report, expected);
+}
+
+pub(crate) async fn usage_report_totals_by_utc_day(backend: &Backend) {
+    let f = usage_fixture(backend).await;
+    let query = UsageQuery {
+        group_by: UsageGroup::Day,
+        ..f.query.clone()
+    };
+    let report = backend.ledger.usage_report(&query).await.unwrap();
+    assert_eq!(
+        report,
+        vec![
+            totals("2026-03-01", 2, (300, 30, 50), 3_000),
+            totals("2026-03-02", 2, (700, 70, 100), 7_001),
+            totals(
+                "2026-03-03",
+                3,
+                (4_294_968_397, 110, 607),
+                BEYOND_FLOAT + 11_000
+            ),
+        ]
+    );
+
+    // Days before 1970 round down too: 23:00 on 1969-12-31 is that day, not the next.
+    backend
+        .ledger
+        .record_usage(&[
+            usage("1969-12-31T00:00:00Z", &f.key_b, "m", (1, 0, 0), 1),
+            usage("1969-12-31T23:00:00Z", &f.key_b, "m", (2, 0, 0), 2),
+            usage("1970-01-01T00:00:00Z", &f.key_b, "m", (4, 0, 0), 4),
+            usage("1970-01-01T23:59:59.999Z", &f.key_b, "m", (8, 0, 0), 8),
+        ])
+        .await
+        .unwrap();
+    let query = UsageQuery {
+        since: at("1969-01-01T00:00:00Z"),
+        until: at("1971-01-01T00:00:00Z"),
+        ..query
+    };
+    assert_eq!(
+        backend.ledger.usage_report(&query).await.unwrap(),
+        vec![
+            totals("1969-12-31", 2, (3, 0, 0), 3),
+            totals("1970-01-01", 2, (12, 0, 0), 12),
+        ]
+    );
+}
+
+pub(crate) async fn usage_report_filters_by_account_key_and_window(backend: &Backend) {
+    let f = usage_fixture(backend).await;
+    let ledger = &*backend.ledger;
+    let report = |query: UsageQuery| async move { ledger.usage_report(&query).await.unwrap() };
+
+    let account_a = UsageQuery {
+        account: Some(f.key_a1.account_id.clone()),
+        ..f.query.clone()
+    };
+    assert_eq!(
+        report(account_a.clone()).await,
+        vec![
+            totals("claude-sonnet", 1, (600, 60, 600), 6_000),
+            totals("gpt-4o", 2, (300, 30, 50), 3_000),
+            totals("o3", 2, (4_294_967_597, 30, 100), BEYOND_FLOAT + 3_001),
+        ]
+    );
+
+    let key_a1_by_day = UsageQuery {
+        key: Some(f.key_a1.id.clone()),
+        group_by: UsageGroup::Day,
+        ..f.query.clone()
+    };
+    assert_eq!(
+        report(key_a1_by_day).await,
+        vec![
+            totals("2026-03-01", 1, (100, 10, 50), 1_000),
+            totals("2026-03-02", 1, (300, 30, 100), 3_001),
+            totals("2026-03-03", 1, (4_294_967_297, 0, 0), BEYOND_FLOAT),
+        ]
+    );
+
+    let both = UsageQuery {
+        key: Some(f.key_a2.id.clone()),
+        group_by: UsageGroup::Key,
+        ..account_a.clone()
+    };
+    assert_eq!(
+        report(both).await,
+        vec![totals(f.key_a2.id.as_str(), 2, (800, 80, 600), 8_000)]
+    );
+    let key_of_another_account = UsageQuery {
+        key: Some(f.key_b.id.clone()),
+        ..account_a
+    };
+    assert_eq!(report(key_of_another_account).await, vec![]);
+
+    // `since` is inclusive and `until` exclusive, to the millisecond.
+    let narrow = UsageQuery {
+        since: at("2026-03-01T23:59:59.999Z"),
+        until: at("2026-03-02T12:00:00Z"),
+        group_by: UsageGroup::Day,
+        ..f.query.clone()
+    };
+    assert_eq!(
+        report(narrow).await,
+        vec![
+            totals("2026-03-01", 1, (200, 20, 0), 2_000),
+            totals("2026-03-02", 1, (300, 30, 100), 3_001),
+        ]
+    );
+    let wider = UsageQuery {
+        since: at("2026-02-01T00:00:00Z"),
+        until: at("2026-04-01T00:00:00Z"),
+        group_by: UsageGroup::Day,
+        ..f.query.clone()
+    };
+    let days: Vec<String> = report(wider).await.into_iter().map(|t| t.group).collect();
+    assert_eq!(
+        days,
+        [
+            "2026-02-28",
+            "2026-03-01",
+            "2026-03-02",
+            "2026-03-03",
+            "2026-03-04"
+        ]
+    );
+    for (since, until) in [
+        (f.query.since, f.query.since),
+        (f.query.until, f.query.since),
+        (at("2030-01-01T00:00:00Z"), at("2031-01-01T00:00:00Z")),
+    ] {
+        let empty = UsageQuery {
+            since,
+            until,
+            ..f.query.clone()
+        };
+        assert_eq!(report(empty).await, vec![], "{since} to {until}");
+    }
+}
+
+pub(crate) async fn usage_report_refuses_totals_past_63_bits(backend: &Backend) {
+    let (_, key) = funded(backend, 1, None).await;
+    let huge = i64::MAX.unsigned_abs();
+    backend
+        .ledger
+        .record_usage(&[
+            usage("2026-03-01T00:00:00Z", &key, "m", (huge, 0, 0), 0),
+            usage("2026-03-01T00:00:01Z", &key, "m", (1, 0, 0), 0),
+        ])
+        .await
+        .unwrap();
+    let query = UsageQuery {
+        since: at("2026-03-01T00:00:00Z"),
+        until: at("2026-03-02T00:00:00Z"),
+        account: None,
+        key: None,
+        group_by: UsageGroup::Model,
+    };
+    let err = backend.ledger.usage_report(&query).await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
 }

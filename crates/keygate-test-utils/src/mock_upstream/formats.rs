@@ -418,6 +418,43 @@ pub(crate) fn response(reply: &Reply<'_>, message_id: &str) -> Value {
     })
 }
 
+/// The SSE events of a streamed Responses API reply: `response.created`, one
+/// `response.output_text.delta` per word, then `response.completed` carrying the
+/// whole response with its usage.
+pub(crate) fn response_stream(reply: &Reply<'_>, message_id: &str) -> Vec<Bytes> {
+    let event = |name: &str, data: Value| Bytes::from(format!("event: {name}\ndata: {data}\n\n"));
+    let mut created = response(reply, message_id);
+    created["status"] = json!("in_progress");
+    created["output"] = json!([]);
+    created["usage"] = Value::Null;
+    let mut events = vec![event(
+        "response.created",
+        json!({"type": "response.created", "sequence_number": 0, "response": created}),
+    )];
+    for (i, piece) in reply.pieces().into_iter().enumerate() {
+        events.push(event(
+            "response.output_text.delta",
+            json!({
+                "type": "response.output_text.delta",
+                "sequence_number": i + 1,
+                "item_id": message_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": piece,
+            }),
+        ));
+    }
+    events.push(event(
+        "response.completed",
+        json!({
+            "type": "response.completed",
+            "sequence_number": events.len(),
+            "response": response(reply, message_id),
+        }),
+    ));
+    events
+}
+
 /// The `GET /v1/models` list.
 pub(crate) fn models(created: u64) -> Value {
     let data: Vec<Value> = MODELS

@@ -1,0 +1,216 @@
+//! The usage writer: usage records leave the request path through a bounded
+//! queue and reach the store in batches, written when a batch is full or a flush
+//! interval passes, retried with backoff while the store is unreachable, and
+//! flushed at shutdown. A record that cannot be queued is counted as dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use keygate_store::{Ledger, UsageRecord};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::billing::BillingMetrics;
+
+/// How the usage writer batches.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterSettings {
+    /// Records waiting to be written, at most; past it records are dropped and
+    /// counted.
+    pub queue_capacity: usize,
+    /// Records per store write.
+    pub batch_size: usize,
+    /// Longest a record waits before its batch is written.
+    pub flush_interval: Duration,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 50_000,
+            batch_size: 500,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The sending side, owned by [`crate::Billing`].
+#[derive(Debug)]
+pub(crate) struct UsageWriter {
+    tx: mpsc::Sender<UsageRecord>,
+    stop: CancellationToken,
+    /// The writer task; taken and awaited by [`UsageWriter::shutdown`].
+    task: Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<BillingMetrics>,
+}
+
+impl UsageWriter {
+    /// Starts the writer task on the current runtime.
+    pub(crate) fn start(
+        ledger: Arc<dyn Ledger>,
+        settings: WriterSettings,
+        metrics: Arc<BillingMetrics>,
+    ) -> Self {
+        let settings = WriterSettings {
+            queue_capacity: settings.queue_capacity.max(1),
+            batch_size: settings.batch_size.max(1),
+            flush_interval: settings.flush_interval.max(Duration::from_millis(1)),
+        };
+        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            ledger,
+            settings,
+            rx,
+            stop.clone(),
+            Arc::clone(&metrics),
+        ));
+        Self {
+            tx,
+            stop,
+            task: Mutex::new(Some(task)),
+            metrics,
+        }
+    }
+
+    /// Queues a record; never waits. A full queue drops it, counted and logged.
+    pub(crate) fn push(&self, record: UsageRecord) {
+        if self.tx.try_send(record).is_err() {
+            let dropped = self.metrics.records_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(
+                    dropped,
+                    "billing: usage record dropped; the usage queue is full or closed"
+                );
+            }
+        }
+    }
+
+    /// Writes everything queued (retrying for at most `limit`) and stops.
+    pub(crate) async fn shutdown(&self, limit: Duration) {
+        self.stop.cancel();
+        let task = self.task.lock().await.take();
+        if let Some(task) = task {
+            // The task bounds its own retries by `limit`; this is a backstop.
+            let _ = tokio::time::timeout(limit + Duration::from_secs(1), task).await;
+        }
+    }
+}
+
+async fn run(
+    ledger: Arc<dyn Ledger>,
+    settings: WriterSettings,
+    mut rx: mpsc::Receiver<UsageRecord>,
+    stop: CancellationToken,
+    metrics: Arc<BillingMetrics>,
+) {
+    let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_size);
+    let mut backoff = Duration::from_millis(100);
+    // When the next write is due: a full batch is due at once, a partial one a
+    // flush interval after its first record, a failed one after the backoff.
+    let mut due: Option<Instant> = None;
+    loop {
+        let room = settings.queue_capacity.saturating_sub(batch.len());
+        let wait = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = wait => {
+                if write(&*ledger, &mut batch, settings.batch_size, &metrics).await {
+                    backoff = Duration::from_millis(100);
+                    due = None;
+                } else {
+                    due = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+            received = rx.recv_many(&mut batch, room.max(1)), if room > 0 => {
+                if received == 0 {
+                    break;
+                }
+                if batch.len() >= settings.batch_size {
+                    due = Some(due.map_or_else(Instant::now, |d| d.min(Instant::now())));
+                } else if due.is_none() {
+                    due = Some(Instant::now() + settings.flush_interval);
+                }
+            }
+        }
+    }
+    // Shutdown: take what is queued and write it all, retrying within the limit.
+    rx.close();
+    while let Some(record) = rx.recv().await {
+        batch.push(record);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut backoff = Duration::from_millis(50);
+    while !batch.is_empty() {
+        if write(&*ledger, &mut batch, settings.batch_size, &metrics).await {
+            continue;
+        }
+        if Instant::now() + backoff > deadline {
+            let lost = batch.len() as u64;
+            metrics.records_dropped.fetch_add(lost, Ordering::Relaxed);
+            tracing::error!(
+                lost,
+                "billing: the store stayed unreachable at shutdown; usage records lost"
+            );
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Writes the batch in chunks; returns false (keeping what is unwritten) when
+/// the store fails.
+async fn write(
+    ledger: &dyn Ledger,
+    batch: &mut Vec<UsageRecord>,
+    chunk: usize,
+    metrics: &BillingMetrics,
+) -> bool {
+    while !batch.is_empty() {
+        let n = batch.len().min(chunk);
+        match ledger.record_usage(&batch[..n]).await {
+            Ok(()) => {
+                batch.drain(..n);
+                metrics
+                    .records_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(keygate_store::StoreError::Invalid { .. }) => {
+                // A record the store refuses (it never should be): write the
+                // rest one by one and drop only the bad ones.
+                let rejected: Vec<UsageRecord> = batch.drain(..n).collect();
+                for record in rejected {
+                    if ledger
+                        .record_usage(std::slice::from_ref(&record))
+                        .await
+                        .is_ok()
+                    {
+                        metrics.records_written.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        metrics.records_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            model_len = record.model.len(),
+                            "billing: the store refused a usage record; dropped"
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pending = batch.len(), "billing: cannot write usage records; retrying");
+                return false;
+            }
+        }
+    }
+    true
+}
