@@ -179,7 +179,7 @@ impl Demo {
         println!("   listening on {base} (database migrated at start)");
 
         self.step("Creating an account and an API key with keygate-admin");
-        let (key, key_id) = self.create_key(&database_url).await?;
+        let (key, key_id, account_id) = self.create_key(&database_url).await?;
 
         let client = http_client();
         self.chat(&client, &base, &key).await?;
@@ -189,6 +189,8 @@ impl Demo {
         if options.requests > 0 {
             self.overhead(&base, &key, &mock, options.requests).await?;
         }
+        let answered = 2 + options.requests;
+        self.billing(&database_url, &account_id, answered).await?;
         self.revoke(&client, &base, &key, &key_id, &database_url)
             .await?;
         self.provider_view(&mock, &key);
@@ -208,7 +210,7 @@ impl Demo {
         }
     }
 
-    async fn create_key(&mut self, database_url: &str) -> Result<(String, String)> {
+    async fn create_key(&mut self, database_url: &str) -> Result<(String, String, String)> {
         let account = admin_json(
             database_url,
             &["account", "create", "--name", "demo", "--balance", "10"],
@@ -237,7 +239,61 @@ impl Demo {
             redact(&secret, 10)
         );
         println!("     and keygate stores only its hash)");
-        Ok((secret, key_id))
+        Ok((secret, key_id, account_id))
+    }
+
+    /// What the answered requests cost, from the usage records and the balance.
+    async fn billing(
+        &mut self,
+        database_url: &str,
+        account_id: &str,
+        answered: usize,
+    ) -> Result<()> {
+        self.step("What it cost: the account's balance and the usage report");
+        // Usage records are written in batches, at most a second after the answer.
+        let mut report = Value::Null;
+        for _ in 0..50 {
+            report =
+                admin_json(database_url, &["usage", "report", "--account", account_id]).await?;
+            if report["total"]["requests"].as_u64() >= Some(answered as u64) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("   $ keygate-admin usage report --account {account_id}");
+        for row in report["rows"].as_array().into_iter().flatten() {
+            println!(
+                "     {:<12} {:>5} requests  {:>7} input + {:>7} output tokens  {:>8} micro-credits",
+                row["group"].as_str().unwrap_or("?"),
+                row["requests"],
+                row["input_tokens"],
+                row["output_tokens"],
+                row["cost_micros"]
+            );
+        }
+        let account = admin_json(database_url, &["account", "show", account_id]).await?;
+        let balance = account["balance_micros"].as_i64().unwrap_or_default();
+        let reserved = account["reserved_micros"].as_i64().unwrap_or_default();
+        let cost = report["total"]["cost_micros"].as_i64().unwrap_or_default();
+        println!("   $ keygate-admin account show {account_id}");
+        println!("     balance {balance} micro-credits (10 credits - {cost}), reserved {reserved}");
+        // The overhead step also sends a few warm-up requests.
+        self.check(
+            report["total"]["requests"].as_u64() >= Some(answered as u64),
+            || {
+                format!(
+                    "expected {answered} usage records, the report has {}",
+                    report["total"]["requests"]
+                )
+            },
+        );
+        self.check(cost > 0 && balance == 10_000_000 - cost, || {
+            format!("the balance {balance} is not 10 credits minus the cost {cost}")
+        });
+        self.check(reserved == 0, || {
+            format!("{reserved} micro-credits still reserved")
+        });
+        Ok(())
     }
 
     async fn chat(&mut self, client: &HttpClient, base: &str, key: &str) -> Result<()> {

@@ -264,9 +264,38 @@ fn builtin_defaults() -> RawConfig {
                 &["claude-*"],
             ),
         ],
+        prices: BUILTIN_PRICES
+            .iter()
+            .map(|&(model, input, output, cached)| {
+                let price = RawPrice {
+                    input_per_mtok: input,
+                    output_per_mtok: output,
+                    cached_input_per_mtok: Some(cached),
+                };
+                (model.to_owned(), price)
+            })
+            .collect(),
         ..RawConfig::default()
     }
 }
+
+/// Prices used without a config file: the providers' list prices in US dollars
+/// per million tokens (input, output, cached input) as published in 2025, so a
+/// first run bills in dollars. A `keygate.toml` sets its own `[prices]`.
+const BUILTIN_PRICES: &[(&str, f64, f64, f64)] = &[
+    ("gpt-4o", 2.5, 10.0, 1.25),
+    ("gpt-4o-mini", 0.15, 0.6, 0.075),
+    ("gpt-4.1", 2.0, 8.0, 0.5),
+    ("gpt-4.1-mini", 0.4, 1.6, 0.1),
+    ("gpt-4.1-nano", 0.1, 0.4, 0.025),
+    ("o3", 2.0, 8.0, 0.5),
+    ("o4-mini", 1.1, 4.4, 0.275),
+    ("text-embedding-3-small", 0.02, 0.0, 0.02),
+    ("text-embedding-3-large", 0.13, 0.0, 0.13),
+    ("claude-sonnet-4-5", 3.0, 15.0, 0.3),
+    ("claude-haiku-4-5", 1.0, 5.0, 0.1),
+    ("claude-opus-4-1", 15.0, 75.0, 1.5),
+];
 
 fn duration(field: &str, value: Option<&str>, default: Duration) -> anyhow::Result<Duration> {
     match value {
@@ -643,6 +672,16 @@ output_per_mtok = 8.0
         assert_eq!(config.database_url, "sqlite://other.db");
         assert!(config.proxy.upstreams.is_empty());
         assert_eq!(config.skipped.len(), 2);
+        // Without a file, list prices bill the common models.
+        assert_eq!(
+            config
+                .billing
+                .prices
+                .get("gpt-4o-mini")
+                .unwrap()
+                .input_per_mtok(),
+            keygate_store::Micros(150_000)
+        );
     }
 
     #[test]
