@@ -250,12 +250,19 @@ impl Demo {
         answered: usize,
     ) -> Result<()> {
         self.step("What it cost: the account's balance and the usage report");
-        // Usage records are written in batches, at most a second after the answer.
+        // Usage records are written in batches, and a key's charges reach the
+        // balance when its lease is settled: both within about a second.
         let mut report = Value::Null;
+        let mut account = Value::Null;
         for _ in 0..50 {
             report =
                 admin_json(database_url, &["usage", "report", "--account", account_id]).await?;
-            if report["total"]["requests"].as_u64() >= Some(answered as u64) {
+            account = admin_json(database_url, &["account", "show", account_id]).await?;
+            let charged = 10_000_000 - account["balance_micros"].as_i64().unwrap_or_default();
+            if report["total"]["requests"].as_u64() >= Some(answered as u64)
+                && report["total"]["cost_micros"].as_i64() == Some(charged)
+                && account["reserved_micros"].as_i64() == Some(0)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -271,7 +278,6 @@ impl Demo {
                 row["cost_micros"]
             );
         }
-        let account = admin_json(database_url, &["account", "show", account_id]).await?;
         let balance = account["balance_micros"].as_i64().unwrap_or_default();
         let reserved = account["reserved_micros"].as_i64().unwrap_or_default();
         let cost = report["total"]["cost_micros"].as_i64().unwrap_or_default();

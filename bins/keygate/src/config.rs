@@ -51,6 +51,7 @@ struct RawBilling {
     default_output_reserve: Option<u64>,
     usage_retention_days: Option<u32>,
     reservation_ttl: Option<String>,
+    batch_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -486,6 +487,15 @@ fn validate(
         raw_billing.and_then(|b| b.reservation_ttl.as_deref()),
         billing.reservation_ttl,
     )?;
+    billing.batch_window = match raw_billing.and_then(|b| b.batch_window.as_deref()) {
+        Some("0") | Some("0s") => Duration::ZERO,
+        other => duration("billing.batch_window", other, billing.batch_window)?,
+    };
+    if billing.batch_window > Duration::from_secs(60) {
+        bail!(
+            "billing.batch_window: at most 60s (a crash loses up to a window of charges); \"0s\" settles every request on its own"
+        );
+    }
     if billing.reservation_ttl <= timeouts.first_byte {
         bail!(
             "billing.reservation_ttl: must be longer than timeouts.first_byte ({}s), or reservations of waiting requests would be swept",

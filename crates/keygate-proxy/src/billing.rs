@@ -2,12 +2,14 @@
 //! response as it streams past, settle the actual cost when it ends, and release
 //! the reservation on every other path.
 //!
-//! A [`Hold`] owns a reservation from the moment it is taken. Settling or
-//! releasing consumes it; dropping it (an early return, an upstream error, a
-//! client that leaves before the answer, a panic) releases it. The store work of
-//! settling runs in tasks tracked by [`Billing`], so the request path never waits
-//! on a store write after the reservation; [`Billing::shutdown`] waits for them.
-//! Usage records go to the batching [`UsageWriter`].
+//! A request's upper bound is held in a lease (see [`crate::leases`]): a store
+//! reservation a key's requests share for a batch window. The `LeaseHold` a
+//! request owns is settled with the actual cost when the body ends; dropping it
+//! (an early return, an upstream error, a client that leaves before the answer, a
+//! panic) returns it uncharged. Settling a lease in the store runs in tasks
+//! tracked by [`Billing`], so the request path never waits on a settlement;
+//! [`Billing::shutdown`] waits for them. Usage records go to the batching
+//! [`UsageWriter`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,13 +23,13 @@ use keygate_billing::{
     UsageChunkFilter, UsageSource, inject_include_usage, max_output_tokens, reserve_upper_bound,
 };
 use keygate_store::{
-    ApiKey, Ledger, Micros, NewReservation, Reservation, Reserve, UsageRecord,
-    UsageSource as StoredSource,
+    ApiKey, Ledger, Micros, Reservation, UsageRecord, UsageSource as StoredSource,
 };
 use tokio_util::task::TaskTracker;
 
 use crate::body::{BodyEnd, BodyObserver};
 use crate::error::ProxyError;
+use crate::leases::{LeaseHold, Leased, Leases, Settler};
 use crate::routing::{Endpoint, ProviderKind};
 use crate::usage_writer::{UsageWriter, WriterSettings};
 
@@ -50,6 +52,10 @@ pub struct BillingConfig {
     /// any request should take: a request still running when its reservation is
     /// swept is charged all the same when it ends.
     pub reservation_ttl: Duration,
+    /// How long a key's requests share one store reservation (a lease) before
+    /// it is settled and renewed; zero gives every request its own reservation.
+    /// A crash loses at most this much of the charges.
+    pub batch_window: Duration,
     /// How often expired reservations are swept.
     pub sweep_interval: Duration,
     /// Usage records older than this are purged; `None` keeps them.
@@ -68,6 +74,7 @@ impl BillingConfig {
             allow_unpriced: false,
             rule: ReservationRule::default(),
             reservation_ttl: Duration::from_secs(3600),
+            batch_window: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(60),
             usage_retention: Some(Duration::from_secs(90 * 86_400)),
             log_client_ip: false,
@@ -79,11 +86,13 @@ impl BillingConfig {
 /// Counters an operator watches; all monotonic.
 #[derive(Debug, Default)]
 pub struct BillingMetrics {
-    /// Reservations taken.
-    pub reserved: AtomicU64,
-    /// Reservations settled with a charge.
+    /// Requests that held their upper bound (from a lease).
+    pub holds: AtomicU64,
+    /// Store reservations (leases) that ended: settled or released.
+    pub reserved_total_ended: AtomicU64,
+    /// Leases settled with a charge.
     pub settled: AtomicU64,
-    /// Reservations released without a charge.
+    /// Leases released without a charge.
     pub released: AtomicU64,
     /// Settlements or releases that could not reach the store (the sweep frees
     /// the money later, uncharged).
@@ -104,8 +113,10 @@ pub struct BillingMetrics {
 /// A snapshot of [`BillingMetrics`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BillingSnapshot {
-    /// See [`BillingMetrics::reserved`].
-    pub reserved: u64,
+    /// See [`BillingMetrics::holds`].
+    pub holds: u64,
+    /// See [`BillingMetrics::reserved_total_ended`].
+    pub leases_ended: u64,
     /// See [`BillingMetrics::settled`].
     pub settled: u64,
     /// See [`BillingMetrics::released`].
@@ -129,7 +140,8 @@ impl BillingMetrics {
     pub fn snapshot(&self) -> BillingSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         BillingSnapshot {
-            reserved: get(&self.reserved),
+            holds: get(&self.holds),
+            leases_ended: get(&self.reserved_total_ended),
             settled: get(&self.settled),
             released: get(&self.released),
             settle_failures: get(&self.settle_failures),
@@ -152,7 +164,8 @@ pub struct Billing {
     config: BillingConfig,
     ledger: Arc<dyn Ledger>,
     metrics: Arc<BillingMetrics>,
-    /// Settlement and release tasks; waited for at shutdown.
+    leases: Leases,
+    /// Settlement tasks; waited for at shutdown.
     tasks: TaskTracker,
     writer: UsageWriter,
 }
@@ -176,7 +189,7 @@ pub(crate) struct Admission<'a> {
 #[derive(Debug)]
 pub(crate) struct Charge {
     billing: Arc<Billing>,
-    hold: Option<Hold>,
+    hold: Option<LeaseHold>,
     price: Option<Price>,
     shape: Option<ApiShape>,
     /// The client did not ask for the usage chunk; remove it from the stream.
@@ -194,11 +207,24 @@ impl Billing {
     pub fn new(config: BillingConfig, ledger: Arc<dyn Ledger>) -> Self {
         let metrics = Arc::new(BillingMetrics::default());
         let writer = UsageWriter::start(Arc::clone(&ledger), config.writer, Arc::clone(&metrics));
+        let tasks = TaskTracker::new();
+        let settler = Arc::new(StoreSettler {
+            ledger: Arc::clone(&ledger),
+            metrics: Arc::clone(&metrics),
+            tasks: tasks.clone(),
+        });
+        let leases = Leases::new(
+            Arc::clone(&ledger),
+            settler,
+            config.batch_window,
+            config.reservation_ttl,
+        );
         Self {
             config,
             ledger,
             metrics,
-            tasks: TaskTracker::new(),
+            leases,
+            tasks,
             writer,
         }
     }
@@ -216,6 +242,7 @@ impl Billing {
     /// Waits for every settlement started so far (at most `limit`), then flushes
     /// and stops the usage writer. Called once the server stops serving.
     pub async fn shutdown(&self, limit: Duration) {
+        self.leases.retire_all();
         self.tasks.close();
         if tokio::time::timeout(limit, self.tasks.wait())
             .await
@@ -332,28 +359,17 @@ impl Billing {
         })
     }
 
-    async fn reserve(self: &Arc<Self>, key: &ApiKey, amount: Micros) -> Result<Hold, ProxyError> {
-        let ttl = chrono::Duration::from_std(self.config.reservation_ttl)
-            .unwrap_or(chrono::Duration::hours(1));
-        let new = NewReservation {
-            account_id: key.account_id.clone(),
-            key_id: key.id.clone(),
-            amount,
-            expires_at: Utc::now() + ttl,
-        };
-        match self.ledger.reserve(new).await {
-            Ok(Reserve::Held(reservation)) => {
-                bump(&self.metrics.reserved);
-                Ok(Hold {
-                    billing: Arc::clone(self),
-                    reservation: Some(reservation),
-                })
+    async fn reserve(&self, key: &ApiKey, amount: Micros) -> Result<LeaseHold, ProxyError> {
+        match self.leases.hold(&key.account_id, &key.id, amount).await {
+            Ok(Leased::Held(hold)) => {
+                bump(&self.metrics.holds);
+                Ok(hold)
             }
-            Ok(Reserve::InsufficientBalance) => {
+            Ok(Leased::InsufficientBalance) => {
                 bump(&self.metrics.refused);
                 Err(ProxyError::InsufficientBalance)
             }
-            Ok(Reserve::SpendLimitExceeded) => {
+            Ok(Leased::SpendLimitExceeded) => {
                 bump(&self.metrics.refused);
                 Err(ProxyError::SpendLimitExceeded)
             }
@@ -364,28 +380,46 @@ impl Billing {
         }
     }
 
-    /// Settles (`cost` is `Some`) or releases a reservation in a tracked task,
-    /// retrying while the store is unreachable.
-    fn finish(self: &Arc<Self>, reservation: Reservation, cost: Option<Micros>) {
+    /// Retires leases past the batch window. Called periodically.
+    pub fn renew_leases(&self) {
+        self.leases.renew();
+    }
+}
+
+/// Settles retired leases in the store, in tasks tracked for shutdown, retrying
+/// while the store is unreachable.
+#[derive(Debug)]
+struct StoreSettler {
+    ledger: Arc<dyn Ledger>,
+    metrics: Arc<BillingMetrics>,
+    tasks: TaskTracker,
+}
+
+impl Settler for StoreSettler {
+    fn settle(&self, reservation: Reservation, cost: Micros) {
+        bump(&self.metrics.reserved_total_ended);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime left (the process is ending): the sweep releases it.
             bump(&self.metrics.settle_failures);
             return;
         };
-        let billing = Arc::clone(self);
+        let ledger = Arc::clone(&self.ledger);
+        let metrics = Arc::clone(&self.metrics);
         self.tasks.spawn_on(
             async move {
                 let mut backoff = Duration::from_millis(50);
                 for attempt in 0..8 {
-                    let done = match cost {
-                        Some(cost) => billing.ledger.settle(&reservation, cost).await,
-                        None => billing.ledger.release(&reservation).await,
+                    let done = if cost > Micros::ZERO {
+                        ledger.settle(&reservation, cost).await
+                    } else {
+                        ledger.release(&reservation).await
                     };
                     match done {
                         Ok(()) => {
-                            match cost {
-                                Some(_) => bump(&billing.metrics.settled),
-                                None => bump(&billing.metrics.released),
+                            if cost > Micros::ZERO {
+                                bump(&metrics.settled);
+                            } else {
+                                bump(&metrics.released);
                             }
                             return;
                         }
@@ -402,34 +436,10 @@ impl Billing {
                         }
                     }
                 }
-                bump(&billing.metrics.settle_failures);
+                bump(&metrics.settle_failures);
             },
             &runtime,
         );
-    }
-}
-
-/// Money held for one request. Released when dropped unsettled.
-#[derive(Debug)]
-pub(crate) struct Hold {
-    billing: Arc<Billing>,
-    reservation: Option<Reservation>,
-}
-
-impl Hold {
-    fn settle(mut self, cost: Micros) {
-        if let Some(reservation) = self.reservation.take() {
-            let cost = (cost > Micros::ZERO).then_some(cost);
-            self.billing.finish(reservation, cost);
-        }
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        if let Some(reservation) = self.reservation.take() {
-            self.billing.finish(reservation, None);
-        }
     }
 }
 
@@ -503,7 +513,7 @@ enum Reader {
 #[derive(Debug)]
 pub(crate) struct BillingTap {
     billing: Arc<Billing>,
-    hold: Option<Hold>,
+    hold: Option<LeaseHold>,
     price: Option<Price>,
     reader: Reader,
     input_bytes: u64,

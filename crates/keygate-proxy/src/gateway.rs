@@ -201,14 +201,16 @@ impl Gateway {
         let mut tasks = vec![follower, flusher];
         if let Some(billing) = &self.billing {
             // Sweeps at start-up (money a crash left reserved) and periodically;
-            // purges old usage at start-up and daily.
+            // purges old usage at start-up and daily; renews leases past their
+            // batch window.
             billing.sweep().await;
             billing.purge().await;
             let billing = Arc::clone(billing);
             tasks.push(tokio::spawn(async move {
                 let mut sweep = tokio::time::interval(billing.config().sweep_interval);
                 let mut purge = tokio::time::interval(Duration::from_secs(86_400));
-                for ticker in [&mut sweep, &mut purge] {
+                let mut renew = tokio::time::interval(Duration::from_millis(100));
+                for ticker in [&mut sweep, &mut purge, &mut renew] {
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     ticker.tick().await;
                 }
@@ -216,6 +218,7 @@ impl Gateway {
                     tokio::select! {
                         _ = sweep.tick() => billing.sweep().await,
                         _ = purge.tick() => billing.purge().await,
+                        _ = renew.tick() => billing.renew_leases(),
                     }
                 }
             }));
@@ -456,18 +459,18 @@ impl Gateway {
             let m = billing.metrics();
             for (name, help, value) in [
                 (
-                    "keygate_reservations_total",
-                    "Reservations taken.",
-                    m.reserved,
+                    "keygate_billed_requests_total",
+                    "Requests that held their upper-bound cost.",
+                    m.holds,
                 ),
                 (
-                    "keygate_reservations_settled_total",
-                    "Reservations settled with a charge.",
+                    "keygate_leases_settled_total",
+                    "Store reservations (leases) settled with a charge.",
                     m.settled,
                 ),
                 (
-                    "keygate_reservations_released_total",
-                    "Reservations released without a charge.",
+                    "keygate_leases_released_total",
+                    "Store reservations (leases) released without a charge.",
                     m.released,
                 ),
                 (
@@ -630,8 +633,8 @@ impl Background {
             tracing::info!(
                 records_written = metrics.records_written,
                 records_dropped = metrics.records_dropped,
-                settled = metrics.settled,
-                released = metrics.released,
+                leases_settled = metrics.settled,
+                leases_released = metrics.released,
                 "billing stopped"
             );
         }
@@ -790,7 +793,7 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<
 
 /// Reads `model` and `stream` from a JSON object body. Error messages give a
 /// position, never a piece of the body.
-fn probe_json(body: &[u8]) -> Result<(String, bool), ProxyError> {
+pub(crate) fn probe_json(body: &[u8]) -> Result<(String, bool), ProxyError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ProxyError::InvalidRequest(

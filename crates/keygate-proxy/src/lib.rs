@@ -16,6 +16,7 @@ mod body;
 mod config;
 mod error;
 mod gateway;
+mod leases;
 mod limits;
 mod routing;
 mod server;
@@ -37,3 +38,14 @@ pub use routing::{
 pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
 pub use upstream::{ProviderKey, Upstream, UpstreamConfig, UpstreamTimeouts};
 pub use usage_writer::WriterSettings;
+
+/// Internals reached by the criterion benches in `benches/`; not an API.
+#[doc(hidden)]
+pub mod bench {
+    use crate::ProxyError;
+
+    /// The gateway's peek at `model` and `stream` in a JSON request body.
+    pub fn probe_json(body: &[u8]) -> Result<(String, bool), ProxyError> {
+        crate::gateway::probe_json(body)
+    }
+}

@@ -1,0 +1,449 @@
+//! Leases: store reservations shared by a key's requests in this instance.
+//!
+//! A request's upper-bound cost must be held before it is forwarded, atomically
+//! against the account's balance and the key's spend limit, across every instance.
+//! Doing that with one store transaction per request (and another to settle) puts
+//! two writes on every request's path. Instead, a key's requests draw on a
+//! *lease*: one store reservation, taken with room for many requests, from which
+//! each request holds its upper bound in memory and returns what it did not use.
+//!
+//! A lease is retired when it cannot fit the next request or when it is older
+//! than the batch window; a retired lease is settled in the store (its requests'
+//! actual costs charged, the rest released) as soon as its last request ends. So
+//! a key costs about two store writes per batch window instead of two per
+//! request, a balance is never overdrawn (every hold is inside a store
+//! reservation), and the store's balance lags by at most the window. A crash
+//! loses the charges of the leases not yet settled (at most a window's worth);
+//! their reservations expire and are swept.
+//!
+//! When a lease with room for many requests does not fit the balance, the lease
+//! is taken for the one request alone, so an account near empty is refused only
+//! when the request itself does not fit. A batch window of zero turns leases off:
+//! every request takes and settles its own reservation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use keygate_store::{AccountId, KeyId, Ledger, Micros, NewReservation, Reservation, Reserve};
+
+/// How many requests' upper bounds a new lease makes room for.
+const LEASE_REQUESTS: i64 = 32;
+/// Shards of the key → lease map, so requests of different keys rarely share a lock.
+const SHARDS: usize = 16;
+
+/// What a lease attempt came to.
+#[derive(Debug)]
+pub(crate) enum Leased {
+    /// The amount is held.
+    Held(LeaseHold),
+    /// The account's balance cannot cover the request.
+    InsufficientBalance,
+    /// The key's spend limit cannot cover the request.
+    SpendLimitExceeded,
+}
+
+/// Settles retired leases: the billing layer runs the store call in a task.
+pub(crate) trait Settler: Send + Sync + 'static {
+    /// Charges `cost` for `reservation` and releases the rest.
+    fn settle(&self, reservation: Reservation, cost: Micros);
+}
+
+/// The leases of every key with requests in flight or a recent lease.
+pub(crate) struct Leases {
+    ledger: Arc<dyn Ledger>,
+    settler: Arc<dyn Settler>,
+    window: Duration,
+    ttl: chrono::Duration,
+    shards: Vec<Mutex<HashMap<KeyId, Arc<KeyLeases>>>>,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One key's current lease, and the lock that lets one request at a time take
+/// a new one from the store.
+#[derive(Default)]
+struct KeyLeases {
+    current: Mutex<Option<Arc<Lease>>>,
+    refill: tokio::sync::Mutex<()>,
+}
+
+struct Lease {
+    reservation: Reservation,
+    born: Instant,
+    settler: Arc<dyn Settler>,
+    state: Mutex<LeaseState>,
+}
+
+#[derive(Default)]
+struct LeaseState {
+    /// Upper bounds held by requests in flight.
+    held: i64,
+    /// Actual costs of the requests that ended.
+    charged: i64,
+    in_flight: u32,
+    /// No new request may draw on it.
+    retired: bool,
+    settled: bool,
+}
+
+/// One request's share of a lease. Ending it returns what the request did not
+/// use; dropping it without an end returns it all.
+pub(crate) struct LeaseHold {
+    lease: Option<Arc<Lease>>,
+    amount: i64,
+}
+
+impl std::fmt::Debug for LeaseHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseHold")
+            .field("amount", &self.amount)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded sections never panic; a poisoned lock still holds valid numbers.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Lease {
+    /// Holds `amount` if the lease has room and is not retired.
+    fn try_hold(self: &Arc<Self>, amount: i64) -> Option<LeaseHold> {
+        let mut state = lock(&self.state);
+        let room = self.reservation.amount.0 - state.held - state.charged;
+        if state.retired || room < amount {
+            return None;
+        }
+        state.held += amount;
+        state.in_flight += 1;
+        Some(LeaseHold {
+            lease: Some(Arc::clone(self)),
+            amount,
+        })
+    }
+
+    /// Stops new requests drawing on it; settles it if none is in flight.
+    fn retire(&self) {
+        let mut state = lock(&self.state);
+        state.retired = true;
+        self.settle_if_done(&mut state);
+    }
+
+    fn end(&self, amount: i64, cost: i64) {
+        let mut state = lock(&self.state);
+        state.held -= amount;
+        state.charged = state.charged.saturating_add(cost);
+        state.in_flight = state.in_flight.saturating_sub(1);
+        self.settle_if_done(&mut state);
+    }
+
+    fn settle_if_done(&self, state: &mut LeaseState) {
+        if state.retired && state.in_flight == 0 && !state.settled {
+            state.settled = true;
+            self.settler
+                .settle(self.reservation.clone(), Micros(state.charged));
+        }
+    }
+}
+
+impl LeaseHold {
+    /// Ends the request, charging `cost` (which may exceed the amount held).
+    pub(crate) fn settle(mut self, cost: Micros) {
+        if let Some(lease) = self.lease.take() {
+            lease.end(self.amount, cost.0.max(0));
+        }
+    }
+}
+
+impl Drop for LeaseHold {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.end(self.amount, 0);
+        }
+    }
+}
+
+impl Leases {
+    /// Leases over `ledger`, renewed every `window` (zero: one reservation per
+    /// request), each store reservation expiring after `ttl`.
+    pub(crate) fn new(
+        ledger: Arc<dyn Ledger>,
+        settler: Arc<dyn Settler>,
+        window: Duration,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            ledger,
+            settler,
+            window,
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn key(&self, key: &KeyId) -> Arc<KeyLeases> {
+        let shard = &self.shards[shard_of(key)];
+        Arc::clone(lock(shard).entry(key.clone()).or_default())
+    }
+
+    /// Holds `amount` for one request of `key`, from its lease or a new one.
+    /// Fails with the store's error when the store cannot be reached.
+    pub(crate) async fn hold(
+        &self,
+        account: &AccountId,
+        key: &KeyId,
+        amount: Micros,
+    ) -> keygate_store::Result<Leased> {
+        let leases = self.key(key);
+        if let Some(hold) = current_hold(&leases, amount.0) {
+            return Ok(Leased::Held(hold));
+        }
+        // One request at a time goes to the store for this key; the others wait
+        // and then draw on the lease it took.
+        let _refill = leases.refill.lock().await;
+        if let Some(hold) = current_hold(&leases, amount.0) {
+            return Ok(Leased::Held(hold));
+        }
+        let sizes = if self.window.is_zero() {
+            vec![amount.0]
+        } else {
+            vec![amount.0.saturating_mul(LEASE_REQUESTS), amount.0]
+        };
+        let mut refused = Leased::InsufficientBalance;
+        for size in sizes {
+            let new = NewReservation {
+                account_id: account.clone(),
+                key_id: key.clone(),
+                amount: Micros(size),
+                expires_at: Utc::now() + self.ttl,
+            };
+            match self.ledger.reserve(new).await? {
+                Reserve::Held(reservation) => {
+                    let lease = Arc::new(Lease {
+                        reservation,
+                        born: Instant::now(),
+                        settler: Arc::clone(&self.settler),
+                        state: Mutex::default(),
+                    });
+                    let hold = lease.try_hold(amount.0);
+                    let previous = if self.window.is_zero() {
+                        lease.retire();
+                        None
+                    } else {
+                        lock(&leases.current).replace(Arc::clone(&lease))
+                    };
+                    if let Some(previous) = previous {
+                        previous.retire();
+                    }
+                    return Ok(match hold {
+                        Some(hold) => Leased::Held(hold),
+                        // Cannot happen: the lease was sized for this amount.
+                        None => Leased::InsufficientBalance,
+                    });
+                }
+                Reserve::InsufficientBalance => refused = Leased::InsufficientBalance,
+                Reserve::SpendLimitExceeded => refused = Leased::SpendLimitExceeded,
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Retires leases older than the window, settling those with nothing in
+    /// flight, and forgets keys with no lease. Called periodically.
+    pub(crate) fn renew(&self) {
+        for shard in &self.shards {
+            lock(shard).retain(|_, leases| {
+                // A request that took the entry may be about to set a lease on it.
+                if Arc::strong_count(leases) > 1 {
+                    return true;
+                }
+                let mut current = lock(&leases.current);
+                if current
+                    .as_ref()
+                    .is_some_and(|lease| lease.born.elapsed() >= self.window)
+                {
+                    if let Some(lease) = current.take() {
+                        lease.retire();
+                    }
+                }
+                current.is_some()
+            });
+        }
+    }
+
+    /// Retires every lease (at shutdown, after the last request).
+    pub(crate) fn retire_all(&self) {
+        for shard in &self.shards {
+            for leases in lock(shard).drain().map(|(_, leases)| leases) {
+                if let Some(lease) = lock(&leases.current).take() {
+                    lease.retire();
+                }
+            }
+        }
+    }
+}
+
+fn current_hold(leases: &KeyLeases, amount: i64) -> Option<LeaseHold> {
+    lock(&leases.current).as_ref()?.try_hold(amount)
+}
+
+fn shard_of(key: &KeyId) -> usize {
+    // Key ids end in random hex: their last bytes spread evenly.
+    key.as_str()
+        .bytes()
+        .rev()
+        .take(2)
+        .fold(0_usize, |acc, b| acc * 31 + usize::from(b))
+        % SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_keys::KeyKind;
+    use keygate_store::{CredentialStore, KeySettings, MemoryStore, NewAccount, NewApiKey};
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(Reservation, Micros)>>);
+
+    impl Settler for Recorded {
+        fn settle(&self, reservation: Reservation, cost: Micros) {
+            lock(&self.0).push((reservation, cost));
+        }
+    }
+
+    async fn setup(balance: i64) -> (Arc<MemoryStore>, AccountId, KeyId) {
+        let store = Arc::new(MemoryStore::new());
+        let account = store
+            .create_account(NewAccount {
+                name: "a".into(),
+                email: None,
+                balance: Micros(balance),
+            })
+            .await
+            .unwrap();
+        let secret = keygate_keys::SecretKey::generate(
+            &keygate_keys::KeyPrefix::new("kg").unwrap(),
+            KeyKind::Private,
+        )
+        .unwrap();
+        let key = store
+            .create_key(NewApiKey {
+                account_id: account.id.clone(),
+                key_hash: secret.hash(),
+                start: secret.start(),
+                settings: KeySettings::new(KeyKind::Private),
+            })
+            .await
+            .unwrap();
+        (store, account.id, key.id)
+    }
+
+    fn held(leased: Leased) -> LeaseHold {
+        match leased {
+            Leased::Held(hold) => hold,
+            other => panic!("not held: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_share_one_lease_until_it_is_retired() {
+        let (store, account, key) = setup(1_000_000).await;
+        let settled = Arc::new(Recorded::default());
+        let leases = Leases::new(
+            store.clone(),
+            settled.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        );
+        let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+        let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+        // One store reservation of 32 requests' room.
+        assert_eq!(
+            store.get_account(&account).await.unwrap().reserved,
+            Micros(3200)
+        );
+        a.settle(Micros(30));
+        b.settle(Micros(40));
+        assert!(lock(&settled.0).is_empty(), "settled before it was retired");
+        leases.retire_all();
+        let settled = lock(&settled.0);
+        assert_eq!(settled.len(), 1);
+        assert_eq!(settled[0].1, Micros(70));
+    }
+
+    #[tokio::test]
+    async fn a_poor_account_gets_a_lease_for_the_one_request() {
+        let (store, account, key) = setup(250).await;
+        let settled = Arc::new(Recorded::default());
+        let leases = Leases::new(
+            store.clone(),
+            settled.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        );
+        let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+        let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+        assert!(matches!(
+            leases.hold(&account, &key, Micros(100)).await.unwrap(),
+            Leased::InsufficientBalance
+        ));
+        assert_eq!(
+            store.get_account(&account).await.unwrap().reserved,
+            Micros(200)
+        );
+        drop(a);
+        b.settle(Micros(10));
+        leases.retire_all();
+        let costs: Vec<Micros> = lock(&settled.0).iter().map(|(_, c)| *c).collect();
+        assert_eq!(costs.len(), 2);
+        assert!(costs.contains(&Micros(0)) && costs.contains(&Micros(10)));
+    }
+
+    #[tokio::test]
+    async fn a_zero_window_settles_each_request_alone() {
+        let (store, account, key) = setup(1_000).await;
+        let settled = Arc::new(Recorded::default());
+        let leases = Leases::new(
+            store.clone(),
+            settled.clone(),
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
+        let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+        assert_eq!(
+            store.get_account(&account).await.unwrap().reserved,
+            Micros(100)
+        );
+        a.settle(Micros(7));
+        assert_eq!(lock(&settled.0)[0].1, Micros(7));
+    }
+
+    #[tokio::test]
+    async fn old_leases_are_renewed() {
+        let (store, account, key) = setup(1_000_000).await;
+        let settled = Arc::new(Recorded::default());
+        let leases = Leases::new(
+            store.clone(),
+            settled.clone(),
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        );
+        let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+        std::thread::sleep(Duration::from_millis(5));
+        leases.renew();
+        assert!(lock(&settled.0).is_empty(), "a request is still in flight");
+        a.settle(Micros(5));
+        assert_eq!(lock(&settled.0)[0].1, Micros(5));
+        leases.renew();
+        assert!(lock(&leases.shards[shard_of(&key)]).is_empty());
+    }
+}
