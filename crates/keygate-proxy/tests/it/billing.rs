@@ -69,6 +69,8 @@ enum Backend {
     Memory,
     Sqlite,
     Postgres,
+    /// Another gateway's store: a second instance on the same database.
+    Shared(Arc<dyn Store>),
 }
 
 impl Billed {
@@ -96,6 +98,7 @@ impl Billed {
                 store.migrate().await.unwrap();
                 (Arc::new(store), Some(Db::Postgres(pg)))
             }
+            Backend::Shared(store) => (store, None),
         };
         let store = wrap(store);
         let mut config = ProxyConfig::new(prefix(), upstreams(mock));
@@ -574,6 +577,66 @@ async fn concurrent_requests_never_overdraw_on_postgres() {
         Duration::from_secs(1),
     )
     .await;
+}
+
+/// Two gateways on one PostgreSQL database, each with its own leases and its own
+/// connection pool, share a balance without overdrawing it.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_a_balance_without_overdrawing() {
+    let mock = MockUpstream::start().await;
+    mock.set_reply(REPLY);
+    mock.set_latency(Duration::from_millis(10));
+    let Some(first) = Billed::simple(&mock, Backend::Postgres, "two_instances").await else {
+        return;
+    };
+    let url = match &first._db {
+        Some(Db::Postgres(pg)) => pg.url().to_owned(),
+        _ => unreachable!(),
+    };
+    let second_store = DbStore::connect(&url).await.unwrap();
+    let second = Billed::simple(
+        &mock,
+        Backend::Shared(Arc::new(second_store)),
+        "two_instances",
+    )
+    .await
+    .unwrap();
+    let body = chat_body("gpt-4o", false);
+    let each = cost(&[(PROMPT_WORDS, 2_500_000), (REPLY_WORDS, 10_000_000)]);
+    let bound = cost(&[
+        (body.to_string().len() as u64, 2_500_000),
+        (4096, 10_000_000),
+    ]);
+    // Room for about 20 upper bounds: each lease of 32 bounds is refused, so
+    // both instances fall back to one reservation per request when they need it.
+    let start = Micros(bound.0 * 20);
+    let account = first.account_with(start).await;
+    let (key, _) = first
+        .key_for(&account, KeySettings::new(KeyKind::Private))
+        .await;
+    let mut requests = Vec::new();
+    for i in 0..120 {
+        let url = if i % 2 == 0 {
+            first.url("/v1/chat/completions")
+        } else {
+            second.url("/v1/chat/completions")
+        };
+        let (key, body) = (key.clone(), body.clone());
+        requests.push(tokio::spawn(async move { post(&url, &key, &body).await }));
+    }
+    let mut ok = 0_i64;
+    for request in requests {
+        let reply = request.await.unwrap();
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::PAYMENT_REQUIRED => {}
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    let balance = first.settled(&account).await;
+    assert!(ok >= 20, "only {ok} answered");
+    assert_eq!(balance, Micros(start.0 - ok * each.0));
+    assert!(balance >= Micros::ZERO);
 }
 
 /// A key's spend limit refuses with 402 spend_limit_exceeded.
