@@ -53,7 +53,7 @@ struct Stream {
     /// Observers of the upstream's own bytes (billing reads usage here).
     raw: Option<Box<dyn BodyObserver>>,
     /// Removes the usage-only chunk keygate asked for from what the client gets.
-    filter: Option<UsageChunkFilter>,
+    filter: Option<Box<UsageChunkFilter>>,
     /// Observers of the bytes the client gets.
     observers: Vec<Box<dyn BodyObserver>>,
     ended: bool,
@@ -110,7 +110,7 @@ impl GatewayBody {
     /// Passes the stream through `filter` on its way to the client.
     pub(crate) fn with_filter(mut self, filter: Option<UsageChunkFilter>) -> Self {
         if let Inner::Stream(stream) = &mut self.inner {
-            stream.filter = filter;
+            stream.filter = filter.map(Box::new);
         }
         self
     }
