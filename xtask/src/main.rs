@@ -1,7 +1,6 @@
-//! Project automation: `cargo xtask tidy` (also run as a test) and
-//! `cargo xtask demo [--requests N]`.
-//!
-//! A later issue adds `bench` here; automation stays in Rust.
+//! Project automation: `cargo xtask tidy` (also run as a test),
+//! `cargo xtask demo [--requests N]` and
+//! `cargo xtask bench [--quick] [--pin] [--no-write]`; automation stays in Rust.
 
 #![allow(
     clippy::print_stdout,
@@ -9,6 +8,10 @@
     reason = "xtask reports on the terminal"
 )]
 
+mod bench;
+mod bench_load;
+mod bench_report;
+mod bench_serve;
 mod demo;
 mod tidy;
 
@@ -42,8 +45,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("bench") => match bench::main(&workspace_root(), &args[1..]) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
-            eprintln!("usage: cargo xtask tidy | cargo xtask demo [--requests N]");
+            eprintln!(
+                "usage: cargo xtask tidy | cargo xtask demo [--requests N] | cargo xtask bench [--quick] [--pin] [--no-write]"
+            );
             ExitCode::from(2)
         }
     }

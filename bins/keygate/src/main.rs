@@ -57,7 +57,8 @@ fn main() -> ExitCode {
     if cli.check {
         return check(&config);
     }
-    init_tracing(config.log_format);
+    // Held to the end of `main`: dropping it writes the last log lines.
+    let _log_writer = init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -198,16 +199,24 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr through a writer thread, so no request waits on a `write`
+/// to the terminal or a pipe. When the writer falls behind, lines wait rather
+/// than being dropped.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("keygate-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }
 
 /// Folds a message onto one line.

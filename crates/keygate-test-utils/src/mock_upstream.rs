@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -189,7 +189,23 @@ impl MockUpstream {
         self.shared.behaviour().failure = None;
     }
 
-    /// Every request received so far, in arrival order.
+    /// Whether following requests are recorded (default: yes). A load test
+    /// turns recording off so the mock's memory does not grow with every request
+    /// and [`MockUpstream::requests`] stays as it was.
+    pub fn set_recording(&self, on: bool) {
+        self.shared.recording.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether connections accepted from now on set `TCP_NODELAY` (default: no).
+    /// Without it, the second streamed response on a kept-alive connection can
+    /// sit in Nagle's buffer until the client's delayed ACK (about 40 ms on
+    /// Linux), so a load test that measures the gaps between chunks turns it on,
+    /// as production servers do.
+    pub fn set_nodelay(&self, on: bool) {
+        self.shared.nodelay.store(on, Ordering::Relaxed);
+    }
+
+    /// Every request received so far, in arrival order (while recording is on).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
     }
@@ -233,13 +249,30 @@ impl fmt::Debug for MockUpstream {
 }
 
 /// State shared by the handle and every connection.
-#[derive(Default)]
 struct Shared {
     behaviour: Mutex<Behaviour>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Off after `set_recording(false)`: requests are no longer pushed.
+    recording: AtomicBool,
+    /// On after `set_nodelay(true)`: accepted sockets set `TCP_NODELAY`.
+    nodelay: AtomicBool,
     cancelled: AtomicUsize,
     completed: AtomicUsize,
     next_id: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            behaviour: Mutex::default(),
+            requests: Mutex::default(),
+            recording: AtomicBool::new(true),
+            nodelay: AtomicBool::new(false),
+            cancelled: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Shared {
@@ -299,6 +332,9 @@ async fn accept_loop(
             _ = stopped.changed() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                if shared.nodelay.load(Ordering::Relaxed) {
+                    let _ = stream.set_nodelay(true);
+                }
                 connections.spawn(serve_connection(
                     stream,
                     tls.clone(),
@@ -370,14 +406,16 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    lock(&shared.requests).push(RecordedRequest {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-        version: parts.version,
-    });
+    if shared.recording.load(Ordering::Relaxed) {
+        lock(&shared.requests).push(RecordedRequest {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+            version: parts.version,
+        });
+    }
     let behaviour = shared.behaviour().clone();
     if let Some(Failure::Hang) = behaviour.failure {
         std::future::pending::<()>().await;

@@ -566,3 +566,31 @@ async fn dropping_the_mock_stops_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn recording_can_be_turned_off_for_load_tests() {
+    let mock = MockUpstream::start().await;
+    let client = http1();
+    let url = format!("{}/v1/chat/completions", mock.url());
+    assert_eq!(
+        post(&client, &url, &chat_request(false)).await.status(),
+        StatusCode::OK
+    );
+    mock.set_recording(false);
+    for _ in 0..3 {
+        let response = post(&client, &url, &chat_request(false)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            json_body(response).await["choices"][0]["message"]["content"],
+            DEFAULT_REPLY
+        );
+    }
+    assert_eq!(mock.requests().len(), 1);
+    mock.set_recording(true);
+    assert_eq!(
+        post(&client, &url, &chat_request(false)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(mock.requests().len(), 2);
+    mock.shutdown().await;
+}

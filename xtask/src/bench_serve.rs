@@ -1,0 +1,415 @@
+//! The bench's servers, each in its own process: the mock upstream and the
+//! baseline proxy (this binary re-run with a hidden `bench --serve-…` argument),
+//! the real `keygate` binary, and the handles the load generator keeps on them.
+//!
+//! A server child prints `listening on URL` on stdout once it accepts
+//! connections, takes commands on stdin (one per line, answered `ok`) and exits
+//! when its stdin closes, so it never outlives the bench.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use keygate_test_utils::MockUpstream;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::task::JoinSet;
+
+/// How long a server may take to say it listens.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs the mock upstream until stdin closes: `MockUpstream` in its fast mode,
+/// without request recording (its memory stays flat under load) and with
+/// `TCP_NODELAY` (streamed chunks leave at once). Commands: `reply WORDS` (a
+/// reply of that many words; a stream sends one per event) and
+/// `chunk-delay-us MICROS` (the pause between streamed events).
+pub(crate) fn serve_mock() -> Result<()> {
+    runtime()?.block_on(async {
+        let mock = MockUpstream::start().await;
+        mock.set_recording(false);
+        mock.set_nodelay(true);
+        announce(&mock.url())?;
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = lines.next_line().await? {
+            let mut words = line.split_whitespace();
+            let (Some(command), Some(value)) = (words.next(), words.next()) else {
+                bail!("mock: cannot read the command {line:?}");
+            };
+            let value: u64 = value
+                .parse()
+                .with_context(|| format!("mock: {value:?} is not a number"))?;
+            match command {
+                "reply" => mock.set_reply(&reply_of(value)),
+                "chunk-delay-us" => mock.set_chunk_delay(Duration::from_micros(value)),
+                _ => bail!("mock: unknown command {command:?}"),
+            }
+            say("ok")?;
+        }
+        mock.shutdown().await;
+        Ok(())
+    })
+}
+
+/// A reply of `words` words ("w1 w2 …"), or the mock's default for 0.
+pub(crate) fn reply_of(words: u64) -> String {
+    if words == 0 {
+        return "The quick brown fox jumps over the lazy dog.".to_owned();
+    }
+    (1..=words)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs the baseline until stdin closes: a bare HTTP/1.1 + HTTP/2 proxy on the
+/// same stack as keygate (hyper-util's auto server, hyper-util's pooled legacy
+/// client with keep-alive) that forwards method, path, headers and body to
+/// `upstream` and streams the answer back. No auth, no billing, no body read.
+pub(crate) fn serve_baseline(upstream: &str) -> Result<()> {
+    let upstream: Uri = upstream
+        .parse()
+        .with_context(|| format!("baseline: {upstream:?} is not a URL"))?;
+    let authority = upstream
+        .authority()
+        .context("baseline: the upstream URL has no host")?
+        .clone();
+    runtime()?.block_on(async move {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Incoming> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        announce(&format!("http://{addr}"))?;
+        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                line = stdin.next_line() => match line {
+                    Ok(Some(_)) => say("ok")?,
+                    _ => break,
+                },
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let client = client.clone();
+                    let authority = authority.clone();
+                    let service = service_fn(move |request| {
+                        forward(client.clone(), authority.clone(), request)
+                    });
+                    // Who waits: this loop's `JoinSet`, aborted when stdin closes.
+                    connections.spawn(async move {
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        connections.shutdown().await;
+        Ok(())
+    })
+}
+
+type BaselineBody = Either<Incoming, Full<Bytes>>;
+
+/// Headers that belong to one connection, never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+async fn forward(
+    client: Client<HttpConnector, Incoming>,
+    authority: Authority,
+    request: Request<Incoming>,
+) -> Result<Response<BaselineBody>, Infallible> {
+    let (mut parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build();
+    let Ok(uri) = uri else {
+        return Ok(bad_gateway());
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    for name in &HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(header::HOST);
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            for name in &HOP_BY_HOP {
+                parts.headers.remove(name);
+            }
+            Ok(Response::from_parts(parts, Either::Left(body)))
+        }
+        Err(_) => Ok(bad_gateway()),
+    }
+}
+
+fn bad_gateway() -> Response<BaselineBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        b"baseline: upstream failed",
+    ))));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+fn announce(url: &str) -> Result<()> {
+    say(&format!("listening on {url}"))
+}
+
+fn say(line: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Which CPU a process is pinned to with `taskset`, when `--pin` asked for it.
+pub(crate) type Cpu = Option<usize>;
+
+/// A command, prefixed with `taskset -c CPU` when `cpu` is set. `taskset`
+/// execs the program, so the child's pid is the program's.
+fn command(program: &Path, cpu: Cpu) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A server child process of this binary (the mock or the baseline).
+#[derive(Debug)]
+pub(crate) struct ServerChild {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+}
+
+impl ServerChild {
+    /// Starts `this-binary bench ARGS…` and waits for its `listening on` line.
+    pub(crate) async fn start(args: &[&str], cpu: Cpu) -> Result<ServerChild> {
+        let exe = std::env::current_exe().context("cannot find this binary")?;
+        let mut child = command(&exe, cpu)
+            .arg("bench")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {} bench {}", exe.display(), args.join(" ")))?;
+        let stdin = child.stdin.take().context("the child has no stdin")?;
+        let stdout = child.stdout.take().context("the child has no stdout")?;
+        let mut stdout = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(START_LIMIT, stdout.next_line())
+            .await
+            .with_context(|| format!("bench {} did not start in time", args.join(" ")))??
+            .with_context(|| format!("bench {} exited before listening", args.join(" ")))?;
+        let url = line
+            .strip_prefix("listening on ")
+            .with_context(|| format!("bench {}: unexpected line {line:?}", args.join(" ")))?
+            .to_owned();
+        let addr = socket_addr(&url)?;
+        Ok(ServerChild {
+            child,
+            stdin,
+            stdout,
+            url,
+            addr,
+        })
+    }
+
+    /// Sends one command line and waits for its `ok`.
+    pub(crate) async fn command(&mut self, line: &str) -> Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let answer = tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())
+            .await
+            .context("the server did not answer a command")??;
+        match answer.as_deref() {
+            Some("ok") => Ok(()),
+            other => bail!("the server answered {line:?} with {other:?}"),
+        }
+    }
+
+    /// The process id, for `/proc`.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Closes stdin, which ends the server, and waits for it (killed after 5 s).
+    pub(crate) async fn stop(self) {
+        let ServerChild {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// A running `keygate` whose log goes to a file (a pipe read by the bench would
+/// cost the load generator CPU and memory).
+#[derive(Debug)]
+pub(crate) struct GatewayChild {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    /// Its stderr.
+    pub(crate) log: PathBuf,
+}
+
+impl GatewayChild {
+    /// Starts `keygate --config CONFIG` with `env`, logging at `info` (the request
+    /// line included, as in production) to `log`, and waits for "listening on".
+    pub(crate) async fn start(
+        bin: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        log: PathBuf,
+        cpu: Cpu,
+    ) -> Result<GatewayChild> {
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut command = command(bin, cpu);
+        command
+            .arg("--config")
+            .arg(config)
+            .env("KEYGATE_LOG", "info")
+            .env_remove("KEYGATE_LISTEN")
+            .env_remove("KEYGATE_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some((_, rest)) = text.split_once("listening on ") {
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let addr = socket_addr(&url)?;
+                return Ok(GatewayChild {
+                    child,
+                    url,
+                    addr,
+                    log,
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("keygate exited with {status} before listening:\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("keygate did not listen within {START_LIMIT:?}:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process id, for `/proc`.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to 15 s for a clean exit; `true` if it exited 0.
+    pub(crate) async fn stop(mut self) -> bool {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => {
+                let _ = self.child.kill().await;
+                false
+            }
+        }
+    }
+}
+
+/// `http://HOST:PORT` → the socket address.
+fn socket_addr(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?} is not a plain http:// URL"))?;
+    rest.trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("{url:?} does not name an IP address and port"))
+}
+
+/// The resident set size of process `pid`, in KiB, from `/proc/PID/status`.
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
+}
