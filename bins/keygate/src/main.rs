@@ -200,14 +200,18 @@ async fn shutdown_signal() {
 }
 
 /// Logs go to stderr through a writer thread, so no request waits on a `write`
-/// to the terminal or a pipe. When the writer falls behind, lines wait rather
-/// than being dropped.
+/// to the terminal or a pipe. The thread writes every line waiting in one
+/// `write` (a buffer flushed whenever the queue runs empty). When the writer
+/// falls behind, lines wait rather than being dropped.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("keygate-log")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -58,7 +58,31 @@ struct Stream {
     observers: Vec<Box<dyn BodyObserver>>,
     ended: bool,
     /// Longest wait for the next frame, and the timer for it.
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    idle: Option<Idle>,
+}
+
+/// The idle timer, armed only while the upstream makes the body wait: a body
+/// whose frames are ready when polled never touches the timer wheel.
+struct Idle {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Idle {
+    /// Whether the upstream has been silent for the limit, arming the timer
+    /// from now if this is the first wait since the last frame.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 /// The upstream sent nothing for longer than the idle timeout.
@@ -94,7 +118,11 @@ impl GatewayBody {
                 filter: None,
                 observers,
                 ended: false,
-                idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+                idle: idle.map(|limit| Idle {
+                    limit,
+                    timer: None,
+                    armed: false,
+                }),
             }),
         }
     }
@@ -204,9 +232,9 @@ impl Body for GatewayBody {
                 let polled = match Pin::new(&mut stream.body).poll_frame(cx) {
                     Poll::Ready(polled) => polled,
                     Poll::Pending => {
-                        if let Some((limit, timer)) = &mut stream.idle {
-                            if timer.as_mut().poll(cx).is_ready() {
-                                let limit = *limit;
+                        if let Some(idle) = &mut stream.idle {
+                            if idle.expired(cx) {
+                                let limit = idle.limit;
                                 stream.end(BodyEnd::Failed);
                                 return Poll::Ready(Some(Err(Box::new(IdleTimeout(limit)))));
                             }
@@ -214,8 +242,8 @@ impl Body for GatewayBody {
                         return Poll::Pending;
                     }
                 };
-                if let Some((limit, timer)) = &mut stream.idle {
-                    timer.as_mut().reset(tokio::time::Instant::now() + *limit);
+                if let Some(idle) = &mut stream.idle {
+                    idle.armed = false;
                 }
                 match polled {
                     Some(Ok(frame)) => {

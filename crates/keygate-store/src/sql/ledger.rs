@@ -82,6 +82,48 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+fn usage_row(r: &UsageRecord) -> NewUsageRow<'_> {
+    NewUsageRow {
+        at: millis(r.at),
+        key_id: r.key_id.as_str(),
+        account_id: r.account_id.as_str(),
+        model: &r.model,
+        upstream: &r.upstream,
+        input_tokens: to_i64(r.input_tokens),
+        output_tokens: to_i64(r.output_tokens),
+        cached_tokens: to_i64(r.cached_tokens),
+        cost_micros: r.cost.0,
+        latency_ms: to_i64(r.latency_ms),
+        ttfb_ms: to_i64(r.ttfb_ms),
+        stream: i64::from(r.stream),
+        status: i64::from(r.status),
+        client_name: r.client_name.as_deref(),
+        usage_source: r.usage_source.name(),
+        client_ip: r.client_ip.as_deref(),
+    }
+}
+
+/// Usage records on SQLite: every row in one transaction in one blocking call.
+/// The async wrapper hands each statement to a blocking thread of its own; for
+/// a batch of hundreds of rows, those hand-offs cost more than the inserts.
+async fn record_usage_sqlite(c: &mut SqliteConn, records: &[UsageRecord]) -> Result<()> {
+    use diesel::connection::Connection as _;
+    let records = records.to_vec();
+    c.spawn_blocking(move |conn| {
+        conn.transaction(|conn| {
+            for record in &records {
+                diesel::RunQueryDsl::execute(
+                    diesel::insert_into(usage_records::table).values(usage_row(record)),
+                    conn,
+                )?;
+            }
+            Ok(())
+        })
+    })
+    .await
+    .map_err(StoreError::from)
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -342,28 +384,9 @@ macro_rules! ledger_ops {
                 })
             }
 
+            #[allow(dead_code, reason = "SQLite writes usage in one blocking call")]
             pub(super) async fn record_usage(c: &mut C, records: &[UsageRecord]) -> Result<()> {
-                let rows: Vec<NewUsageRow<'_>> = records
-                    .iter()
-                    .map(|r| NewUsageRow {
-                        at: millis(r.at),
-                        key_id: r.key_id.as_str(),
-                        account_id: r.account_id.as_str(),
-                        model: &r.model,
-                        upstream: &r.upstream,
-                        input_tokens: to_i64(r.input_tokens),
-                        output_tokens: to_i64(r.output_tokens),
-                        cached_tokens: to_i64(r.cached_tokens),
-                        cost_micros: r.cost.0,
-                        latency_ms: to_i64(r.latency_ms),
-                        ttfb_ms: to_i64(r.ttfb_ms),
-                        stream: i64::from(r.stream),
-                        status: i64::from(r.status),
-                        client_name: r.client_name.as_deref(),
-                        usage_source: r.usage_source.name(),
-                        client_ip: r.client_ip.as_deref(),
-                    })
-                    .collect();
+                let rows: Vec<NewUsageRow<'_>> = records.iter().map(usage_row).collect();
                 c.transaction::<_, StoreError, _>(async move |c| {
                     // One statement per row inside one transaction: diesel's
                     // multi-row insert is not available on SQLite for rows with
@@ -491,7 +514,10 @@ impl Ledger for DbStore {
         if records.is_empty() {
             return Ok(());
         }
-        dispatch_ledger!(self.write().await?, record_usage(records))
+        match self.write().await? {
+            Conn::Sqlite(mut c) => record_usage_sqlite(&mut c, records).await,
+            Conn::Postgres(mut c) => pg_ledger::record_usage(&mut c, records).await,
+        }
     }
 
     async fn usage_between(
