@@ -164,7 +164,7 @@ pub struct Billing {
     config: BillingConfig,
     ledger: Arc<dyn Ledger>,
     metrics: Arc<BillingMetrics>,
-    leases: Leases,
+    leases: Arc<Leases>,
     /// Settlement tasks; waited for at shutdown.
     tasks: TaskTracker,
     writer: UsageWriter,
@@ -213,12 +213,12 @@ impl Billing {
             metrics: Arc::clone(&metrics),
             tasks: tasks.clone(),
         });
-        let leases = Leases::new(
+        let leases = Arc::new(Leases::new(
             Arc::clone(&ledger),
             settler,
             config.batch_window,
             config.reservation_ttl,
-        );
+        ));
         Self {
             config,
             ledger,

@@ -73,6 +73,8 @@ impl std::fmt::Debug for Leases {
 struct KeyLeases {
     current: Mutex<Option<Arc<Lease>>>,
     refill: tokio::sync::Mutex<()>,
+    /// A background refill is under way.
+    refilling: std::sync::atomic::AtomicBool,
 }
 
 struct Lease {
@@ -128,6 +130,31 @@ impl Lease {
             lease: Some(Arc::clone(self)),
             amount,
         })
+    }
+
+    /// Whether it should be replaced soon: most of its room is used, or most of
+    /// its window has passed.
+    fn wants_successor(&self, window: Duration) -> bool {
+        let state = lock(&self.state);
+        let used = state.held.saturating_add(state.charged);
+        used.saturating_mul(4) > self.reservation.amount.0.saturating_mul(3)
+            || self.born.elapsed().saturating_mul(4) > window.saturating_mul(3)
+    }
+
+    /// A size for its successor: room for twice what it was used for per
+    /// window, at least `floor` and at most 32 times `floor`.
+    fn successor_size(&self, window: Duration, floor: i64) -> i64 {
+        let state = lock(&self.state);
+        let used = state.held.saturating_add(state.charged);
+        let age = self.born.elapsed().max(Duration::from_millis(10));
+        let per_window = (i128::from(used) * window.as_nanos().max(1) as i128
+            / age.as_nanos().max(1) as i128)
+            .min(i128::from(i64::MAX / 4));
+        let per_window = i64::try_from(per_window).unwrap_or(i64::MAX / 4);
+        per_window
+            .saturating_mul(2)
+            .min(floor.saturating_mul(LEASE_REQUESTS))
+            .max(floor)
     }
 
     /// Stops new requests drawing on it; settles it if none is in flight.
@@ -197,51 +224,39 @@ impl Leases {
     /// Holds `amount` for one request of `key`, from its lease or a new one.
     /// Fails with the store's error when the store cannot be reached.
     pub(crate) async fn hold(
-        &self,
+        self: &Arc<Self>,
         account: &AccountId,
         key: &KeyId,
         amount: Micros,
     ) -> keygate_store::Result<Leased> {
         let leases = self.key(key);
-        if let Some(hold) = current_hold(&leases, amount.0) {
+        if let Some(hold) = self.current_hold(&leases, account, key, amount.0) {
             return Ok(Leased::Held(hold));
         }
-        // One request at a time goes to the store for this key; the others wait
-        // and then draw on the lease it took.
+        // The lease has no room: this request waits for a new one. One request
+        // at a time goes to the store for this key; the others wait and then
+        // draw on the lease it took.
         let _refill = leases.refill.lock().await;
-        if let Some(hold) = current_hold(&leases, amount.0) {
+        if let Some(hold) = self.current_hold(&leases, account, key, amount.0) {
             return Ok(Leased::Held(hold));
         }
-        let sizes = if self.window.is_zero() {
-            vec![amount.0]
-        } else {
-            vec![amount.0.saturating_mul(LEASE_REQUESTS), amount.0]
-        };
+        let mut sizes = vec![amount.0];
+        if !self.window.is_zero() {
+            let floor = amount.0.saturating_mul(LEASE_REQUESTS);
+            let grown = lock(&leases.current)
+                .as_ref()
+                .map_or(floor, |lease| lease.successor_size(self.window, floor));
+            sizes = vec![grown, floor, amount.0];
+            sizes.dedup();
+        }
         let mut refused = Leased::InsufficientBalance;
         for size in sizes {
-            let new = NewReservation {
-                account_id: account.clone(),
-                key_id: key.clone(),
-                amount: Micros(size),
-                expires_at: Utc::now() + self.ttl,
-            };
-            match self.ledger.reserve(new).await? {
-                Reserve::Held(reservation) => {
-                    let lease = Arc::new(Lease {
-                        reservation,
-                        born: Instant::now(),
-                        settler: Arc::clone(&self.settler),
-                        state: Mutex::default(),
-                    });
+            match self.lease(&leases, account, key, size).await? {
+                Ok(lease) => {
                     let hold = lease.try_hold(amount.0);
-                    let previous = if self.window.is_zero() {
+                    if self.window.is_zero() {
+                        // Used by this one request only.
                         lease.retire();
-                        None
-                    } else {
-                        lock(&leases.current).replace(Arc::clone(&lease))
-                    };
-                    if let Some(previous) = previous {
-                        previous.retire();
                     }
                     return Ok(match hold {
                         Some(hold) => Leased::Held(hold),
@@ -249,11 +264,86 @@ impl Leases {
                         None => Leased::InsufficientBalance,
                     });
                 }
-                Reserve::InsufficientBalance => refused = Leased::InsufficientBalance,
-                Reserve::SpendLimitExceeded => refused = Leased::SpendLimitExceeded,
+                Err(why) => refused = why,
             }
         }
         Ok(refused)
+    }
+
+    /// Holds from the current lease, starting a background refill when that
+    /// lease is nearly used up or old, so busy keys rarely wait for the store.
+    fn current_hold(
+        self: &Arc<Self>,
+        leases: &Arc<KeyLeases>,
+        account: &AccountId,
+        key: &KeyId,
+        amount: i64,
+    ) -> Option<LeaseHold> {
+        let lease = lock(&leases.current).clone()?;
+        let hold = lease.try_hold(amount)?;
+        if lease.wants_successor(self.window)
+            && !leases
+                .refilling
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (this, leases) = (Arc::clone(self), Arc::clone(leases));
+                let (account, key) = (account.clone(), key.clone());
+                let floor = amount.saturating_mul(LEASE_REQUESTS);
+                let size = lease.successor_size(self.window, floor);
+                // Who waits: nobody; it ends after one store call. A lease it
+                // takes after shutdown began is retired with the others or,
+                // at worst, swept when it expires.
+                runtime.spawn(async move {
+                    let _refill = leases.refill.lock().await;
+                    let _ = this.lease(&leases, &account, &key, size).await;
+                    leases
+                        .refilling
+                        .store(false, std::sync::atomic::Ordering::Release);
+                });
+            } else {
+                leases
+                    .refilling
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        Some(hold)
+    }
+
+    /// Takes a new lease of `size` from the store and makes it the key's
+    /// current one (retiring the previous), or says why the store refused.
+    async fn lease(
+        &self,
+        leases: &KeyLeases,
+        account: &AccountId,
+        key: &KeyId,
+        size: i64,
+    ) -> keygate_store::Result<Result<Arc<Lease>, Leased>> {
+        let new = NewReservation {
+            account_id: account.clone(),
+            key_id: key.clone(),
+            amount: Micros(size),
+            expires_at: Utc::now() + self.ttl,
+        };
+        let reservation = match self.ledger.reserve(new).await? {
+            Reserve::Held(reservation) => reservation,
+            Reserve::InsufficientBalance => return Ok(Err(Leased::InsufficientBalance)),
+            Reserve::SpendLimitExceeded => return Ok(Err(Leased::SpendLimitExceeded)),
+        };
+        let lease = Arc::new(Lease {
+            reservation,
+            born: Instant::now(),
+            settler: Arc::clone(&self.settler),
+            state: Mutex::default(),
+        });
+        if self.window.is_zero() {
+            return Ok(Ok(lease));
+        }
+        let previous = lock(&leases.current).replace(Arc::clone(&lease));
+        if let Some(previous) = previous {
+            previous.retire();
+        }
+        Ok(Ok(lease))
     }
 
     /// Retires leases older than the window, settling those with nothing in
@@ -289,10 +379,6 @@ impl Leases {
             }
         }
     }
-}
-
-fn current_hold(leases: &KeyLeases, amount: i64) -> Option<LeaseHold> {
-    lock(&leases.current).as_ref()?.try_hold(amount)
 }
 
 fn shard_of(key: &KeyId) -> usize {
@@ -358,12 +444,12 @@ mod tests {
     async fn requests_share_one_lease_until_it_is_retired() {
         let (store, account, key) = setup(1_000_000).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Leases::new(
+        let leases = Arc::new(Leases::new(
             store.clone(),
             settled.clone(),
             Duration::from_secs(3600),
             Duration::from_secs(3600),
-        );
+        ));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         // One store reservation of 32 requests' room.
@@ -384,12 +470,12 @@ mod tests {
     async fn a_poor_account_gets_a_lease_for_the_one_request() {
         let (store, account, key) = setup(250).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Leases::new(
+        let leases = Arc::new(Leases::new(
             store.clone(),
             settled.clone(),
             Duration::from_secs(3600),
             Duration::from_secs(3600),
-        );
+        ));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         assert!(matches!(
@@ -412,12 +498,12 @@ mod tests {
     async fn a_zero_window_settles_each_request_alone() {
         let (store, account, key) = setup(1_000).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Leases::new(
+        let leases = Arc::new(Leases::new(
             store.clone(),
             settled.clone(),
             Duration::ZERO,
             Duration::from_secs(60),
-        );
+        ));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         assert_eq!(
             store.get_account(&account).await.unwrap().reserved,
@@ -428,15 +514,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_busy_key_gets_its_next_lease_before_it_runs_out() {
+        let (store, account, key) = setup(1_000_000).await;
+        let settled = Arc::new(Recorded::default());
+        let leases = Arc::new(Leases::new(
+            store.clone(),
+            settled.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        ));
+        let mut holds = Vec::new();
+        for _ in 0..25 {
+            holds.push(held(
+                leases.hold(&account, &key, Micros(100)).await.unwrap(),
+            ));
+        }
+        // 25 of 32 bounds held: a successor is being taken in the background.
+        for _ in 0..100 {
+            if lock(&settled.0).is_empty()
+                && store.get_account(&account).await.unwrap().reserved > Micros(3200)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let reserved = store.get_account(&account).await.unwrap().reserved;
+        assert!(reserved > Micros(3200), "no successor lease: {reserved}");
+        // The next request draws on the successor without waiting.
+        holds.push(held(
+            leases.hold(&account, &key, Micros(3000)).await.unwrap(),
+        ));
+        for hold in holds {
+            hold.settle(Micros(1));
+        }
+        // The first lease was retired by its successor and is settled.
+        assert_eq!(lock(&settled.0)[0].1, Micros(25));
+        leases.retire_all();
+        assert_eq!(lock(&settled.0).len(), 2);
+    }
+
+    #[tokio::test]
     async fn old_leases_are_renewed() {
         let (store, account, key) = setup(1_000_000).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Leases::new(
+        let leases = Arc::new(Leases::new(
             store.clone(),
             settled.clone(),
             Duration::from_millis(1),
             Duration::from_secs(60),
-        );
+        ));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         std::thread::sleep(Duration::from_millis(5));
         leases.renew();
