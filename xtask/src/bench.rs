@@ -395,6 +395,8 @@ async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Re
     println!("\nClosed loop, {CLOSED_LOOP_CONNECTIONS} connections");
     for round in 0..plan.rounds {
         for arm in order(round) {
+            let server = arms.pids[arm.index()].or(mock.pid());
+            let cpu_before = server.map(bench_serve::cpu_micros).transpose()?;
             let run: Throughput = bench_load::closed_loop(
                 arm_target(&arms, arm),
                 &plain,
@@ -402,6 +404,10 @@ async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Re
                 CLOSED_LOOP_CONNECTIONS,
             )
             .await?;
+            if let (Some(pid), Some(before)) = (server, cpu_before) {
+                let used = bench_serve::cpu_micros(pid)?.saturating_sub(before);
+                results.closed_loop_cpu_us[arm.index()] += used;
+            }
             progress(round, arm, &format!("{:.0} req/s", run.per_second()));
             results.closed_loop[arm.index()].merge(&run);
             tokio::time::sleep(PAUSE).await;

@@ -23,6 +23,9 @@ pub(crate) struct Results {
     /// At 1,000 and 5,000 requests per second.
     pub(crate) open_loop: [[OpenLoop; 4]; 2],
     pub(crate) closed_loop: [Throughput; 4],
+    /// CPU time (user + system) the serving process used during the closed
+    /// loop, in µs; the direct arm counts the mock's.
+    pub(crate) closed_loop_cpu_us: [u64; 4],
     pub(crate) streaming: [Streaming; 4],
     /// None for the direct arm: there is no process between client and mock.
     pub(crate) rss: [Option<Rss>; 4],
@@ -36,6 +39,7 @@ impl Results {
             sequential: four(Latency::new)?,
             open_loop: [four(OpenLoop::new)?, four(OpenLoop::new)?],
             closed_loop: [Throughput::default(); 4],
+            closed_loop_cpu_us: [0; 4],
             streaming: four(Streaming::new)?,
             rss: [None, None, None, None],
             billing: [(0, 0); 2],
@@ -249,6 +253,15 @@ fn rows(results: &Results) -> Vec<Row> {
         )
         .goal(Goal::TimesBaselineAtLeast(0.9)),
     );
+    rows.push(Row::new(
+        "closed loop: server CPU per request",
+        per_arm(|i| {
+            let done = results.closed_loop[i].completed;
+            (done > 0 && results.closed_loop_cpu_us[i] > 0)
+                .then(|| results.closed_loop_cpu_us[i] as f64 / done as f64)
+        }),
+        Unit::Micros,
+    ));
     let streams = &results.streaming;
     rows.push(
         Row::new(

@@ -403,6 +403,26 @@ fn socket_addr(url: &str) -> Result<SocketAddr> {
 }
 
 /// The resident set size of process `pid`, in KiB, from `/proc/PID/status`.
+/// CPU time (user + system) process `pid` has used so far, in µs, from
+/// `/proc/PID/stat` (clock ticks of 10 ms: read over runs of seconds).
+pub(crate) fn cpu_micros(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // The command name may hold spaces; the fields after its `)` are fixed.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after `)`.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|t| t.parse().ok())
+            .with_context(|| format!("no CPU times in {path}"))
+    };
+    Ok((ticks(11)? + ticks(12)?) * 10_000)
+}
+
 pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;

@@ -6,10 +6,10 @@
 //! [`UsageChunkFilter`] removes again so the client gets the stream it asked for.
 //! Responses API and Anthropic streams always report usage and need neither.
 
-use serde::de::IgnoredAny;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::sse::SseParser;
+use crate::sse::{SseParser, find_either, find_line_end};
 
 /// What [`inject_include_usage`] made of a request body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +122,19 @@ impl UsageChunkFilter {
     /// the client now.
     pub fn push(&mut self, input: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(input.len());
-        for &byte in input {
+        let mut at = 0;
+        while let Some(&byte) = input.get(at) {
+            if self.ended_on_cr.is_none() && !matches!(byte, b'\n' | b'\r') {
+                // A run of bytes up to the next line ending: the same steps as
+                // for one such byte, taken for the whole run at once.
+                let end = find_line_end(&input[at..]).map_or(input.len(), |n| at + n);
+                self.after_cr = false;
+                self.at_line_start = false;
+                self.keep_run(&input[at..end], &mut out);
+                at = end;
+                continue;
+            }
+            at += 1;
             if let Some(fate) = self.ended_on_cr.take() {
                 if byte == b'\n' {
                     self.after_cr = false;
@@ -185,6 +197,26 @@ impl UsageChunkFilter {
         }
     }
 
+    /// [`UsageChunkFilter::keep`] for each byte of `run`, none of them a line
+    /// ending.
+    fn keep_run(&mut self, run: &[u8], out: &mut Vec<u8>) {
+        if self.passing {
+            out.extend_from_slice(run);
+            return;
+        }
+        // `held` is never longer than `MAX_HELD_EVENT_BYTES` between bytes.
+        let room = MAX_HELD_EVENT_BYTES + 1 - self.held.len();
+        if run.len() < room {
+            self.held.extend_from_slice(run);
+            return;
+        }
+        let (head, rest) = run.split_at(room);
+        self.held.extend_from_slice(head);
+        out.append(&mut self.held);
+        self.passing = true;
+        out.extend_from_slice(rest);
+    }
+
     fn end_event(&mut self, out: &mut Vec<u8>) -> Fate {
         if std::mem::replace(&mut self.passing, false) {
             return Fate::Sent;
@@ -207,10 +239,7 @@ impl UsageChunkFilter {
 fn strip_null_usage(event: &mut Vec<u8>) {
     let mut start = 0;
     while start < event.len() {
-        let end = event[start..]
-            .iter()
-            .position(|b| matches!(b, b'\n' | b'\r'))
-            .map_or(event.len(), |at| start + at);
+        let end = find_line_end(&event[start..]).map_or(event.len(), |at| start + at);
         if let Some(data) = event[start..end].strip_prefix(b"data:") {
             let offset = end - data.len();
             if let Some(cut) = null_usage_member(data) {
@@ -239,8 +268,17 @@ fn null_usage_member(json: &[u8]) -> Option<std::ops::Range<usize>> {
             b'"' => {
                 let key_start = i;
                 i += 1;
-                while i < json.len() && json[i] != b'"' {
-                    i += if json[i] == b'\\' { 2 } else { 1 };
+                // To the closing quote, stepping over escaped characters.
+                while i < json.len() {
+                    let Some(n) = find_either(&json[i..], b'"', b'\\') else {
+                        i = json.len();
+                        break;
+                    };
+                    i += n;
+                    if json[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
                 }
                 i += 1;
                 if depth != 1 || json.get(key_start..i) != Some(&b"\"usage\""[..]) {
@@ -352,36 +390,103 @@ fn reserialise_with_usage(body: &[u8]) -> Injection {
 
 /// Whether an event's bytes (terminated or not) are a usage-only chunk.
 fn is_usage_only(event: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Chunk {
-        choices: Option<Vec<IgnoredAny>>,
-        usage: Option<IgnoredAny>,
-    }
     if event.is_empty() {
         return false;
     }
+    if let Some(data) = single_data_line(event) {
+        return is_usage_only_data(data);
+    }
     let mut parser = SseParser::new();
-    let mut data = None;
+    let mut usage_only = None;
     // The blank line ends an unterminated event; after a terminated one it is
     // only more blank lines.
     for bytes in [event, b"\n\n"] {
-        parser.push(bytes, |e| {
-            data.get_or_insert(e.data);
+        parser.push_borrowed(bytes, |e| {
+            usage_only.get_or_insert_with(|| is_usage_only_data(&e.data));
         });
     }
-    let Some(data) = data else {
-        return false;
-    };
-    if !is_json_object(data.as_bytes()) {
+    usage_only.unwrap_or(false)
+}
+
+/// The data of an event that is one `data:` line in UTF-8 and the blank line
+/// that ends it, as an upstream writes each chunk; `None` for any other event,
+/// which [`SseParser`] reads instead.
+fn single_data_line(event: &[u8]) -> Option<&str> {
+    let end = find_line_end(event)?;
+    let mut next = end + 1;
+    if event[end] == b'\r' && event.get(next) == Some(&b'\n') {
+        next += 1;
+    }
+    // The held event stops at the first byte of its blank line's ending.
+    if !matches!(event[next..], [b'\n' | b'\r']) {
+        return None;
+    }
+    let value = event[..end].strip_prefix(b"data:")?;
+    let value = value.strip_prefix(b" ").unwrap_or(value);
+    std::str::from_utf8(value).ok()
+}
+
+/// Whether an event's `data` is a usage-only chunk: a JSON object with
+/// `"choices": []` and a non-null `usage`.
+fn is_usage_only_data(data: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk {
+        choices: Option<EmptySeq>,
+        usage: Option<IgnoredAny>,
+    }
+    // An empty `choices` is written `[`, JSON whitespace, `]`; data without such
+    // a pair anywhere is not worth parsing.
+    if !is_json_object(data.as_bytes()) || !has_empty_array(data.as_bytes()) {
         return false;
     }
     matches!(
-        serde_json::from_str::<Chunk>(&data),
+        serde_json::from_str::<Chunk>(data),
         Ok(Chunk {
-            choices: Some(choices),
+            choices: Some(EmptySeq(true)),
             usage: Some(_),
-        }) if choices.is_empty()
+        })
     )
+}
+
+/// Whether `json` has a `[` followed by nothing but JSON whitespace and `]`.
+fn has_empty_array(json: &[u8]) -> bool {
+    let mut rest = json;
+    while let Some(open) = find_either(rest, b'[', b'[') {
+        rest = &rest[open + 1..];
+        let next = rest
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if next == Some(&b']') {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether a sequence is empty. Every element is read (and must be valid JSON),
+/// as for a `Vec<IgnoredAny>`, but none is kept.
+struct EmptySeq(bool);
+
+impl<'de> Deserialize<'de> for EmptySeq {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Elements;
+        impl<'de> Visitor<'de> for Elements {
+            type Value = EmptySeq;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EmptySeq, A::Error> {
+                let mut empty = true;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    empty = false;
+                }
+                Ok(EmptySeq(empty))
+            }
+        }
+        deserializer.deserialize_seq(Elements)
+    }
 }
 
 #[cfg(test)]

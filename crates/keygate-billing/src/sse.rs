@@ -2,6 +2,8 @@
 //! Lines end in `\n`, `\r\n` or `\r`; comment lines (`:`) are skipped; several
 //! `data:` lines join with `\n`; a blank line dispatches the event.
 
+use std::borrow::Cow;
+
 /// One event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SseEvent {
@@ -27,6 +29,9 @@ pub struct SseParser {
 /// Largest event kept; longer ones are skipped (and counted), not buffered.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
+/// Largest buffer kept from one event to the next, so an idle stream holds little.
+const MAX_RETAINED_BYTES: usize = 4096;
+
 impl SseParser {
     /// A parser at the start of a stream.
     pub fn new() -> Self {
@@ -40,59 +45,138 @@ impl SseParser {
 
     /// Feeds `bytes`; calls `on_event` for each event they complete.
     pub fn push(&mut self, bytes: &[u8], mut on_event: impl FnMut(SseEvent)) {
-        for &byte in bytes {
-            match byte {
-                b'\n' if self.after_cr => self.after_cr = false,
-                b'\n' | b'\r' => {
-                    self.after_cr = byte == b'\r';
-                    self.end_line(&mut on_event);
-                }
-                _ => {
-                    self.after_cr = false;
-                    if self.line.len() + self.event.data.len() < MAX_EVENT_BYTES {
-                        self.line.push(byte);
-                    } else {
-                        self.overflowed = true;
-                    }
-                }
+        self.push_borrowed(bytes, |event| on_event(std::mem::take(event)));
+    }
+
+    /// Feeds `bytes` like [`SseParser::push`], but lends each event instead of
+    /// giving it away, so the event's buffers are reused for the next one.
+    pub(crate) fn push_borrowed(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_event: impl FnMut(&mut SseEvent),
+    ) {
+        while let Some(&first) = bytes.first() {
+            if self.after_cr && first == b'\n' {
+                // The `\n` of a `\r\n` split across pushes or lines.
+                self.after_cr = false;
+                bytes = &bytes[1..];
+                continue;
             }
+            self.after_cr = false;
+            let Some(at) = find_line_end(bytes) else {
+                let run = self.within_limit(bytes);
+                self.line.extend_from_slice(run);
+                return;
+            };
+            self.after_cr = bytes[at] == b'\r';
+            if self.line.is_empty() {
+                // The whole line is in this piece: read it where it is.
+                let line = self.within_limit(&bytes[..at]);
+                self.end_line(line, &mut on_event);
+            } else {
+                let run = self.within_limit(&bytes[..at]);
+                self.line.extend_from_slice(run);
+                let line = std::mem::take(&mut self.line);
+                self.end_line(&line, &mut on_event);
+                self.line = line;
+                self.line.clear();
+            }
+            bytes = &bytes[at + 1..];
         }
     }
 
-    fn end_line(&mut self, on_event: &mut impl FnMut(SseEvent)) {
-        let line = std::mem::take(&mut self.line);
+    /// The part of `run` (bytes without line endings, to add to the current line)
+    /// that fits in the event size limit; the rest marks the event overflowed.
+    fn within_limit<'a>(&mut self, run: &'a [u8]) -> &'a [u8] {
+        let room = MAX_EVENT_BYTES.saturating_sub(self.line.len() + self.event.data.len());
+        if run.len() > room {
+            self.overflowed = true;
+        }
+        &run[..run.len().min(room)]
+    }
+
+    /// Handles one complete line (without its ending).
+    fn end_line(&mut self, line: &[u8], on_event: &mut impl FnMut(&mut SseEvent)) {
         if line.is_empty() {
-            let event = std::mem::take(&mut self.event);
             let has_data = std::mem::replace(&mut self.has_data, false);
             if std::mem::replace(&mut self.overflowed, false) {
                 self.overflows += 1;
             } else if has_data {
-                on_event(event);
+                on_event(&mut self.event);
             }
-            return;
-        }
-        if line.first() == Some(&b':') {
-            return;
-        }
-        let text = String::from_utf8_lossy(&line);
-        let (field, value) = match text.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (text.as_ref(), ""),
-        };
-        match field {
-            "event" => self.event.event = value.to_owned(),
-            "data" => {
-                if self.has_data {
-                    self.event.data.push('\n');
+            // Buffers are kept for the next event, unless an unusually large one
+            // grew them.
+            for buffer in [&mut self.event.event, &mut self.event.data] {
+                if buffer.capacity() > MAX_RETAINED_BYTES {
+                    *buffer = String::new();
+                } else {
+                    buffer.clear();
                 }
-                self.event.data.push_str(value);
-                self.has_data = true;
             }
-            _ => {}
+            if self.line.capacity() > MAX_RETAINED_BYTES {
+                self.line = Vec::new();
+            }
+            return;
         }
-        self.line = line;
-        self.line.clear();
+        if line.first() != Some(&b':') {
+            // `from_utf8` first: it is much faster on valid text than the lossy
+            // conversion, which gives the same answer for it.
+            let text = match std::str::from_utf8(line) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(line),
+            };
+            let (field, value) = match text.split_once(':') {
+                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+                None => (text.as_ref(), ""),
+            };
+            match field {
+                "event" => {
+                    self.event.event.clear();
+                    self.event.event.push_str(value);
+                }
+                "data" => {
+                    if self.has_data {
+                        self.event.data.push('\n');
+                    }
+                    self.event.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
     }
+}
+
+/// The index of the first `\n` or `\r` in `bytes`.
+pub(crate) fn find_line_end(bytes: &[u8]) -> Option<usize> {
+    find_either(bytes, b'\n', b'\r')
+}
+
+/// The index of the first `a` or `b` in `bytes`, looked for eight bytes at a time.
+pub(crate) fn find_either(bytes: &[u8], a: u8, b: u8) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
+    let (a_word, b_word) = (ONES * u64::from(a), ONES * u64::from(b));
+    // The high bit of each zero byte of `x`, and maybe of bytes after the first
+    // zero byte, never before it: the lowest bit set marks the first zero byte.
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS;
+    let mut words = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for word in &mut words {
+        let mut array = [0; 8];
+        array.copy_from_slice(word);
+        let word = u64::from_le_bytes(array);
+        let found = zero_bytes(word ^ a_word) | zero_bytes(word ^ b_word);
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&x| x == a || x == b)
+        .map(|at| offset + at)
 }
 
 #[cfg(test)]
@@ -143,6 +227,38 @@ mod tests {
             events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    #[test]
+    fn line_ends_are_found_at_every_offset() {
+        for len in 0..24 {
+            for at in 0..=len {
+                for (end, other) in [(b'\n', b'\r'), (b'\r', b'\n')] {
+                    let mut bytes: Vec<u8> =
+                        (0..len).map(|i| [b'a', 0x8a, 0x8d, 0x0b][i % 4]).collect();
+                    let expected = (at < len).then(|| {
+                        bytes[at] = end;
+                        bytes[at + 1..].iter_mut().for_each(|b| *b = other);
+                        at
+                    });
+                    assert_eq!(find_line_end(&bytes), expected, "{bytes:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn buffers_of_a_large_event_are_not_kept() {
+        let mut parser = SseParser::new();
+        let mut sizes = Vec::new();
+        let big = format!("data: {}\n\n", "x".repeat(3 * MAX_RETAINED_BYTES));
+        for piece in big.as_bytes().chunks(1000) {
+            parser.push_borrowed(piece, |e| sizes.push(e.data.len()));
+        }
+        parser.push_borrowed(b"data: small\n\n", |e| sizes.push(e.data.len()));
+        assert_eq!(sizes, [3 * MAX_RETAINED_BYTES, 5]);
+        assert!(parser.line.capacity() <= MAX_RETAINED_BYTES);
+        assert!(parser.event.data.capacity() <= MAX_RETAINED_BYTES);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::sse::{SseEvent, SseParser};
 
@@ -130,8 +131,34 @@ struct StreamEvent<'a> {
     /// Responses API `response.completed`.
     response: Option<WithUsage>,
     /// OpenAI chunks.
-    #[serde(borrow)]
-    choices: Option<Vec<Choice<'a>>>,
+    choices: Option<AnyContent>,
+}
+
+/// Whether any of a chunk's `choices` carries content. Every choice is read (and
+/// must be valid) as for a `Vec<Choice>`, but none is kept.
+#[derive(Debug, Default)]
+struct AnyContent(bool);
+
+impl<'de> Deserialize<'de> for AnyContent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Choices;
+        impl<'de> Visitor<'de> for Choices {
+            type Value = AnyContent;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyContent, A::Error> {
+                let mut any = false;
+                while let Some(choice) = seq.next_element::<Choice<'de>>()? {
+                    any |= choice.has_content();
+                }
+                Ok(AnyContent(any))
+            }
+        }
+        deserializer.deserialize_seq(Choices)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,8 +188,14 @@ impl Choice<'_> {
 /// Reads usage from an SSE stream fed frame by frame.
 #[derive(Debug)]
 pub struct StreamUsage {
-    shape: ApiShape,
     parser: SseParser,
+    state: StreamState,
+}
+
+/// What a [`StreamUsage`] has read so far.
+#[derive(Debug)]
+struct StreamState {
+    shape: ApiShape,
     usage: Usage,
     /// Anthropic: `message_start` seen (input known); `message_delta` completes it.
     anthropic_started: bool,
@@ -173,33 +206,35 @@ impl StreamUsage {
     /// A reader for `shape`.
     pub fn new(shape: ApiShape) -> Self {
         Self {
-            shape,
             parser: SseParser::new(),
-            usage: Usage::default(),
-            anthropic_started: false,
-            content_events: 0,
+            state: StreamState {
+                shape,
+                usage: Usage::default(),
+                anthropic_started: false,
+                content_events: 0,
+            },
         }
     }
 
     /// Feeds the next piece of the body.
     pub fn push(&mut self, bytes: &[u8]) {
-        let mut events = Vec::new();
-        self.parser.push(bytes, |event| events.push(event));
-        for event in events {
-            self.on_event(&event);
-        }
+        let state = &mut self.state;
+        self.parser
+            .push_borrowed(bytes, |event| state.on_event(event));
     }
 
     /// Events that carried content (deltas), for estimating a cut-short stream.
     pub fn content_events(&self) -> u64 {
-        self.content_events
+        self.state.content_events
     }
 
     /// The usage seen so far; `Unknown` unless the stream reported its final usage.
     pub fn usage(&self) -> Usage {
-        self.usage
+        self.state.usage
     }
+}
 
+impl StreamState {
     fn on_event(&mut self, event: &SseEvent) {
         if event.data == "[DONE]" {
             return;
@@ -207,25 +242,17 @@ impl StreamUsage {
         let Ok(parsed) = serde_json::from_str::<StreamEvent>(&event.data) else {
             return;
         };
-        let kind = parsed
-            .kind
-            .as_deref()
-            .unwrap_or(event.event.as_str())
-            .to_owned();
+        let kind = parsed.kind.as_deref().unwrap_or(event.event.as_str());
         match self.shape {
             ApiShape::OpenAiCompletions | ApiShape::OpenAiEmbeddings => {
-                if parsed
-                    .choices
-                    .as_ref()
-                    .is_some_and(|c| c.iter().any(Choice::has_content))
-                {
+                if parsed.choices.is_some_and(|c| c.0) {
                     self.content_events += 1;
                 }
                 if let Some(raw) = parsed.usage {
                     self.usage = raw.into_usage(self.shape);
                 }
             }
-            ApiShape::OpenAiResponses => match kind.as_str() {
+            ApiShape::OpenAiResponses => match kind {
                 "response.output_text.delta" => self.content_events += 1,
                 "response.completed" => {
                     if let Some(raw) = parsed.response.and_then(|r| r.usage) {
@@ -234,7 +261,7 @@ impl StreamUsage {
                 }
                 _ => {}
             },
-            ApiShape::AnthropicMessages => match kind.as_str() {
+            ApiShape::AnthropicMessages => match kind {
                 "message_start" => {
                     if let Some(raw) = parsed.message.and_then(|m| m.usage) {
                         let start = raw.into_usage(self.shape);
