@@ -111,6 +111,10 @@ pub struct Authenticator {
     /// Hashes changed recently, with the feed position of their latest change. Kept
     /// as long as a cache entry can live.
     recent_changes: moka::sync::Cache<KeyHash, u64>,
+    /// The highest feed position ever put in `recent_changes`, raised before the
+    /// insert: an entry cached as of this position or later has no newer change
+    /// to look for.
+    newest_change: AtomicU64,
     /// The feed position the follower has applied.
     applied: AtomicU64,
     prefix: KeyPrefix,
@@ -168,6 +172,7 @@ impl Authenticator {
             store,
             cache,
             recent_changes,
+            newest_change: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             prefix,
             query_param,
@@ -207,10 +212,11 @@ impl Authenticator {
         })?;
         let hash = parsed.hash();
         let mut entry = self.lookup(hash).await?;
-        if self
-            .recent_changes
-            .get(&hash)
-            .is_some_and(|changed| changed > entry.as_of)
+        if self.newest_change.load(Ordering::Acquire) > entry.as_of
+            && self
+                .recent_changes
+                .get(&hash)
+                .is_some_and(|changed| changed > entry.as_of)
         {
             // Cached from a read that may predate the latest change: read again.
             self.cache.invalidate(&hash).await;
@@ -238,6 +244,9 @@ impl Authenticator {
     /// The cached entry for `hash`, loading it on a miss. Concurrent misses for one
     /// hash share one store lookup.
     async fn lookup(&self, hash: KeyHash) -> Result<Entry, ProxyError> {
+        if let Some(entry) = self.cache.get(&hash).await {
+            return Ok(entry);
+        }
         let as_of = self.applied.load(Ordering::Acquire);
         let store = Arc::clone(&self.store);
         self.cache
@@ -324,6 +333,7 @@ impl Authenticator {
             let changes = self.store.key_changes_since(after, BATCH).await?;
             for change in &changes {
                 // Recorded before the drop, so a racing lookup is caught either way.
+                self.newest_change.fetch_max(change.seq, Ordering::AcqRel);
                 self.recent_changes.insert(change.key_hash, change.seq);
                 self.cache.invalidate(&change.key_hash).await;
                 after = after.max(change.seq);
