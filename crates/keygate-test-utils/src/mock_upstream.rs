@@ -155,6 +155,14 @@ impl MockUpstream {
         text.clone_into(&mut self.shared.behaviour().reply);
     }
 
+    /// Reports `n` of every following prompt's tokens (at most all of them) as
+    /// read from the provider's cache: `prompt_tokens_details.cached_tokens`,
+    /// `input_tokens_details.cached_tokens` and Anthropic's
+    /// `cache_read_input_tokens`.
+    pub fn set_cached_tokens(&self, n: usize) {
+        self.shared.behaviour().cached_tokens = n;
+    }
+
     /// Delays every following response's headers by `d`.
     pub fn set_latency(&self, d: Duration) {
         self.shared.behaviour().latency = d;
@@ -293,6 +301,7 @@ struct Behaviour {
     latency: Duration,
     chunk_delay: Duration,
     failure: Option<Failure>,
+    cached_tokens: usize,
 }
 
 impl Default for Behaviour {
@@ -303,6 +312,7 @@ impl Default for Behaviour {
             latency: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             failure: None,
+            cached_tokens: 0,
         }
     }
 }
@@ -599,6 +609,7 @@ impl Ctx<'_> {
             model,
             text: &self.behaviour.reply,
             prompt_words,
+            cached: self.behaviour.cached_tokens.min(prompt_words),
         }
     }
 

@@ -39,7 +39,7 @@ fn prices() -> PriceTable {
         ("gpt-4o", price(2.5, 10.0, Some(1.25))),
         ("gpt-4o-mini", price(0.15, 0.6, None)),
         ("text-embedding-3-small", price(0.02, 0.0, None)),
-        ("claude-haiku-4-5", price(1.0, 5.0, None)),
+        ("claude-haiku-4-5", price(1.0, 5.0, Some(0.1))),
         ("o3", price(0.0, 0.0, None)),
     ])
 }
@@ -415,6 +415,84 @@ async fn every_shape_is_billed_exactly_on_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_shape_is_billed_exactly_on_postgres() {
     every_shape_is_billed_exactly(Backend::Postgres, "every_shape_postgres").await;
+}
+
+/// Cached input, where the upstream reports it (`prompt_tokens_details`,
+/// `input_tokens_details`, `cache_read_input_tokens`), is billed at the cached
+/// price, streamed or not.
+async fn cached_input_is_billed_at_the_cached_price(backend: Backend, test: &str) {
+    const CACHED: u64 = 3;
+    let mock = MockUpstream::start().await;
+    mock.set_reply(REPLY);
+    mock.set_cached_tokens(CACHED as usize);
+    let Some(gw) = Billed::simple(&mock, backend, test).await else {
+        return;
+    };
+    let key = gw.key().await;
+    let uncached = PROMPT_WORDS - CACHED;
+    let gpt4o = cost(&[
+        (uncached, 2_500_000),
+        (CACHED, 1_250_000),
+        (REPLY_WORDS, 10_000_000),
+    ]);
+    let haiku = cost(&[
+        (uncached, 1_000_000),
+        (CACHED, 100_000),
+        (REPLY_WORDS, 5_000_000),
+    ]);
+    let mut stream_chat = chat_body("gpt-4o", true);
+    stream_chat["stream_options"] = json!({"include_usage": true});
+    let message = |stream: bool| {
+        json!({"model": "claude-haiku-4-5", "max_tokens": 64, "stream": stream,
+               "messages": [{"role": "user", "content": PROMPT}]})
+    };
+    let cases = [
+        ("/v1/chat/completions", chat_body("gpt-4o", false), gpt4o),
+        ("/v1/chat/completions", chat_body("gpt-4o", true), gpt4o),
+        ("/v1/chat/completions", stream_chat, gpt4o),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": PROMPT}),
+            gpt4o,
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": PROMPT, "stream": true}),
+            gpt4o,
+        ),
+        ("/v1/messages", message(false), haiku),
+        ("/v1/messages", message(true), haiku),
+    ];
+    for (path, body, _) in &cases {
+        let reply = post(&gw.url(path), &key, body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+    }
+    let records = gw.records(cases.len()).await;
+    for ((path, body, expected), record) in cases.iter().zip(&records) {
+        let what = format!("{path} stream={}", body["stream"]);
+        assert_eq!(
+            (
+                record.input_tokens,
+                record.cached_tokens,
+                record.output_tokens
+            ),
+            (PROMPT_WORDS, CACHED, REPLY_WORDS),
+            "{what}"
+        );
+        assert_eq!(record.cost, *expected, "{what}");
+    }
+    let total: i64 = cases.iter().map(|(_, _, c)| c.0).sum();
+    assert_eq!(gw.settled(&gw.account).await, Micros(1_000_000_000 - total));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_input_is_billed_at_the_cached_price_on_sqlite() {
+    cached_input_is_billed_at_the_cached_price(Backend::Sqlite, "cached_sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_input_is_billed_at_the_cached_price_on_postgres() {
+    cached_input_is_billed_at_the_cached_price(Backend::Postgres, "cached_postgres").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -29,6 +29,9 @@ pub(crate) struct Reply<'a> {
     pub(crate) model: &'a str,
     pub(crate) text: &'a str,
     pub(crate) prompt_words: usize,
+    /// How many prompt tokens to report as read from the provider's cache (at
+    /// most `prompt_words`).
+    pub(crate) cached: usize,
 }
 
 impl Reply<'_> {
@@ -56,11 +59,29 @@ impl Reply<'_> {
 
     fn openai_usage(&self) -> Value {
         let completion = self.completion_words();
-        json!({
+        let mut usage = json!({
             "prompt_tokens": self.prompt_words,
             "completion_tokens": completion,
             "total_tokens": self.prompt_words + completion,
-        })
+        });
+        if self.cached > 0 {
+            usage["prompt_tokens_details"] = json!({"cached_tokens": self.cached});
+        }
+        usage
+    }
+
+    /// Anthropic's input usage: `input_tokens` excludes cache reads, which come
+    /// as `cache_read_input_tokens`.
+    fn anthropic_input(&self, output_tokens: usize) -> Value {
+        let cached = self.cached.min(self.prompt_words);
+        let mut usage = json!({
+            "input_tokens": self.prompt_words - cached,
+            "output_tokens": output_tokens,
+        });
+        if cached > 0 {
+            usage["cache_read_input_tokens"] = json!(cached);
+        }
+        usage
     }
 }
 
@@ -335,7 +356,7 @@ pub(crate) fn message(reply: &Reply<'_>) -> Value {
         "content": [{"type": "text", "text": reply.text}],
         "stop_reason": "end_turn",
         "stop_sequence": null,
-        "usage": {"input_tokens": reply.prompt_words, "output_tokens": reply.completion_words()},
+        "usage": reply.anthropic_input(reply.completion_words()),
     })
 }
 
@@ -355,7 +376,7 @@ pub(crate) fn message_stream(reply: &Reply<'_>) -> Vec<Bytes> {
                     "content": [],
                     "stop_reason": null,
                     "stop_sequence": null,
-                    "usage": {"input_tokens": reply.prompt_words, "output_tokens": 1},
+                    "usage": reply.anthropic_input(1),
                 },
             }),
         ),
@@ -410,7 +431,7 @@ pub(crate) fn response(reply: &Reply<'_>, message_id: &str) -> Value {
         "tools": [],
         "usage": {
             "input_tokens": reply.prompt_words,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": reply.cached},
             "output_tokens": output,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": reply.prompt_words + output,
@@ -485,6 +506,7 @@ mod tests {
             model: "m",
             text,
             prompt_words: 3,
+            cached: 0,
         }
     }
 
