@@ -1196,6 +1196,87 @@ async fn shutdown_flushes_queued_usage_records() {
     assert_eq!(billing.metrics().records_dropped, 0);
 }
 
+/// Usage records name the client (`X-Client-Name`, else `User-Agent`) and keep
+/// its address only when the operator turns that on.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_records_name_the_client_and_keep_no_address_by_default() {
+    let mock = MockUpstream::start().await;
+    for log_ip in [false, true] {
+        let gw = Billed::start(
+            &mock,
+            Backend::Memory,
+            "client",
+            |_, billing| billing.log_client_ip = log_ip,
+            |s| s,
+            None,
+        )
+        .await
+        .unwrap();
+        let key = gw.key().await;
+        let auth = format!("Bearer {key}");
+        let body = chat_body("gpt-4o", false).to_string();
+        for extra in [
+            ("x-client-name", "nightly-batch"),
+            ("user-agent", "OpenAI/Python 9.9"),
+        ] {
+            let request = crate::harness::request(
+                http::Method::POST,
+                &gw.url("/v1/chat/completions"),
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                    extra,
+                ],
+                body.clone(),
+            );
+            assert_eq!(crate::harness::send(request).await.status, StatusCode::OK);
+        }
+        let records = gw.records(2).await;
+        let names: Vec<_> = records.iter().map(|r| r.client_name.as_deref()).collect();
+        assert_eq!(names, [Some("nightly-batch"), Some("OpenAI/Python 9.9")]);
+        let ip = if log_ip { Some("127.0.0.1") } else { None };
+        assert!(
+            records.iter().all(|r| r.client_ip.as_deref() == ip),
+            "{records:?}"
+        );
+    }
+}
+
+/// Usage records past the retention period are purged when the gateway starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn old_usage_records_are_purged_at_start_up() {
+    let mock = MockUpstream::start().await;
+    let gw = Billed::simple(&mock, Backend::Sqlite, "purge")
+        .await
+        .unwrap();
+    let key = gw.key().await;
+    let reply = post(
+        &gw.url("/v1/chat/completions"),
+        &key,
+        &chat_body("gpt-4o", false),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut old = gw.records(1).await.remove(0);
+    old.at = Utc::now() - chrono::Duration::days(91);
+    gw.store.record_usage(&[old]).await.unwrap();
+    assert_eq!(gw.records(2).await.len(), 2);
+    // A second gateway on the same database purges at start-up (90 days).
+    let second = Billed::simple(&mock, Backend::Shared(Arc::clone(&gw.store)), "purge")
+        .await
+        .unwrap();
+    let mut records = second.records(1).await;
+    for _ in 0..250 {
+        if records.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        records = second.records(1).await;
+    }
+    assert_eq!(records.len(), 1, "the 91-day-old record is still there");
+    assert!(records[0].at > Utc::now() - chrono::Duration::days(1));
+}
+
 /// A reservation a crash left behind is swept when the gateway starts.
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_reservations_are_swept_at_start_up() {
