@@ -2,13 +2,15 @@
 //! queue and reach the store in batches, written when a batch is full or a flush
 //! interval passes, retried with backoff while the store is unreachable, and
 //! flushed at shutdown. A record that cannot be queued is counted as dropped.
+//! Queuing a record takes a short lock and wakes nobody, except the record that
+//! fills a batch.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keygate_store::{Ledger, UsageRecord};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,11 +42,29 @@ impl Default for WriterSettings {
 /// The sending side, owned by [`crate::Billing`].
 #[derive(Debug)]
 pub(crate) struct UsageWriter {
-    tx: mpsc::Sender<UsageRecord>,
+    queue: Arc<Queue>,
     stop: CancellationToken,
     /// The writer task; taken and awaited by [`UsageWriter::shutdown`].
     task: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<BillingMetrics>,
+}
+
+/// Records waiting for the writer. Requests push without waking it; it is
+/// woken when a batch is full, and otherwise wakes every flush interval.
+#[derive(Debug)]
+struct Queue {
+    records: std::sync::Mutex<Vec<UsageRecord>>,
+    full: Notify,
+    settings: WriterSettings,
+}
+
+impl Queue {
+    fn take(&self) -> Vec<UsageRecord> {
+        match self.records.lock() {
+            Ok(mut records) => std::mem::take(&mut *records),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
 }
 
 impl UsageWriter {
@@ -59,32 +79,50 @@ impl UsageWriter {
             batch_size: settings.batch_size.max(1),
             flush_interval: settings.flush_interval.max(Duration::from_millis(1)),
         };
-        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let queue = Arc::new(Queue {
+            records: std::sync::Mutex::new(Vec::new()),
+            full: Notify::new(),
+            settings,
+        });
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(
             ledger,
-            settings,
-            rx,
+            Arc::clone(&queue),
             stop.clone(),
             Arc::clone(&metrics),
         ));
         Self {
-            tx,
+            queue,
             stop,
             task: Mutex::new(Some(task)),
             metrics,
         }
     }
 
-    /// Queues a record; never waits. A full queue drops it, counted and logged.
+    /// Queues a record; never waits. A full queue (or one closed by shutdown)
+    /// drops it, counted and logged.
     pub(crate) fn push(&self, record: UsageRecord) {
-        if self.tx.try_send(record).is_err() {
-            let dropped = self.metrics.records_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::error!(
-                    dropped,
-                    "billing: usage record dropped; the usage queue is full or closed"
-                );
+        let settings = self.queue.settings;
+        let queued = match self.queue.records.lock() {
+            Ok(mut records)
+                if records.len() < settings.queue_capacity && !self.stop.is_cancelled() =>
+            {
+                records.push(record);
+                Some(records.len())
+            }
+            _ => None,
+        };
+        match queued {
+            Some(len) if len == settings.batch_size => self.queue.full.notify_one(),
+            Some(_) => {}
+            None => {
+                let dropped = self.metrics.records_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::error!(
+                        dropped,
+                        "billing: usage record dropped; the usage queue is full or closed"
+                    );
+                }
             }
         }
     }
@@ -94,7 +132,7 @@ impl UsageWriter {
         self.stop.cancel();
         let task = self.task.lock().await.take();
         if let Some(task) = task {
-            // The task bounds its own retries by `limit`; this is a backstop.
+            // The task bounds its own retries; this is a backstop.
             let _ = tokio::time::timeout(limit + Duration::from_secs(1), task).await;
         }
     }
@@ -102,61 +140,49 @@ impl UsageWriter {
 
 async fn run(
     ledger: Arc<dyn Ledger>,
-    settings: WriterSettings,
-    mut rx: mpsc::Receiver<UsageRecord>,
+    queue: Arc<Queue>,
     stop: CancellationToken,
     metrics: Arc<BillingMetrics>,
 ) {
-    let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_size);
+    let settings = queue.settings;
+    // Records taken from the queue but not yet written (the store failed).
+    let mut pending: Vec<UsageRecord> = Vec::new();
     let mut backoff = Duration::from_millis(100);
-    // When the next write is due: a full batch is due at once, a partial one a
-    // flush interval after its first record, a failed one after the backoff.
-    let mut due: Option<Instant> = None;
+    let mut wait = settings.flush_interval;
     loop {
-        let room = settings.queue_capacity.saturating_sub(batch.len());
-        let wait = async {
-            match due {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            () = wait => {
-                if write(&*ledger, &mut batch, settings.batch_size, &metrics).await {
-                    backoff = Duration::from_millis(100);
-                    due = None;
-                } else {
-                    due = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-            received = rx.recv_many(&mut batch, room.max(1)), if room > 0 => {
-                if received == 0 {
-                    break;
-                }
-                if batch.len() >= settings.batch_size {
-                    due = Some(due.map_or_else(Instant::now, |d| d.min(Instant::now())));
-                } else if due.is_none() {
-                    due = Some(Instant::now() + settings.flush_interval);
-                }
-            }
+            () = queue.full.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        // While writes fail, at most a queue's worth waits here; the rest waits
+        // in the queue, which then refuses (and counts) what does not fit.
+        if pending.len() < settings.queue_capacity {
+            pending.append(&mut queue.take());
+        }
+        if pending.is_empty() {
+            wait = settings.flush_interval;
+            continue;
+        }
+        if write(&*ledger, &mut pending, settings.batch_size, &metrics).await {
+            backoff = Duration::from_millis(100);
+            wait = settings.flush_interval;
+        } else {
+            wait = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
     // Shutdown: take what is queued and write it all, retrying within the limit.
-    rx.close();
-    while let Some(record) = rx.recv().await {
-        batch.push(record);
-    }
+    pending.append(&mut queue.take());
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut backoff = Duration::from_millis(50);
-    while !batch.is_empty() {
-        if write(&*ledger, &mut batch, settings.batch_size, &metrics).await {
+    while !pending.is_empty() {
+        if write(&*ledger, &mut pending, settings.batch_size, &metrics).await {
             continue;
         }
         if Instant::now() + backoff > deadline {
-            let lost = batch.len() as u64;
+            let lost = pending.len() as u64;
             metrics.records_dropped.fetch_add(lost, Ordering::Relaxed);
             tracing::error!(
                 lost,
