@@ -212,12 +212,14 @@ impl Billing {
             ledger: Arc::clone(&ledger),
             metrics: Arc::clone(&metrics),
             tasks: tasks.clone(),
+            give_up: config.reservation_ttl,
         });
         let leases = Arc::new(Leases::new(
             Arc::clone(&ledger),
             settler,
             config.batch_window,
             config.reservation_ttl,
+            tasks.clone(),
         ));
         Self {
             config,
@@ -393,6 +395,8 @@ struct StoreSettler {
     ledger: Arc<dyn Ledger>,
     metrics: Arc<BillingMetrics>,
     tasks: TaskTracker,
+    /// How long a settlement is retried: the reservation's lifetime.
+    give_up: Duration,
 }
 
 impl Settler for StoreSettler {
@@ -405,10 +409,17 @@ impl Settler for StoreSettler {
         };
         let ledger = Arc::clone(&self.ledger);
         let metrics = Arc::clone(&self.metrics);
+        let give_up = self.give_up;
         self.tasks.spawn_on(
             async move {
+                // A store outage (a failover) must not cost a lease's charges:
+                // retry until the store answers, for as long as the
+                // reservation could live. Shutdown waits a bounded time for
+                // these tasks; one still failing then is logged below.
+                let started = std::time::Instant::now();
                 let mut backoff = Duration::from_millis(50);
-                for attempt in 0..8 {
+                let mut warned = false;
+                loop {
                     let done = if cost > Micros::ZERO {
                         ledger.settle(&reservation, cost).await
                     } else {
@@ -421,16 +432,25 @@ impl Settler for StoreSettler {
                             } else {
                                 bump(&metrics.released);
                             }
+                            if warned {
+                                tracing::info!(reservation = %reservation.id, "billing: settled after the store came back");
+                            }
                             return;
                         }
-                        Err(e) if attempt == 7 => {
+                        Err(e) if started.elapsed() > give_up => {
                             tracing::error!(
                                 error = %e,
                                 reservation = %reservation.id,
+                                cost_micros = cost.0,
                                 "billing: cannot settle; the sweep will release the reservation uncharged"
                             );
+                            break;
                         }
-                        Err(_) => {
+                        Err(e) => {
+                            if !warned {
+                                warned = true;
+                                tracing::warn!(error = %e, reservation = %reservation.id, "billing: cannot settle yet; retrying");
+                            }
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }

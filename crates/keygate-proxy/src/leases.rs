@@ -57,6 +57,11 @@ pub(crate) struct Leases {
     window: Duration,
     ttl: chrono::Duration,
     shards: Vec<Mutex<HashMap<KeyId, Arc<KeyLeases>>>>,
+    /// Store calls that take leases run here, so a request that goes away
+    /// mid-call cannot strand a reservation; shutdown waits for them.
+    tasks: tokio_util::task::TaskTracker,
+    /// Shutdown began: a lease taken now is retired at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Leases {
@@ -206,6 +211,7 @@ impl Leases {
         settler: Arc<dyn Settler>,
         window: Duration,
         ttl: Duration,
+        tasks: tokio_util::task::TaskTracker,
     ) -> Self {
         Self {
             ledger,
@@ -213,6 +219,8 @@ impl Leases {
             window,
             ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            tasks,
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -233,13 +241,9 @@ impl Leases {
         if let Some(hold) = self.current_hold(&leases, account, key, amount.0) {
             return Ok(Leased::Held(hold));
         }
-        // The lease has no room: this request waits for a new one. One request
-        // at a time goes to the store for this key; the others wait and then
-        // draw on the lease it took.
-        let _refill = leases.refill.lock().await;
-        if let Some(hold) = self.current_hold(&leases, account, key, amount.0) {
-            return Ok(Leased::Held(hold));
-        }
+        // The lease has no room: this request waits for a new one (see
+        // `take_lease`: one store call at a time per key; the others wait and
+        // then draw on the lease it took).
         let mut sizes = vec![amount.0];
         if !self.window.is_zero() {
             let floor = amount.0.saturating_mul(LEASE_REQUESTS);
@@ -251,19 +255,25 @@ impl Leases {
         }
         let mut refused = Leased::InsufficientBalance;
         for size in sizes {
-            match self.lease(&leases, account, key, size).await? {
-                Ok(lease) => {
-                    let hold = lease.try_hold(amount.0);
-                    if self.window.is_zero() {
-                        // Used by this one request only.
-                        lease.retire();
-                    }
-                    return Ok(match hold {
-                        Some(hold) => Leased::Held(hold),
-                        // Cannot happen: the lease was sized for this amount.
-                        None => Leased::InsufficientBalance,
-                    });
-                }
+            // The store call runs in a task of its own: if this request goes
+            // away mid-call, the task still publishes the lease (or, with no
+            // window, releases it), so the reservation is never stranded.
+            let task = self.tasks.spawn(Arc::clone(self).take_lease(
+                Arc::clone(&leases),
+                account.clone(),
+                key.clone(),
+                size,
+                amount.0,
+                None,
+            ));
+            let taken = task.await.map_err(|_| {
+                keygate_store::StoreError::Unavailable("the lease task failed".into())
+            })??;
+            match taken {
+                Ok(Some(hold)) => return Ok(Leased::Held(hold)),
+                // Cannot happen: the lease was sized for this amount and the
+                // hold was taken before anyone else could see it.
+                Ok(None) => return Ok(Leased::InsufficientBalance),
                 Err(why) => refused = why,
             }
         }
@@ -286,17 +296,29 @@ impl Leases {
                 .refilling
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if tokio::runtime::Handle::try_current().is_ok() {
                 let (this, leases) = (Arc::clone(self), Arc::clone(leases));
                 let (account, key) = (account.clone(), key.clone());
                 let floor = amount.saturating_mul(LEASE_REQUESTS);
                 let size = lease.successor_size(self.window, floor);
-                // Who waits: nobody; it ends after one store call. A lease it
-                // takes after shutdown began is retired with the others or,
-                // at worst, swept when it expires.
-                runtime.spawn(async move {
-                    let _refill = leases.refill.lock().await;
-                    let _ = this.lease(&leases, &account, &key, size).await;
+                // Who waits: shutdown, through the task tracker.
+                self.tasks.spawn(async move {
+                    for size in [size, floor] {
+                        let taken = Arc::clone(&this)
+                            .take_lease(
+                                Arc::clone(&leases),
+                                account.clone(),
+                                key.clone(),
+                                size,
+                                0,
+                                Some(Arc::clone(&lease)),
+                            )
+                            .await;
+                        // Refused at this size: try the floor; otherwise done.
+                        if !matches!(taken, Ok(Err(_))) {
+                            break;
+                        }
+                    }
                     leases
                         .refilling
                         .store(false, std::sync::atomic::Ordering::Release);
@@ -310,18 +332,40 @@ impl Leases {
         Some(hold)
     }
 
-    /// Takes a new lease of `size` from the store and makes it the key's
-    /// current one (retiring the previous), or says why the store refused.
-    async fn lease(
-        &self,
-        leases: &KeyLeases,
-        account: &AccountId,
-        key: &KeyId,
+    /// Takes a new lease of `size` from the store, holds `amount` from it (none
+    /// when 0) before anyone else can see it, and makes it the key's current
+    /// lease (retiring the previous one), or says why the store refused. A
+    /// background refill passes the lease it replaces and gives up when another
+    /// request has replaced that lease meanwhile.
+    async fn take_lease(
+        self: Arc<Self>,
+        leases: Arc<KeyLeases>,
+        account: AccountId,
+        key: KeyId,
         size: i64,
-    ) -> keygate_store::Result<Result<Arc<Lease>, Leased>> {
+        amount: i64,
+        replacing: Option<Arc<Lease>>,
+    ) -> keygate_store::Result<Result<Option<LeaseHold>, Leased>> {
+        let _refill = leases.refill.lock().await;
+        let current = lock(&leases.current).clone();
+        match (&replacing, current) {
+            // A background refill whose lease another request already replaced.
+            (Some(replacing), current)
+                if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, replacing)) =>
+            {
+                return Ok(Ok(None));
+            }
+            // A request that waited while another took a lease with room for it.
+            (None, Some(current)) if amount > 0 => {
+                if let Some(hold) = current.try_hold(amount) {
+                    return Ok(Ok(Some(hold)));
+                }
+            }
+            _ => {}
+        }
         let new = NewReservation {
-            account_id: account.clone(),
-            key_id: key.clone(),
+            account_id: account,
+            key_id: key,
             amount: Micros(size),
             expires_at: Utc::now() + self.ttl,
         };
@@ -336,14 +380,21 @@ impl Leases {
             settler: Arc::clone(&self.settler),
             state: Mutex::default(),
         });
-        if self.window.is_zero() {
-            return Ok(Ok(lease));
+        let hold = if amount > 0 {
+            lease.try_hold(amount)
+        } else {
+            None
+        };
+        if self.window.is_zero() || self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            // Used by this one request only: settled when its hold ends.
+            lease.retire();
+            return Ok(Ok(hold));
         }
-        let previous = lock(&leases.current).replace(Arc::clone(&lease));
+        let previous = lock(&leases.current).replace(lease);
         if let Some(previous) = previous {
             previous.retire();
         }
-        Ok(Ok(lease))
+        Ok(Ok(hold))
     }
 
     /// Retires leases older than the window, settling those with nothing in
@@ -371,6 +422,8 @@ impl Leases {
 
     /// Retires every lease (at shutdown, after the last request).
     pub(crate) fn retire_all(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         for shard in &self.shards {
             for leases in lock(shard).drain().map(|(_, leases)| leases) {
                 if let Some(lease) = lock(&leases.current).take() {
@@ -449,6 +502,7 @@ mod tests {
             settled.clone(),
             Duration::from_secs(3600),
             Duration::from_secs(3600),
+            tokio_util::task::TaskTracker::new(),
         ));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
@@ -475,6 +529,7 @@ mod tests {
             settled.clone(),
             Duration::from_secs(3600),
             Duration::from_secs(3600),
+            tokio_util::task::TaskTracker::new(),
         ));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
@@ -503,6 +558,7 @@ mod tests {
             settled.clone(),
             Duration::ZERO,
             Duration::from_secs(60),
+            tokio_util::task::TaskTracker::new(),
         ));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         assert_eq!(
@@ -522,6 +578,7 @@ mod tests {
             settled.clone(),
             Duration::from_secs(3600),
             Duration::from_secs(3600),
+            tokio_util::task::TaskTracker::new(),
         ));
         let mut holds = Vec::new();
         for _ in 0..25 {
@@ -562,6 +619,7 @@ mod tests {
             settled.clone(),
             Duration::from_millis(1),
             Duration::from_secs(60),
+            tokio_util::task::TaskTracker::new(),
         ));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         std::thread::sleep(Duration::from_millis(5));
