@@ -990,12 +990,19 @@ async fn a_panic_releases_the_reservation() {
 struct FlakyLedger {
     inner: Arc<dyn Store>,
     down: AtomicBool,
+    /// Answers a reservation this long after it committed, in milliseconds.
+    reserve_reply_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 #[async_trait]
 impl Ledger for FlakyLedger {
     async fn reserve(&self, new: NewReservation) -> keygate_store::Result<Reserve> {
-        self.inner.reserve(new).await
+        let reserved = self.inner.reserve(new).await;
+        let delay = self.reserve_reply_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        reserved
     }
     async fn settle(&self, r: &Reservation, cost: Micros) -> keygate_store::Result<()> {
         self.inner.settle(r, cost).await
@@ -1130,6 +1137,7 @@ async fn usage_records_survive_a_store_outage() {
             let ledger = Arc::new(FlakyLedger {
                 inner,
                 down: AtomicBool::new(true),
+                reserve_reply_delay_ms: std::sync::atomic::AtomicU64::new(0),
             });
             *slot.lock().unwrap() = Some(Arc::clone(&ledger));
             ledger
@@ -1154,6 +1162,52 @@ async fn usage_records_survive_a_store_outage() {
     flaky.down.store(false, Ordering::SeqCst);
     assert_eq!(gw.records(5).await.len(), 5);
     assert_eq!(gw.billing.metrics().records_dropped, 0);
+}
+
+/// A client that goes away while its reservation is being taken (the store has
+/// committed it, the answer is still on its way) strands nothing: the lease is
+/// published or released all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_gone_mid_reservation_strands_nothing() {
+    let mock = MockUpstream::start().await;
+    for window in [Duration::ZERO, Duration::from_millis(200)] {
+        let slot: Arc<std::sync::Mutex<Option<Arc<FlakyLedger>>>> = Arc::default();
+        let inner_slot = Arc::clone(&slot);
+        let gw = Billed::start(
+            &mock,
+            Backend::Memory,
+            "mid_reserve",
+            |_, billing| billing.batch_window = window,
+            move |inner| {
+                let ledger = Arc::new(FlakyLedger {
+                    inner,
+                    down: AtomicBool::new(false),
+                    reserve_reply_delay_ms: std::sync::atomic::AtomicU64::new(400),
+                });
+                *inner_slot.lock().unwrap() = Some(Arc::clone(&ledger));
+                ledger
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        let key = gw.key().await;
+        let url = gw.url("/v1/chat/completions");
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(100),
+            post(&url, &key, &chat_body("gpt-4o", false)),
+        )
+        .await;
+        assert!(attempt.is_err(), "answered before the reservation was");
+        // The reservation committed; once its task ends it is released.
+        assert_eq!(
+            gw.settled(&gw.account).await,
+            Micros(1_000_000_000),
+            "window {window:?}"
+        );
+        assert_eq!(mock.requests().len(), 0, "nothing was forwarded");
+        drop(slot);
+    }
 }
 
 /// Graceful shutdown writes the records still queued.
