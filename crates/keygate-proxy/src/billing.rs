@@ -548,7 +548,12 @@ impl BillingTap {
             return None;
         }
         let (read, content_events) = match &self.reader {
-            Reader::None => return None,
+            // Speech answers are audio: no usage to read. Counted as unknown
+            // (`keygate_usage_unknown_total`), not logged per request.
+            Reader::None => {
+                bump(&self.billing.metrics.usage_unknown);
+                return None;
+            }
             Reader::Json(json) => (json.usage(), 0),
             Reader::Stream(stream) => (stream.usage(), stream.content_events()),
         };
