@@ -33,6 +33,8 @@ struct State {
     changes: Vec<KeyChange>,
     spend: HashMap<KeyId, KeySpend>,
     reservations: HashMap<ReservationId, Reservation>,
+    /// Swept reservations, released but not yet settled.
+    swept: std::collections::HashSet<ReservationId>,
     usage: Vec<UsageRecord>,
 }
 
@@ -299,7 +301,12 @@ impl Ledger for MemoryStore {
 
     async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()> {
         let mut state = self.state();
-        state.release(&reservation.id);
+        let held = state.release(&reservation.id).is_some();
+        let swept = state.swept.remove(&reservation.id);
+        if !held && !swept {
+            // Settled before: settling again changes nothing.
+            return Ok(());
+        }
         let account = state.account_mut(&reservation.account_id)?;
         account.balance = Micros(account.balance.0.saturating_sub(cost.0));
         let entry = state.spend.entry(reservation.key_id.clone()).or_default();
@@ -308,7 +315,9 @@ impl Ledger for MemoryStore {
     }
 
     async fn release(&self, reservation: &Reservation) -> Result<()> {
-        self.state().release(&reservation.id);
+        let mut state = self.state();
+        state.release(&reservation.id);
+        state.swept.remove(&reservation.id);
         Ok(())
     }
 
@@ -322,6 +331,7 @@ impl Ledger for MemoryStore {
             .collect();
         for id in &expired {
             state.release(id);
+            state.swept.insert(id.clone());
         }
         Ok(expired.len() as u64)
     }

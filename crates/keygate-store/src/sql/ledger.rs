@@ -124,6 +124,10 @@ async fn record_usage_sqlite(c: &mut SqliteConn, records: &[UsageRecord]) -> Res
     .map_err(StoreError::from)
 }
 
+/// How long a swept reservation's mark is kept for a late settlement: far
+/// longer than any request runs.
+const SWEPT_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -317,7 +321,9 @@ macro_rules! ledger_ops {
                 .await
             }
 
-            /// Deletes a reservation; charges `cost` and returns what it held.
+            /// Deletes a reservation, charges `cost` and returns what it still
+            /// held (nothing once swept). A reservation already gone was settled
+            /// before: settling it again changes nothing.
             pub(super) async fn finish(
                 c: &mut C,
                 reservation: &Reservation,
@@ -325,13 +331,16 @@ macro_rules! ledger_ops {
             ) -> Result<()> {
                 let reservation = reservation.clone();
                 c.transaction::<_, StoreError, _>(async move |c| {
-                    let deleted = diesel::delete(reservations::table.find(reservation.id.as_str()))
-                        .execute(c)
-                        .await?;
-                    let held = if deleted == 1 {
-                        reservation.amount.0
-                    } else {
-                        0
+                    let swept: Option<Option<i64>> =
+                        diesel::delete(reservations::table.find(reservation.id.as_str()))
+                            .returning(reservations::swept_at)
+                            .get_result(c)
+                            .await
+                            .optional()?;
+                    let held = match swept {
+                        None => return Ok(()),
+                        Some(None) => reservation.amount.0,
+                        Some(Some(_)) => 0,
                     };
                     if held != 0 || cost.0 != 0 {
                         move_money(
@@ -349,23 +358,43 @@ macro_rules! ledger_ops {
             }
 
             pub(super) async fn sweep(c: &mut C, now: DateTime<Utc>) -> Result<u64> {
+                // Marks swept rows kept long past any request's end are dropped.
+                diesel::delete(
+                    reservations::table
+                        .filter(reservations::swept_at.lt(millis(now) - SWEPT_KEPT_MS)),
+                )
+                .execute(c)
+                .await?;
                 let expired: Vec<ReservationRow> = reservations::table
                     .filter(reservations::expires_at.lt(millis(now)))
+                    .filter(reservations::swept_at.is_null())
                     .select(ReservationRow::as_select())
                     .limit(1000)
                     .load(c)
                     .await?;
                 let mut swept = 0;
                 for row in expired {
-                    let reservation = Reservation {
-                        id: row.id.parse()?,
-                        account_id: row.account_id.parse()?,
-                        key_id: row.key_id.parse()?,
-                        amount: Micros(row.amount_micros),
-                        expires_at: DateTime::from_timestamp_millis(row.expires_at).unwrap_or(now),
-                    };
-                    finish(c, &reservation, Micros::ZERO).await?;
-                    swept += 1;
+                    let key: KeyId = row.key_id.parse()?;
+                    let account: AccountId = row.account_id.parse()?;
+                    let marked = c
+                        .transaction::<_, StoreError, _>(async move |c| {
+                            // The money goes back; the row stays, marked, so a
+                            // late settlement still charges (once).
+                            let marked = diesel::update(
+                                reservations::table
+                                    .find(row.id.as_str())
+                                    .filter(reservations::swept_at.is_null()),
+                            )
+                            .set(reservations::swept_at.eq(Some(millis(now))))
+                            .execute(c)
+                            .await?;
+                            if marked == 1 {
+                                move_money(c, &key, &account, row.amount_micros, 0).await?;
+                            }
+                            Ok(marked)
+                        })
+                        .await?;
+                    swept += marked as u64;
                 }
                 Ok(swept)
             }

@@ -54,6 +54,7 @@ diesel::table! {
         amount_micros -> BigInt,
         created_at -> BigInt,
         expires_at -> BigInt,
+        swept_at -> Nullable<BigInt>,
     }
 }
 

@@ -136,6 +136,7 @@ backend_suite!(
     spend_limits_hold_reservations_and_charges,
     concurrent_reservations_never_overdraw,
     expired_reservations_are_swept,
+    settling_twice_charges_once,
     usage_records_round_trip_and_purge,
     usage_report_totals_by_model_in_byte_order,
     usage_report_totals_by_key,

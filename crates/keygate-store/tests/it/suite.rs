@@ -831,11 +831,27 @@ pub(crate) async fn expired_reservations_are_swept(backend: &Backend) {
         ledger.key_spend(&key.id).await.unwrap().reserved,
         credits(2)
     );
-    // A request that finishes after its reservation was swept is still charged.
+    // A request that finishes after its reservation was swept is still charged,
+    // once: a settlement retried (its first answer lost) changes nothing.
+    ledger.settle(&stale, credits(1)).await.unwrap();
     ledger.settle(&stale, credits(1)).await.unwrap();
     ledger.release(&live).await.unwrap();
     let shown = backend.store.get_account(&acct.id).await.unwrap();
     assert_eq!((shown.balance, shown.reserved), (credits(9), Micros::ZERO));
+    assert_eq!(ledger.key_spend(&key.id).await.unwrap().spent, credits(1));
+}
+
+pub(crate) async fn settling_twice_charges_once(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 10, None).await;
+    let r = held(ledger.reserve(hold(&acct, &key, credits(3))).await.unwrap());
+    ledger.settle(&r, credits(2)).await.unwrap();
+    ledger.settle(&r, credits(2)).await.unwrap();
+    ledger.release(&r).await.unwrap();
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!((shown.balance, shown.reserved), (credits(8), Micros::ZERO));
+    let spend = ledger.key_spend(&key.id).await.unwrap();
+    assert_eq!((spend.spent, spend.reserved), (credits(2), Micros::ZERO));
 }
 
 pub(crate) async fn usage_records_round_trip_and_purge(backend: &Backend) {
