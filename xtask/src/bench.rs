@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use keygate_test_utils::{
-    MOCK_ANTHROPIC_KEY_ENV, MOCK_OPENAI_KEY_ENV, admin, workspace_binary, write_mock_config,
+    MOCK_ANTHROPIC_KEY_ENV, MOCK_OPENAI_KEY_ENV, workspace_binary, write_mock_config,
 };
 use serde_json::{Value, json};
 
 use crate::bench_load::{self, Latency, OpenLoop, Streaming, Target, Throughput};
 use crate::bench_report::{self, Meta, Results, Rss};
 use crate::bench_serve::{self, Cpu, GatewayChild, ServerChild, rss_kib};
+use crate::demo::{admin_json, json_str};
 
 /// What `cargo xtask bench` was asked to do.
 #[derive(Debug, Default)]
@@ -642,28 +643,6 @@ async fn usage(database_url: &str, account: &str) -> Result<(u64, i64)> {
         report["total"]["requests"].as_u64().unwrap_or_default(),
         report["total"]["cost_micros"].as_i64().unwrap_or_default(),
     ))
-}
-
-async fn admin_json(database_url: &str, args: &[&str]) -> Result<Value> {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let output = admin(database_url, &all).await;
-    if !output.success {
-        bail!(
-            "keygate-admin {} failed: {}",
-            args.join(" "),
-            output.stderr.trim()
-        );
-    }
-    serde_json::from_str(&output.stdout)
-        .with_context(|| format!("keygate-admin printed no JSON: {}", output.stdout))
-}
-
-fn json_str(value: &Value, field: &str) -> Result<String> {
-    value[field]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("no {field:?} in {value}"))
 }
 
 /// The three load averages from `/proc/loadavg`.

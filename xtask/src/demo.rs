@@ -650,7 +650,7 @@ async fn start_gateway(config: PathBuf) -> Result<GatewayProcess> {
 }
 
 /// Runs `keygate-admin --json ARGS…` and parses its JSON document.
-async fn admin_json(database_url: &str, args: &[&str]) -> Result<Value> {
+pub(crate) async fn admin_json(database_url: &str, args: &[&str]) -> Result<Value> {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let output = admin(database_url, &all).await;
@@ -665,7 +665,8 @@ async fn admin_json(database_url: &str, args: &[&str]) -> Result<Value> {
         .with_context(|| format!("keygate-admin printed no JSON: {}", output.stdout))
 }
 
-fn json_str(value: &Value, field: &str) -> Result<String> {
+/// A string field of a JSON document, or an error naming it.
+pub(crate) fn json_str(value: &Value, field: &str) -> Result<String> {
     value[field]
         .as_str()
         .map(str::to_owned)

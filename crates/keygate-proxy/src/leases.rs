@@ -486,6 +486,21 @@ mod tests {
         (store, account.id, key.id)
     }
 
+    fn leases(
+        store: &Arc<MemoryStore>,
+        settled: &Arc<Recorded>,
+        window: Duration,
+        ttl: Duration,
+    ) -> Arc<Leases> {
+        Arc::new(Leases::new(
+            store.clone(),
+            settled.clone(),
+            window,
+            ttl,
+            tokio_util::task::TaskTracker::new(),
+        ))
+    }
+
     fn held(leased: Leased) -> LeaseHold {
         match leased {
             Leased::Held(hold) => hold,
@@ -497,13 +512,12 @@ mod tests {
     async fn requests_share_one_lease_until_it_is_retired() {
         let (store, account, key) = setup(1_000_000).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Arc::new(Leases::new(
-            store.clone(),
-            settled.clone(),
+        let leases = leases(
+            &store,
+            &settled,
             Duration::from_secs(3600),
             Duration::from_secs(3600),
-            tokio_util::task::TaskTracker::new(),
-        ));
+        );
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         // One store reservation of 32 requests' room.
@@ -524,13 +538,12 @@ mod tests {
     async fn a_poor_account_gets_a_lease_for_the_one_request() {
         let (store, account, key) = setup(250).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Arc::new(Leases::new(
-            store.clone(),
-            settled.clone(),
+        let leases = leases(
+            &store,
+            &settled,
             Duration::from_secs(3600),
             Duration::from_secs(3600),
-            tokio_util::task::TaskTracker::new(),
-        ));
+        );
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         assert!(matches!(
@@ -553,13 +566,7 @@ mod tests {
     async fn a_zero_window_settles_each_request_alone() {
         let (store, account, key) = setup(1_000).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Arc::new(Leases::new(
-            store.clone(),
-            settled.clone(),
-            Duration::ZERO,
-            Duration::from_secs(60),
-            tokio_util::task::TaskTracker::new(),
-        ));
+        let leases = leases(&store, &settled, Duration::ZERO, Duration::from_secs(60));
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         assert_eq!(
             store.get_account(&account).await.unwrap().reserved,
@@ -573,13 +580,12 @@ mod tests {
     async fn a_busy_key_gets_its_next_lease_before_it_runs_out() {
         let (store, account, key) = setup(1_000_000).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Arc::new(Leases::new(
-            store.clone(),
-            settled.clone(),
+        let leases = leases(
+            &store,
+            &settled,
             Duration::from_secs(3600),
             Duration::from_secs(3600),
-            tokio_util::task::TaskTracker::new(),
-        ));
+        );
         let mut holds = Vec::new();
         for _ in 0..25 {
             holds.push(held(
@@ -614,13 +620,12 @@ mod tests {
     async fn old_leases_are_renewed() {
         let (store, account, key) = setup(1_000_000).await;
         let settled = Arc::new(Recorded::default());
-        let leases = Arc::new(Leases::new(
-            store.clone(),
-            settled.clone(),
+        let leases = leases(
+            &store,
+            &settled,
             Duration::from_millis(1),
             Duration::from_secs(60),
-            tokio_util::task::TaskTracker::new(),
-        ));
+        );
         let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
         std::thread::sleep(Duration::from_millis(5));
         leases.renew();

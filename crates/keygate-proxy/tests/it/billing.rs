@@ -162,6 +162,16 @@ impl Billed {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A non-streaming chat completion for `model`.
+    async fn chat(&self, key: &str, model: &str) -> crate::harness::Reply {
+        post(
+            &self.url("/v1/chat/completions"),
+            key,
+            &chat_body(model, false),
+        )
+        .await
+    }
+
     async fn account_with(&self, balance: Micros) -> AccountId {
         self.store
             .create_account(NewAccount {
@@ -728,33 +738,18 @@ async fn a_spend_limit_refuses_with_402() {
     settings.spend_limit = Some(Micros(10));
     let account = gw.account.clone();
     let (key, _) = gw.key_for(&account, settings).await;
-    let reply = post(
-        &gw.url("/v1/chat/completions"),
-        &key,
-        &chat_body("gpt-4o", false),
-    )
-    .await;
+    let reply = gw.chat(&key, "gpt-4o").await;
     assert_eq!(reply.status, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(reply.code(), "spend_limit_exceeded");
     assert_eq!(reply.json()["error"]["type"], "insufficient_quota");
 
     let poor = gw.account_with(Micros(1)).await;
     let (key, _) = gw.key_for(&poor, KeySettings::new(KeyKind::Private)).await;
-    let reply = post(
-        &gw.url("/v1/chat/completions"),
-        &key,
-        &chat_body("gpt-4o", false),
-    )
-    .await;
+    let reply = gw.chat(&key, "gpt-4o").await;
     assert_eq!(reply.status, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(reply.code(), "insufficient_balance");
     // A model priced at zero needs no balance.
-    let reply = post(
-        &gw.url("/v1/chat/completions"),
-        &key,
-        &chat_body("o3", false),
-    )
-    .await;
+    let reply = gw.chat(&key, "o3").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }
 
@@ -766,12 +761,7 @@ async fn unpriced_models_are_refused_unless_allowed() {
         .await
         .unwrap();
     let key = gw.key().await;
-    let reply = post(
-        &gw.url("/v1/chat/completions"),
-        &key,
-        &chat_body("gpt-4o-2024-08-06", false),
-    )
-    .await;
+    let reply = gw.chat(&key, "gpt-4o-2024-08-06").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(reply.text().contains("no price"), "{}", reply.text());
 
@@ -786,12 +776,7 @@ async fn unpriced_models_are_refused_unless_allowed() {
     .await
     .unwrap();
     let key = gw.key().await;
-    let reply = post(
-        &gw.url("/v1/chat/completions"),
-        &key,
-        &chat_body("gpt-4o-2024-08-06", false),
-    )
-    .await;
+    let reply = gw.chat(&key, "gpt-4o-2024-08-06").await;
     assert_eq!(reply.status, StatusCode::OK);
     let record = gw.records(1).await.remove(0);
     assert_eq!(record.cost, Micros::ZERO);
@@ -840,12 +825,7 @@ async fn unreachable_and_slow_upstreams_release_the_reservation() {
     .await
     .unwrap();
     let key = gw.key().await;
-    let reply = post(
-        &gw.url("/v1/chat/completions"),
-        &key,
-        &chat_body("gpt-4o", false),
-    )
-    .await;
+    let reply = gw.chat(&key, "gpt-4o").await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(gw.settled(&gw.account).await, Micros(1_000_000_000));
     assert_eq!(gw.records(1).await[0].status, 504);
@@ -856,12 +836,7 @@ async fn unreachable_and_slow_upstreams_release_the_reservation() {
         .unwrap();
     let key = gw2.key().await;
     closed.shutdown().await;
-    let reply = post(
-        &gw2.url("/v1/chat/completions"),
-        &key,
-        &chat_body("gpt-4o", false),
-    )
-    .await;
+    let reply = gw2.chat(&key, "gpt-4o").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(gw2.settled(&gw2.account).await, Micros(1_000_000_000));
 }
@@ -1149,12 +1124,7 @@ async fn usage_records_survive_a_store_outage() {
     let flaky = flaky.lock().unwrap().clone().unwrap();
     let key = gw.key().await;
     for _ in 0..5 {
-        let reply = post(
-            &gw.url("/v1/chat/completions"),
-            &key,
-            &chat_body("gpt-4o", false),
-        )
-        .await;
+        let reply = gw.chat(&key, "gpt-4o").await;
         assert_eq!(reply.status, StatusCode::OK);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1304,12 +1274,7 @@ async fn old_usage_records_are_purged_at_start_up() {
         .await
         .unwrap();
     let key = gw.key().await;
-    let reply = post(
-        &gw.url("/v1/chat/completions"),
-        &key,
-        &chat_body("gpt-4o", false),
-    )
-    .await;
+    let reply = gw.chat(&key, "gpt-4o").await;
     assert_eq!(reply.status, StatusCode::OK);
     let mut old = gw.records(1).await.remove(0);
     old.at = Utc::now() - chrono::Duration::days(91);
