@@ -89,7 +89,7 @@ pub struct BillingMetrics {
     /// Requests that held their upper bound (from a lease).
     pub holds: AtomicU64,
     /// Store reservations (leases) that ended: settled or released.
-    pub reserved_total_ended: AtomicU64,
+    pub leases_ended: AtomicU64,
     /// Leases settled with a charge.
     pub settled: AtomicU64,
     /// Leases released without a charge.
@@ -115,7 +115,7 @@ pub struct BillingMetrics {
 pub struct BillingSnapshot {
     /// See [`BillingMetrics::holds`].
     pub holds: u64,
-    /// See [`BillingMetrics::reserved_total_ended`].
+    /// See [`BillingMetrics::leases_ended`].
     pub leases_ended: u64,
     /// See [`BillingMetrics::settled`].
     pub settled: u64,
@@ -141,7 +141,7 @@ impl BillingMetrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         BillingSnapshot {
             holds: get(&self.holds),
-            leases_ended: get(&self.reserved_total_ended),
+            leases_ended: get(&self.leases_ended),
             settled: get(&self.settled),
             released: get(&self.released),
             settle_failures: get(&self.settle_failures),
@@ -180,7 +180,8 @@ pub(crate) struct Admission<'a> {
     pub(crate) upstream: &'a str,
     pub(crate) stream: bool,
     pub(crate) client_name: Option<String>,
-    pub(crate) client_ip: Option<String>,
+    /// The client's address; kept only when the operator turned that on.
+    pub(crate) client_ip: Option<std::net::IpAddr>,
 }
 
 /// One admitted request: its reservation (if its price is above zero), the
@@ -315,8 +316,14 @@ impl Billing {
             }
         }
         let input_bytes = body.len() as u64;
+        let free = |price: &Price| {
+            price.input_per_mtok() == Micros::ZERO
+                && price.output_per_mtok() == Micros::ZERO
+                && price.cached_input_per_mtok().unwrap_or(Micros::ZERO) == Micros::ZERO
+        };
         let hold = match &price {
-            Some(price) => {
+            // A free model holds nothing: no need to read the body's output cap.
+            Some(price) if !free(price) => {
                 let amount = reserve_upper_bound(
                     price,
                     body.len(),
@@ -329,7 +336,7 @@ impl Billing {
                     None
                 }
             }
-            None => None,
+            _ => None,
         };
         let record = UsageRecord {
             at: started_at,
@@ -347,7 +354,10 @@ impl Billing {
             status: 0,
             client_name: request.client_name,
             usage_source: StoredSource::Unknown,
-            client_ip: request.client_ip.filter(|_| self.config.log_client_ip),
+            client_ip: request
+                .client_ip
+                .filter(|_| self.config.log_client_ip)
+                .map(|ip| ip.to_string()),
         };
         Ok(Charge {
             billing: Arc::clone(self),
@@ -401,7 +411,7 @@ struct StoreSettler {
 
 impl Settler for StoreSettler {
     fn settle(&self, reservation: Reservation, cost: Micros) {
-        bump(&self.metrics.reserved_total_ended);
+        bump(&self.metrics.leases_ended);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime left (the process is ending): the sweep releases it.
             bump(&self.metrics.settle_failures);

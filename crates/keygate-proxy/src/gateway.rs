@@ -350,10 +350,7 @@ impl Gateway {
                     upstream: upstream.name(),
                     stream,
                     client_name: client_name(&parts.headers),
-                    client_ip: parts
-                        .extensions
-                        .get::<PeerAddr>()
-                        .map(|p| p.0.ip().to_string()),
+                    client_ip: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
                 };
                 Some(billing.admit(admission, &mut body, now, started).await?)
             }

@@ -124,6 +124,22 @@ async fn record_usage_sqlite(c: &mut SqliteConn, records: &[UsageRecord]) -> Res
     .map_err(StoreError::from)
 }
 
+/// Usage records on PostgreSQL: multi-row inserts (1,000 rows, 16,000 bind
+/// parameters each, under PostgreSQL's 65,535) in one transaction.
+async fn record_usage_pg(c: &mut AsyncPgConnection, records: &[UsageRecord]) -> Result<()> {
+    let rows: Vec<NewUsageRow<'_>> = records.iter().map(usage_row).collect();
+    c.transaction::<_, StoreError, _>(async move |c| {
+        for chunk in rows.chunks(1000) {
+            diesel::insert_into(usage_records::table)
+                .values(chunk)
+                .execute(c)
+                .await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// How long a swept reservation's mark is kept for a late settlement: far
 /// longer than any request runs.
 const SWEPT_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -413,24 +429,6 @@ macro_rules! ledger_ops {
                 })
             }
 
-            #[allow(dead_code, reason = "SQLite writes usage in one blocking call")]
-            pub(super) async fn record_usage(c: &mut C, records: &[UsageRecord]) -> Result<()> {
-                let rows: Vec<NewUsageRow<'_>> = records.iter().map(usage_row).collect();
-                c.transaction::<_, StoreError, _>(async move |c| {
-                    // One statement per row inside one transaction: diesel's
-                    // multi-row insert is not available on SQLite for rows with
-                    // nullable columns, and one query text must serve both backends.
-                    for row in &rows {
-                        diesel::insert_into(usage_records::table)
-                            .values(row)
-                            .execute(c)
-                            .await?;
-                    }
-                    Ok(())
-                })
-                .await
-            }
-
             pub(super) async fn usage_between(
                 c: &mut C,
                 since: DateTime<Utc>,
@@ -545,7 +543,7 @@ impl Ledger for DbStore {
         }
         match self.write().await? {
             Conn::Sqlite(mut c) => record_usage_sqlite(&mut c, records).await,
-            Conn::Postgres(mut c) => pg_ledger::record_usage(&mut c, records).await,
+            Conn::Postgres(mut c) => record_usage_pg(&mut c, records).await,
         }
     }
 
