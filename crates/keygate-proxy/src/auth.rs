@@ -23,6 +23,7 @@ use keygate_store::{ApiKey, CredentialStore, KeyId, KeyStatus, StoreError};
 use moka::Expiry;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
+use tokio::task::JoinHandle;
 
 use crate::config::AuthSettings;
 use crate::error::ProxyError;
@@ -258,15 +259,7 @@ impl Authenticator {
                 })
             })
             .await
-            .map_err(|e| {
-                if e.is_unavailable() {
-                    tracing::warn!(error = %e, "key store unavailable during key lookup");
-                    ProxyError::StoreUnavailable
-                } else {
-                    tracing::error!(error = %e, "key lookup failed");
-                    ProxyError::Internal
-                }
-            })
+            .map_err(ProxyError::from)
     }
 
     /// The feed position to follow from: read before the first request is served,
@@ -282,6 +275,30 @@ impl Authenticator {
                 None
             }
         }
+    }
+
+    /// Starts the change-feed follower (polling every `poll`) and the
+    /// `last_used_at` writer (every `flush`). Who waits for them: the gateway's
+    /// `Background::stop` aborts both, then calls [`Authenticator::flush_key_uses`]
+    /// for the last batch.
+    pub async fn start_background(
+        self: &Arc<Self>,
+        poll: Duration,
+        flush: Duration,
+    ) -> [JoinHandle<()>; 2] {
+        let start = self.feed_start().await;
+        let follower = tokio::spawn(Arc::clone(self).follow_changes(start, poll));
+        let auth = Arc::clone(self);
+        let flusher = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(flush);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                auth.flush_key_uses().await;
+            }
+        });
+        [follower, flusher]
     }
 
     /// Follows the store's change feed from `start` until the task is aborted,

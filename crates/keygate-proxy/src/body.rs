@@ -1,5 +1,6 @@
 //! The response body keygate sends: either a small body of its own or the upstream's
-//! body streamed through frame by frame, with observers tapping each data frame.
+//! body streamed through frame by frame, through stages added in order: observers
+//! that see each data frame and its end, and filters that rewrite the bytes.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -10,7 +11,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use keygate_billing::UsageChunkFilter;
 use tokio::time::Sleep;
 
 /// The error a streamed body can end with.
@@ -29,13 +29,24 @@ pub enum BodyEnd {
 }
 
 /// A tap on a streamed response body: sees every data frame, in order, as it passes
-/// to the client, then exactly one end. The billing layer reads usage through this.
-/// Observers run inline on the body path, so they must be quick and never block.
+/// its point in the body's stages, then exactly one end. The billing layer reads
+/// usage through this, the request log counts bytes through it, and
+/// [`crate::ResponseTap`]s get one. Observers run inline on the body path, so they
+/// must be quick and never block.
 pub trait BodyObserver: Send + 'static {
     /// A data frame on its way to the client.
     fn on_data(&mut self, data: &Bytes);
     /// The body ended; called exactly once.
     fn on_end(&mut self, end: BodyEnd);
+}
+
+/// A rewrite of the bytes on their way to the client (billing removes the usage
+/// chunk it asked for). It may hold bytes back until a later frame.
+pub trait BodyFilter: Send + 'static {
+    /// What of `data` (with anything held back before) goes on now.
+    fn push(&mut self, data: &[u8]) -> Vec<u8>;
+    /// What is still held back, at the end of the body; called at most once.
+    fn finish(&mut self) -> Vec<u8>;
 }
 
 /// Body of every response keygate sends.
@@ -48,14 +59,19 @@ enum Inner {
     Stream(Stream),
 }
 
+/// One step an upstream frame passes on its way to the client, in the order
+/// the steps were added: an observer sees the bytes as the steps before it left
+/// them.
+enum Stage {
+    Observe(Box<dyn BodyObserver>),
+    Filter(Box<dyn BodyFilter>),
+}
+
 struct Stream {
     body: Incoming,
-    /// Observers of the upstream's own bytes (billing reads usage here).
-    raw: Option<Box<dyn BodyObserver>>,
-    /// Removes the usage-only chunk keygate asked for from what the client gets.
-    filter: Option<Box<UsageChunkFilter>>,
-    /// Observers of the bytes the client gets.
-    observers: Vec<Box<dyn BodyObserver>>,
+    stages: Vec<Stage>,
+    /// Whether a filter may change the body's length.
+    filtered: bool,
     ended: bool,
     /// Longest wait for the next frame, and the timer for it.
     idle: Option<Idle>,
@@ -103,20 +119,15 @@ impl GatewayBody {
         Self::full(Bytes::new())
     }
 
-    /// The upstream's body, streamed through with `observers` tapping it. If the
-    /// upstream sends nothing for `idle`, the body ends with an error (the client
-    /// sees the stream cut) and the upstream request is dropped.
-    pub fn stream(
-        body: Incoming,
-        observers: Vec<Box<dyn BodyObserver>>,
-        idle: Option<Duration>,
-    ) -> Self {
+    /// The upstream's body, streamed through frame by frame. If the upstream
+    /// sends nothing for `idle`, the body ends with an error (the client sees the
+    /// stream cut) and the upstream request is dropped.
+    pub fn stream(body: Incoming, idle: Option<Duration>) -> Self {
         Self {
             inner: Inner::Stream(Stream {
                 body,
-                raw: None,
-                filter: None,
-                observers,
+                stages: Vec::with_capacity(4),
+                filtered: false,
                 ended: false,
                 idle: idle.map(|limit| Idle {
                     limit,
@@ -127,18 +138,21 @@ impl GatewayBody {
         }
     }
 
-    /// Adds an observer of the upstream's bytes as they arrive, before any filter.
-    pub(crate) fn with_raw_observer(mut self, observer: Box<dyn BodyObserver>) -> Self {
+    /// Adds an observer that sees the bytes as the stages added before it leave
+    /// them. A body keygate produced itself has no stages: nothing is observed.
+    pub fn observe(mut self, observer: Box<dyn BodyObserver>) -> Self {
         if let Inner::Stream(stream) = &mut self.inner {
-            stream.raw = Some(observer);
+            stream.stages.push(Stage::Observe(observer));
         }
         self
     }
 
-    /// Passes the stream through `filter` on its way to the client.
-    pub(crate) fn with_filter(mut self, filter: Option<UsageChunkFilter>) -> Self {
+    /// Passes the bytes through `filter` after the stages added before it. The
+    /// body's length is then unknown: remove any `Content-Length` it had.
+    pub fn filter(mut self, filter: Box<dyn BodyFilter>) -> Self {
         if let Inner::Stream(stream) = &mut self.inner {
-            stream.filter = filter.map(Box::new);
+            stream.stages.push(Stage::Filter(filter));
+            stream.filtered = true;
         }
         self
     }
@@ -158,44 +172,34 @@ impl Stream {
     fn end(&mut self, end: BodyEnd) {
         if !self.ended {
             self.ended = true;
-            if let Some(raw) = &mut self.raw {
-                raw.on_end(end);
-            }
-            for observer in &mut self.observers {
-                observer.on_end(end);
+            for stage in &mut self.stages {
+                if let Stage::Observe(observer) = stage {
+                    observer.on_end(end);
+                }
             }
         }
     }
-}
 
-impl Stream {
-    /// Shows an upstream data frame to the observers, through the filter; `None`
-    /// when nothing of it is left for the client. `last` flushes the filter.
-    fn pass(&mut self, data: Bytes, last: bool) -> Option<Bytes> {
-        if let Some(raw) = &mut self.raw {
-            if !data.is_empty() {
-                raw.on_data(&data);
-            }
-        }
-        let data = match &mut self.filter {
-            None => data,
-            Some(filter) => {
-                let mut out = filter.push(&data);
-                if last {
-                    if let Some(filter) = self.filter.take() {
-                        out.extend_from_slice(&filter.finish());
+    /// Passes an upstream data frame through the stages; `None` when nothing of
+    /// it is left for the client. `last` flushes the filters.
+    fn pass(&mut self, mut data: Bytes, last: bool) -> Option<Bytes> {
+        for stage in &mut self.stages {
+            match stage {
+                Stage::Observe(observer) => {
+                    if !data.is_empty() {
+                        observer.on_data(&data);
                     }
                 }
-                Bytes::from(out)
+                Stage::Filter(filter) => {
+                    let mut out = filter.push(&data);
+                    if last {
+                        out.extend_from_slice(&filter.finish());
+                    }
+                    data = Bytes::from(out);
+                }
             }
-        };
-        if data.is_empty() {
-            return None;
         }
-        for observer in &mut self.observers {
-            observer.on_data(&data);
-        }
-        Some(data)
+        (!data.is_empty()).then_some(data)
     }
 }
 
@@ -291,7 +295,7 @@ impl Body for GatewayBody {
         match &self.inner {
             Inner::Full(full) => full.size_hint(),
             // A filter changes the length.
-            Inner::Stream(stream) if stream.filter.is_some() => SizeHint::default(),
+            Inner::Stream(stream) if stream.filtered => SizeHint::default(),
             Inner::Stream(stream) => stream.body.size_hint(),
         }
     }

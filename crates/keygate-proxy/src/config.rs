@@ -1,31 +1,11 @@
 //! The gateway's runtime settings, already typed. Reading them from TOML and the
-//! environment is the binary's job; checking them is done here, once, at start.
+//! environment is the binary's job; checking them is done once, at start.
 
 use std::time::Duration;
 
 use keygate_keys::KeyPrefix;
 
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
-
-/// A setting that cannot work, named by its config path (`upstreams[0].base_url`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    /// The field, as written in the config file.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl ConfigError {
-    /// An error about `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// Everything the proxy service needs besides the store.
 #[derive(Clone, Debug)]

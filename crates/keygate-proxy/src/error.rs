@@ -1,14 +1,22 @@
-//! Every error the gateway itself answers with, and the one function that maps each
-//! to a status and an OpenAI-shaped body.
+//! Every error the gateway itself answers with, the one function that maps each to
+//! a status and an OpenAI-shaped body, the one conversion from store errors, and
+//! the error a setting that cannot work gives at start.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use keygate_store::Scope;
+use keygate_store::{Scope, StoreError};
 
 use crate::body::GatewayBody;
 
-/// Who caused an error. It decides the status class, whether a retry can help and,
-/// for the billing layer, whether anything is charged.
+/// A boxed cause, kept on an error for the log line.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who caused an error. It decides the status class and whether a retry can help;
+/// the request log line names it (`fault`), so an operator can tell a client's
+/// mistakes from an upstream's failures and the gateway's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorSource {
     /// The request was wrong: 4xx, do not retry unchanged.
@@ -17,6 +25,37 @@ pub enum ErrorSource {
     Upstream,
     /// keygate itself (or its store) failed: 5xx, retry may help.
     Gateway,
+}
+
+impl ErrorSource {
+    /// The name in the request log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Upstream => "upstream",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+/// A setting that cannot work, named by its config path (`upstreams[0].base_url`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// The field, as written in the config file.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// An error keygate answers itself. Upstream error responses are not errors here:
@@ -96,7 +135,7 @@ pub enum ProxyError {
     /// The key's request rate limit was hit.
     #[error(
         "rate limit exceeded: this API key may send {rpm} requests per minute; retry after {} s",
-        crate::limits::retry_after_secs(*retry_after)
+        retry_after_secs(*retry_after)
     )]
     RateLimited {
         /// The key's requests per minute.
@@ -110,12 +149,31 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("the upstream provider '{0}' did not respond in time")]
     UpstreamTimeout(String),
-    /// The key store is unreachable and the key is not cached.
-    #[error("the key store is unavailable; retry shortly")]
-    StoreUnavailable,
+    /// A store operation failed: unreachable (503, retry shortly) or anything
+    /// else (500). The cause is logged, never sent.
+    #[error("{}", if .0.is_unavailable() { "the key store is unavailable; retry shortly" } else { "internal error" })]
+    Store(#[source] Arc<StoreError>),
     /// Anything else. The cause is logged, never sent.
     #[error("internal error")]
-    Internal,
+    Internal(#[source] BoxError),
+}
+
+impl From<StoreError> for ProxyError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(Arc::new(error))
+    }
+}
+
+impl From<Arc<StoreError>> for ProxyError {
+    fn from(error: Arc<StoreError>) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// Whole seconds to wait, rounded up, at least 1.
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 /// Status, `type` and `code` of an error, from one exhaustive match.
@@ -167,8 +225,10 @@ impl ProxyError {
                 (502, "upstream_error", "upstream_unavailable", Upstream)
             }
             Self::UpstreamTimeout(_) => (504, "upstream_error", "upstream_timeout", Upstream),
-            Self::StoreUnavailable => (503, "server_error", "store_unavailable", Gateway),
-            Self::Internal => (500, "server_error", "internal_error", Gateway),
+            Self::Store(e) if e.is_unavailable() => {
+                (503, "server_error", "store_unavailable", Gateway)
+            }
+            Self::Store(_) | Self::Internal(_) => (500, "server_error", "internal_error", Gateway),
         };
         ErrorKind {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -215,7 +275,7 @@ impl ProxyError {
         );
         match &self {
             Self::RateLimited { rpm, retry_after } => {
-                let secs = crate::limits::retry_after_secs(*retry_after);
+                let secs = retry_after_secs(*retry_after);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 headers.insert("x-ratelimit-limit-requests", HeaderValue::from(*rpm));
                 headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(0_u32));
@@ -224,7 +284,7 @@ impl ProxyError {
                     headers.insert("x-ratelimit-reset-requests", reset);
                 }
             }
-            Self::StoreUnavailable => {
+            Self::Store(e) if e.is_unavailable() => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -236,5 +296,50 @@ impl ProxyError {
             );
         }
         response
+    }
+}
+
+/// An error and its causes on one line, for logs.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_error_is_503_only_when_the_store_is_unreachable() {
+        let down = ProxyError::from(StoreError::Unavailable("connection refused".into()));
+        assert_eq!(down.kind().status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.kind().code, "store_unavailable");
+        let response = down.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+
+        let broken = ProxyError::from(StoreError::Database("syntax error".into()));
+        assert_eq!(broken.kind().status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(broken.kind().code, "internal_error");
+        assert!(!String::from_utf8_lossy(&broken.body()).contains("syntax"));
+        assert!(error_chain(&broken).contains("syntax error"));
+        assert!(
+            broken
+                .into_response()
+                .headers()
+                .get(header::RETRY_AFTER)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
 }

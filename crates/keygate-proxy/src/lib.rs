@@ -10,34 +10,44 @@
 //!
 //! It does no SQL: the store is a `dyn CredentialStore` and a `dyn Ledger`.
 
+mod access_log;
 mod auth;
+mod backoff;
 mod billing;
 mod body;
 mod config;
+mod context;
+mod endpoint;
 mod error;
+mod forward;
 mod gateway;
-mod leases;
 mod limits;
+mod local;
+mod models;
+mod pipeline;
+mod policy;
+mod probe;
 mod routing;
 mod server;
+mod text;
 mod upstream;
-mod usage_writer;
 
 pub use auth::{Authenticated, Authenticator, CachedKey};
 pub use billing::{
     Billing, BillingConfig, BillingMetrics, BillingSnapshot, ESTIMATE_BYTES_PER_TOKEN,
+    WriterSettings,
 };
-pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody, IdleTimeout};
-pub use config::{AuthSettings, ConfigError, ProxyConfig, defaults};
-pub use error::{ErrorKind, ErrorSource, ProxyError};
-pub use gateway::{Background, Exchange, Gateway, PeerAddr, ResponseTap};
+pub use body::{BodyEnd, BodyError, BodyFilter, BodyObserver, GatewayBody, IdleTimeout};
+pub use config::{AuthSettings, ProxyConfig, defaults};
+pub use context::PeerAddr;
+pub use endpoint::{BodyFormat, Endpoint, ProviderKind};
+pub use error::{BoxError, ConfigError, ErrorKind, ErrorSource, ProxyError};
+pub use gateway::{Background, Exchange, Gateway, ResponseTap};
 pub use limits::RequestAllowance;
-pub use routing::{
-    BodyFormat, Endpoint, InvalidModelPattern, ModelPattern, ProviderKind, Router, key_allows_model,
-};
+pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
+pub use routing::Router;
 pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
 pub use upstream::{ProviderKey, Upstream, UpstreamConfig, UpstreamTimeouts};
-pub use usage_writer::WriterSettings;
 
 /// Internals reached by the criterion benches in `benches/`; not an API.
 #[doc(hidden)]
@@ -46,6 +56,6 @@ pub mod bench {
 
     /// The gateway's peek at `model` and `stream` in a JSON request body.
     pub fn probe_json(body: &[u8]) -> Result<(String, bool), ProxyError> {
-        crate::gateway::probe_json(body)
+        crate::probe::probe_json(body)
     }
 }

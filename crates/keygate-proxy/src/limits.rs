@@ -4,7 +4,6 @@
 //! limits (`tpm`, which need the usage the billing layer reads) come later.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -72,15 +71,10 @@ impl RequestLimit {
     }
 }
 
-/// Whole seconds to wait, rounded up, at least 1.
-pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    secs.max(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_burst_of_rpm_then_refusal() {
@@ -98,7 +92,5 @@ mod tests {
         }
         assert!(RequestLimit::new(None).is_none());
         assert!(RequestLimit::new(Some(0)).is_none());
-        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
 }

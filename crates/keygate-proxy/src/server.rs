@@ -16,8 +16,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ConfigError;
-use crate::gateway::{Gateway, PeerAddr};
+use crate::context::PeerAddr;
+use crate::error::ConfigError;
+use crate::gateway::Gateway;
 
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

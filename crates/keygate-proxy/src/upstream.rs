@@ -17,8 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::config::ConfigError;
-use crate::routing::{ModelPattern, ProviderKind};
+use crate::endpoint::ProviderKind;
+use crate::error::ConfigError;
+use crate::models::ModelPattern;
 
 /// The HTTP client keygate forwards with.
 pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;

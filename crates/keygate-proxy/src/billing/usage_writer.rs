@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::billing::BillingMetrics;
+use super::metrics::BillingMetrics;
+use crate::backoff::Backoff;
 
 /// How the usage writer batches.
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +40,7 @@ impl Default for WriterSettings {
     }
 }
 
-/// The sending side, owned by [`crate::Billing`].
+/// The sending side, shared by [`crate::Billing`] and its charges.
 #[derive(Debug)]
 pub(crate) struct UsageWriter {
     queue: Arc<Queue>,
@@ -127,6 +128,11 @@ impl UsageWriter {
         }
     }
 
+    /// The counters records are counted in.
+    pub(crate) fn metrics(&self) -> &BillingMetrics {
+        &self.metrics
+    }
+
     /// Writes everything queued (retrying for at most `limit`) and stops.
     pub(crate) async fn shutdown(&self, limit: Duration) {
         self.stop.cancel();
@@ -147,7 +153,7 @@ async fn run(
     let settings = queue.settings;
     // Records taken from the queue but not yet written (the store failed).
     let mut pending: Vec<UsageRecord> = Vec::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut wait = settings.flush_interval;
     loop {
         tokio::select! {
@@ -166,22 +172,21 @@ async fn run(
             continue;
         }
         if write(&*ledger, &mut pending, settings.batch_size, &metrics).await {
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             wait = settings.flush_interval;
         } else {
-            wait = backoff;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            wait = backoff.next_wait();
         }
     }
     // Shutdown: take what is queued and write it all, retrying within the limit.
     pending.append(&mut queue.take());
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     while !pending.is_empty() {
         if write(&*ledger, &mut pending, settings.batch_size, &metrics).await {
             continue;
         }
-        if Instant::now() + backoff > deadline {
+        if Instant::now() + backoff.peek() > deadline {
             let lost = pending.len() as u64;
             metrics.records_dropped.fetch_add(lost, Ordering::Relaxed);
             tracing::error!(
@@ -190,8 +195,7 @@ async fn run(
             );
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.sleep().await;
     }
 }
 

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use keygate_store::{AccountId, KeyId, Ledger, Micros, NewReservation, Reservation, Reserve};
 
+use crate::error::ProxyError;
+
 /// How many requests' upper bounds a new lease makes room for.
 const LEASE_REQUESTS: i64 = 32;
 /// Shards of the key → lease map, so requests of different keys rarely share a lock.
@@ -236,7 +238,7 @@ impl Leases {
         account: &AccountId,
         key: &KeyId,
         amount: Micros,
-    ) -> keygate_store::Result<Leased> {
+    ) -> Result<Leased, ProxyError> {
         let leases = self.key(key);
         if let Some(hold) = self.current_hold(&leases, account, key, amount.0) {
             return Ok(Leased::Held(hold));
@@ -266,9 +268,9 @@ impl Leases {
                 amount.0,
                 None,
             ));
-            let taken = task.await.map_err(|_| {
-                keygate_store::StoreError::Unavailable("the lease task failed".into())
-            })??;
+            let taken = task
+                .await
+                .map_err(|e| ProxyError::Internal(Box::new(e)))??;
             match taken {
                 Ok(Some(hold)) => return Ok(Leased::Held(hold)),
                 // Cannot happen: the lease was sized for this amount and the

@@ -1,0 +1,270 @@
+//! What keygate answers itself, without an upstream: `/healthz`, `/readyz`,
+//! `/metrics`, CORS preflights, and `/v1/models` from the routing table.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use keygate_store::{ApiKey, CredentialStore};
+
+use crate::billing::Billing;
+use crate::body::GatewayBody;
+use crate::context::allow_origin;
+use crate::endpoint::Endpoint;
+use crate::error::ProxyError;
+use crate::models::key_allows_model;
+use crate::routing::Router;
+use crate::text::truncate;
+
+/// The answers that need no key: health, readiness, metrics and preflights.
+#[derive(Debug)]
+pub(crate) struct Local {
+    pub(crate) store: Arc<dyn CredentialStore>,
+    pub(crate) billing: Option<Arc<Billing>>,
+}
+
+impl Local {
+    /// The answer, when the request is for one of these.
+    pub(crate) async fn answer<B>(&self, request: &Request<B>) -> Option<Response<GatewayBody>> {
+        Some(match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
+            (&Method::GET, "/readyz") => self.readiness().await,
+            (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::OPTIONS, _) => preflight(request.headers()),
+            _ => return None,
+        })
+    }
+
+    /// Prometheus text: billing counters, when billing is on.
+    fn metrics(&self) -> Response<GatewayBody> {
+        let mut out = String::new();
+        if let Some(billing) = &self.billing {
+            let m = billing.metrics();
+            for (name, help, value) in [
+                (
+                    "keygate_billed_requests_total",
+                    "Requests that held their upper-bound cost.",
+                    m.holds,
+                ),
+                (
+                    "keygate_leases_settled_total",
+                    "Store reservations (leases) settled with a charge.",
+                    m.settled,
+                ),
+                (
+                    "keygate_leases_released_total",
+                    "Store reservations (leases) released without a charge.",
+                    m.released,
+                ),
+                (
+                    "keygate_settle_failures_total",
+                    "Settlements the store never took; the sweep releases them.",
+                    m.settle_failures,
+                ),
+                (
+                    "keygate_refused_for_balance_total",
+                    "Requests refused with 402.",
+                    m.refused,
+                ),
+                (
+                    "keygate_usage_records_written_total",
+                    "Usage records stored.",
+                    m.records_written,
+                ),
+                (
+                    "keygate_usage_records_dropped_total",
+                    "Usage records lost.",
+                    m.records_dropped,
+                ),
+                (
+                    "keygate_usage_estimated_total",
+                    "Answers billed on estimated usage.",
+                    m.usage_estimated,
+                ),
+                (
+                    "keygate_usage_unknown_total",
+                    "Answers with no usage reported.",
+                    m.usage_unknown,
+                ),
+            ] {
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+                ));
+            }
+        }
+        let mut response = Response::new(GatewayBody::full(out));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        response
+    }
+
+    async fn readiness(&self) -> Response<GatewayBody> {
+        let ping = tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await;
+        match ping {
+            Ok(Ok(())) => json(StatusCode::OK, r#"{"status":"ready"}"#),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: key store unreachable");
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"store_unavailable"}"#,
+                )
+            }
+            Err(_) => {
+                tracing::warn!("readiness: key store did not answer within 2 s");
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"store_unavailable"}"#,
+                )
+            }
+        }
+    }
+}
+
+/// `/v1/models`: the models a key may use, from the routing table.
+#[derive(Debug)]
+pub(crate) struct Models {
+    /// Concrete names an upstream pattern serves, to list besides the exact ones.
+    pub(crate) listed: Vec<String>,
+    /// The `created` time of every model object.
+    pub(crate) started_unix: i64,
+}
+
+impl Models {
+    pub(crate) fn new(listed: Vec<String>) -> Self {
+        Self {
+            listed,
+            started_unix: Utc::now().timestamp(),
+        }
+    }
+
+    /// The answer, when `endpoint` is one keygate serves itself.
+    pub(crate) fn answer(
+        &self,
+        router: &Router,
+        endpoint: Endpoint,
+        model_id: Option<&str>,
+        key: &ApiKey,
+    ) -> Option<Result<Response<GatewayBody>, ProxyError>> {
+        match endpoint {
+            Endpoint::ListModels => Some(Ok(self.list_models(router, key))),
+            Endpoint::GetModel => Some(self.get_model(router, key, model_id.unwrap_or_default())),
+            _ => None,
+        }
+    }
+
+    /// The models a key may use, in routing order: every exact name an upstream
+    /// lists, then every configured or key-listed exact name an upstream pattern
+    /// serves.
+    fn visible_models<'a>(
+        &'a self,
+        router: &'a Router,
+        key: &'a ApiKey,
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for upstream in router.upstreams() {
+            let names = upstream
+                .models()
+                .iter()
+                .filter_map(|p| p.exact())
+                .chain(self.listed.iter().map(String::as_str))
+                .chain(
+                    key.models
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|m| !m.ends_with('*')),
+                );
+            for name in names {
+                // A name belongs to the first upstream serving it: that is where
+                // it routes.
+                let routed = router
+                    .upstreams()
+                    .iter()
+                    .find(|u| u.serves(name))
+                    .is_some_and(|u| Arc::ptr_eq(u, upstream));
+                if routed && key_allows_model(&key.models, name) && seen.insert(name) {
+                    out.push((name, upstream.name()));
+                }
+            }
+        }
+        out
+    }
+
+    fn model_object(&self, id: &str, owner: &str) -> serde_json::Value {
+        serde_json::json!({"id": id, "object": "model", "created": self.started_unix, "owned_by": owner})
+    }
+
+    fn list_models(&self, router: &Router, key: &ApiKey) -> Response<GatewayBody> {
+        let data: Vec<_> = self
+            .visible_models(router, key)
+            .into_iter()
+            .map(|(id, owner)| self.model_object(id, owner))
+            .collect();
+        let body = serde_json::json!({"object": "list", "data": data});
+        json(StatusCode::OK, body.to_string())
+    }
+
+    fn get_model(
+        &self,
+        router: &Router,
+        key: &ApiKey,
+        id: &str,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        let owner = router
+            .upstreams()
+            .iter()
+            .find(|u| u.serves(id))
+            .filter(|_| key_allows_model(&key.models, id));
+        match owner {
+            Some(upstream) => Ok(json(
+                StatusCode::OK,
+                self.model_object(id, upstream.name()).to_string(),
+            )),
+            None => Err(ProxyError::ModelNotFound(format!(
+                "the model '{}' does not exist or you do not have access to it",
+                truncate(id, 100)
+            ))),
+        }
+    }
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Answers a CORS preflight. It carries no key, so it promises nothing: the real
+/// request is checked against the key's allowed origins.
+fn preflight(headers: &HeaderMap) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let out = response.headers_mut();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        allow_origin(out, origin.clone());
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        let requested = headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("authorization, content-type"));
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+        out.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+    }
+    response
+}

@@ -1,0 +1,142 @@
+//! The request path, top to bottom: resolve → authenticate → policy → read and
+//! probe the body → route → admit → forward → respond. Each stage lives in its
+//! own module; this one only names them in order and hands them the request's
+//! [`RequestContext`].
+
+use http::{Request, Response, request};
+use hyper::body::Incoming;
+use keygate_store::ApiKey;
+
+use crate::billing::Admission;
+use crate::body::GatewayBody;
+use crate::context::{PeerAddr, RequestContext};
+use crate::endpoint::Endpoint;
+use crate::error::ProxyError;
+use crate::gateway::{Exchange, Gateway};
+use crate::policy;
+use crate::probe::{self, Probed};
+use crate::upstream::Upstream;
+
+impl Gateway {
+    /// Answers one request. Never fails: errors become OpenAI-shaped responses.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<GatewayBody> {
+        if let Some(response) = self.local.answer(&request).await {
+            return response;
+        }
+        let mut ctx = RequestContext::new(request.method().clone());
+        match self.serve(request, &mut ctx).await {
+            Ok(mut response) => {
+                ctx.finish(response.headers_mut());
+                response
+            }
+            Err(error) => ctx.fail(error),
+        }
+    }
+
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        ctx: &mut RequestContext,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        probe::check_headers(request.headers())?;
+        let (endpoint, model_id) = Endpoint::resolve(request.method(), request.uri().path())?;
+        ctx.log.route = endpoint.route();
+        let authed = self
+            .auth
+            .authenticate(request.headers(), request.uri().query(), ctx.now)
+            .await?;
+        let key = &authed.key.key;
+        ctx.log.key_id = Some(key.id.as_str().to_owned());
+        policy::admit_key(&authed.key, endpoint, request.headers(), ctx)?;
+        if let Some(answer) = self.models.answer(&self.router, endpoint, model_id, key) {
+            let mut response = answer?;
+            ctx.rate_headers(response.headers_mut());
+            return Ok(response);
+        }
+
+        let (parts, body) = request.into_parts();
+        let probed = probe::read(endpoint, &parts.headers, body, self.max_body_bytes).await?;
+        ctx.log.model = Some(probed.model.clone());
+        policy::allow_model(key, &probed.model)?;
+        let upstream = self.router.route(endpoint.provider(), &probed.model)?;
+        ctx.log.upstream = Some(upstream.name().to_owned());
+        let mut probed = probed;
+        self.admit(ctx, endpoint, upstream, key, &parts, &mut probed)
+            .await?;
+        let Probed {
+            body,
+            model,
+            stream,
+        } = probed;
+        let answer = self
+            .forwarder
+            .send(upstream, endpoint, &parts, body)
+            .await?;
+        let exchange = Exchange {
+            endpoint,
+            key,
+            model: &model,
+            stream,
+            upstream: upstream.name(),
+            status: answer.status(),
+        };
+        Ok(self.respond(ctx, &exchange, answer))
+    }
+
+    /// Admits the request for billing, when billing is on: the charge goes in
+    /// `ctx`, and the body may be rewritten to ask the upstream for usage.
+    async fn admit(
+        &self,
+        ctx: &mut RequestContext,
+        endpoint: Endpoint,
+        upstream: &Upstream,
+        key: &ApiKey,
+        parts: &request::Parts,
+        probed: &mut Probed,
+    ) -> Result<(), ProxyError> {
+        let Some(billing) = self.billing() else {
+            return Ok(());
+        };
+        let admission = Admission {
+            endpoint,
+            provider: upstream.kind(),
+            key,
+            model: &probed.model,
+            upstream: upstream.name(),
+            stream: probed.stream,
+            client_name: probe::client_name(&parts.headers),
+            client_ip: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
+        };
+        let charge = billing
+            .admit(admission, &mut probed.body, ctx.now, ctx.started())
+            .await?;
+        ctx.charge = Some(charge);
+        Ok(())
+    }
+
+    /// The upstream's answer on its way to the client: the charge attached
+    /// first (it reads the upstream's own bytes), then the taps and the request
+    /// log, which see what the client gets.
+    fn respond(
+        &self,
+        ctx: &mut RequestContext,
+        exchange: &Exchange<'_>,
+        answer: Response<Incoming>,
+    ) -> Response<GatewayBody> {
+        let first_byte = ctx.started().elapsed();
+        // The taps are asked first: one that panics leaves the charge
+        // unattached, so it is returned uncharged.
+        let taps: Vec<_> = self.taps.iter().filter_map(|t| t.tap(exchange)).collect();
+        let (mut head, body) = answer.into_parts();
+        ctx.rate_headers(&mut head.headers);
+        let mut body = GatewayBody::stream(body, Some(self.idle_timeout));
+        if let Some(charge) = ctx.charge.take() {
+            body = charge.attach(&mut head, body);
+        }
+        for observer in taps {
+            body = body.observe(observer);
+        }
+        let log = ctx.log.take().into_observer(head.status, first_byte);
+        Response::from_parts(head, body.observe(Box::new(log)))
+    }
+}
