@@ -23,7 +23,7 @@ use keygate_test_utils::{
 use serde_json::{Value, json};
 
 use crate::bench_load::{self, Latency, OpenLoop, Streaming, Target, Throughput};
-use crate::bench_report::{self, Meta, Results, Rss};
+use crate::bench_report::{self, ARMS, Arm, Meta, Results, Rss};
 use crate::bench_serve::{self, Cpu, GatewayChild, ServerChild, rss_kib};
 use crate::demo::{admin_json, json_str};
 
@@ -97,37 +97,6 @@ impl Plan {
                 closed_loop: Duration::from_secs(3),
                 streaming: Duration::from_secs(3),
             }
-        }
-    }
-}
-
-/// The four arms, in the order of the table's columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Arm {
-    Direct,
-    Baseline,
-    Keygate,
-    KeygateZero,
-}
-
-pub(crate) const ARMS: [Arm; 4] = [Arm::Direct, Arm::Baseline, Arm::Keygate, Arm::KeygateZero];
-
-impl Arm {
-    pub(crate) fn index(self) -> usize {
-        match self {
-            Arm::Direct => 0,
-            Arm::Baseline => 1,
-            Arm::Keygate => 2,
-            Arm::KeygateZero => 3,
-        }
-    }
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Arm::Direct => "direct",
-            Arm::Baseline => "baseline",
-            Arm::Keygate => "keygate",
-            Arm::KeygateZero => "keygate, zero prices",
         }
     }
 }

@@ -10,8 +10,38 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use hdrhistogram::Histogram;
 
-use crate::bench::{ARMS, Arm};
 use crate::bench_load::{Latency, OpenLoop, Streaming, Throughput};
+
+/// The four arms, in the order of the table's columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arm {
+    Direct,
+    Baseline,
+    Keygate,
+    KeygateZero,
+}
+
+pub(crate) const ARMS: [Arm; 4] = [Arm::Direct, Arm::Baseline, Arm::Keygate, Arm::KeygateZero];
+
+impl Arm {
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Arm::Direct => 0,
+            Arm::Baseline => 1,
+            Arm::Keygate => 2,
+            Arm::KeygateZero => 3,
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Arm::Direct => "direct",
+            Arm::Baseline => "baseline",
+            Arm::Keygate => "keygate",
+            Arm::KeygateZero => "keygate, zero prices",
+        }
+    }
+}
 
 /// The heading of the section this report owns.
 const HEADING: &str = "## Gateway overhead (cargo xtask bench)";

@@ -14,6 +14,7 @@ mod bench_report;
 mod bench_serve;
 mod demo;
 mod tidy;
+mod tidy_modules;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

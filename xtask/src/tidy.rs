@@ -6,7 +6,9 @@
 //!   with `up.sql` and `down.sql`;
 //! - every TEXT column in a migration is bounded by a CHECK, so no column can hold
 //!   a request or response body (the privacy invariant);
-//! - every crate opts into the workspace lints.
+//! - every crate opts into the workspace lints;
+//! - no two modules of a crate import each other, directly or in a cycle
+//!   (`tidy_modules`).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -19,6 +21,7 @@ pub(crate) fn check(root: &Path) -> Result<(), Vec<String>> {
     migrations_in_step(root, &mut problems);
     text_columns_bounded(root, &mut problems);
     workspace_lints(root, &mut problems);
+    crate::tidy_modules::check(root, &mut problems);
     if problems.is_empty() {
         Ok(())
     } else {
