@@ -14,6 +14,9 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// The folders that hold the workspace's members (the root `Cargo.toml`).
+const MEMBER_DIRS: [&str; 4] = ["crates", "bins", "examples", "xtask"];
+
 /// Runs every check; returns each problem as one line.
 pub(crate) fn check(root: &Path) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
@@ -56,7 +59,7 @@ fn relative(root: &Path, path: &Path) -> String {
 
 fn doc_lines(root: &Path, problems: &mut Vec<String>) {
     let mut rs = Vec::new();
-    for dir in ["crates", "bins", "xtask"] {
+    for dir in MEMBER_DIRS {
         files(&root.join(dir), "rs", &mut rs);
     }
     for path in rs {
@@ -143,7 +146,7 @@ fn text_columns_bounded(root: &Path, problems: &mut Vec<String>) {
 
 fn workspace_lints(root: &Path, problems: &mut Vec<String>) {
     let mut manifests = Vec::new();
-    for dir in ["crates", "bins", "xtask"] {
+    for dir in MEMBER_DIRS {
         files(&root.join(dir), "toml", &mut manifests);
     }
     for path in manifests.iter().filter(|p| p.ends_with("Cargo.toml")) {
