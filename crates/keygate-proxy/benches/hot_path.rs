@@ -19,7 +19,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, header};
 use keygate_keys::{Credential, ExtractOptions, KeyKind, KeyPrefix, ParsedKey, SecretKey};
 use keygate_proxy::{AuthSettings, Authenticated, Authenticator, ProxyError};
-use keygate_store::{CredentialStore, KeySettings, MemoryStore, Micros, NewAccount, NewApiKey};
+use keygate_store::{CredentialStore, KeySettings, MemoryStore, Micros};
+use keygate_test_utils::fixture;
 use serde_json::json;
 use tokio::runtime::Runtime;
 
@@ -60,29 +61,13 @@ fn fixture() -> Fixture {
     let prefix = KeyPrefix::default();
     let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
     let keys = runtime.block_on(async {
-        let account = store
-            .create_account(NewAccount {
-                name: "bench".into(),
-                email: None,
-                balance: Micros(1_000_000_000),
-            })
-            .await
-            .unwrap()
-            .id;
+        let account = fixture::account(&*store, "bench", Micros(1_000_000_000)).await;
         let mut keys = Vec::new();
         for (byte, rpm) in [(1_u8, None), (2, Some(u32::MAX)), (3, Some(1))] {
             let secret = SecretKey::from_secret_bytes(&prefix, KeyKind::Private, &[byte; 32]);
             let mut settings = KeySettings::new(KeyKind::Private);
             settings.rpm = rpm;
-            store
-                .create_key(NewApiKey {
-                    account_id: account.clone(),
-                    key_hash: secret.hash(),
-                    start: secret.start(),
-                    settings,
-                })
-                .await
-                .unwrap();
+            fixture::key_from(&*store, &account.id, &secret, settings).await;
             keys.push(secret);
         }
         keys

@@ -4,7 +4,8 @@
 //! (dropped afterwards), so test runs never collide. [`MockUpstream`] is a real
 //! HTTP server that speaks just enough OpenAI and Anthropic to stand in for a
 //! provider, over plain HTTP or TLS with [`TestCerts`]. [`GatewayProcess`] and
-//! [`admin`] run the real binaries.
+//! [`admin`] run the real binaries. With the `fixture` feature, [`fixture`] makes
+//! accounts and keys in a store.
 
 #![allow(
     clippy::panic,
@@ -12,6 +13,8 @@
     reason = "test support: failing loudly and saying what was skipped is the point"
 )]
 
+#[cfg(feature = "fixture")]
+pub mod fixture;
 mod mock_upstream;
 mod postgres;
 mod process;

@@ -449,8 +449,8 @@ fn shard_of(key: &KeyId) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keygate_keys::KeyKind;
-    use keygate_store::{CredentialStore, KeySettings, MemoryStore, NewAccount, NewApiKey};
+    use keygate_store::{CredentialStore, MemoryStore};
+    use keygate_test_utils::fixture;
 
     #[derive(Default)]
     struct Recorded(Mutex<Vec<(Reservation, Micros)>>);
@@ -463,28 +463,7 @@ mod tests {
 
     async fn setup(balance: i64) -> (Arc<MemoryStore>, AccountId, KeyId) {
         let store = Arc::new(MemoryStore::new());
-        let account = store
-            .create_account(NewAccount {
-                name: "a".into(),
-                email: None,
-                balance: Micros(balance),
-            })
-            .await
-            .unwrap();
-        let secret = keygate_keys::SecretKey::generate(
-            &keygate_keys::KeyPrefix::new("kg").unwrap(),
-            KeyKind::Private,
-        )
-        .unwrap();
-        let key = store
-            .create_key(NewApiKey {
-                account_id: account.id.clone(),
-                key_hash: secret.hash(),
-                start: secret.start(),
-                settings: KeySettings::new(KeyKind::Private),
-            })
-            .await
-            .unwrap();
+        let (account, _, key) = fixture::account_and_key(&*store, Micros(balance)).await;
         (store, account.id, key.id)
     }
 

@@ -6,31 +6,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use keygate_billing::{Price, PriceTable};
-use keygate_keys::{KeyKind, SecretKey};
+use keygate_keys::KeyKind;
 use keygate_proxy::{
-    Billing, BillingConfig, BodyObserver, Exchange, Gateway, ProxyConfig, ResponseTap,
-    ServerOptions, Shutdown, WriterSettings,
+    Billing, BillingConfig, BodyObserver, Exchange, Gateway, ProxyConfig, ResponseTap, Shutdown,
 };
 use keygate_store::{
-    AccountId, CredentialStore, DbStore, KeyId, KeySettings, KeySpend, Ledger, MemoryStore, Micros,
-    NewAccount, NewApiKey, NewReservation, Reservation, Reserve, StoreError, UsageRecord,
-    UsageSource,
+    CredentialStore, DbStore, KeySettings, Ledger, Micros, NewReservation, Reserve, UsageSource,
 };
-use keygate_test_utils::{MockUpstream, TestPostgres};
+use keygate_test_utils::{MockUpstream, fixture};
 use serde_json::json;
-use tokio::sync::oneshot;
 
-use crate::harness::{json_request, post, prefix, upstreams};
-
-/// A store that is both key store and ledger.
-trait Store: CredentialStore + Ledger {}
-impl<T: CredentialStore + Ledger> Store for T {}
+use crate::harness::{
+    Backend, GatewayBuilder, PROMPT, TestGateway, chat, json_request, post, prefix, upstreams,
+};
 
 /// The prices the tests bill at, in credits per million tokens.
 fn prices() -> PriceTable {
@@ -44,215 +37,14 @@ fn prices() -> PriceTable {
     ])
 }
 
+/// A gateway on `backend` billing at [`prices`].
+fn billed(mock: &MockUpstream, backend: Backend) -> GatewayBuilder {
+    TestGateway::builder(mock).backend(backend).billed(prices())
+}
+
 const REPLY: &str = "alpha beta gamma delta epsilon zeta eta";
 const REPLY_WORDS: u64 = 7;
-const PROMPT: &str = "Say hello to the test";
 const PROMPT_WORDS: u64 = 5;
-
-struct Billed {
-    addr: std::net::SocketAddr,
-    store: Arc<dyn Store>,
-    billing: Arc<Billing>,
-    account: AccountId,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Shutdown>>,
-    _db: Option<Db>,
-}
-
-#[allow(dead_code, reason = "held for their Drop")]
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres(TestPostgres),
-}
-
-enum Backend {
-    Memory,
-    Sqlite,
-    Postgres,
-    /// Another gateway's store: a second instance on the same database.
-    Shared(Arc<dyn Store>),
-}
-
-impl Billed {
-    /// A billed gateway on `backend`; `None` when PostgreSQL is not configured.
-    async fn start(
-        mock: &MockUpstream,
-        backend: Backend,
-        test: &str,
-        tweak: impl FnOnce(&mut ProxyConfig, &mut BillingConfig),
-        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
-        tap: Option<Arc<dyn ResponseTap>>,
-    ) -> Option<Self> {
-        let (store, db): (Arc<dyn Store>, Option<Db>) = match backend {
-            Backend::Memory => (Arc::new(MemoryStore::new()), None),
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!("sqlite://{}", dir.path().join("billing.db").display());
-                let store = DbStore::connect(&url).await.unwrap();
-                store.migrate().await.unwrap();
-                (Arc::new(store), Some(Db::Sqlite(dir)))
-            }
-            Backend::Postgres => {
-                let pg = TestPostgres::create(test).await?;
-                let store = DbStore::connect(pg.url()).await.unwrap();
-                store.migrate().await.unwrap();
-                (Arc::new(store), Some(Db::Postgres(pg)))
-            }
-            Backend::Shared(store) => (store, None),
-        };
-        let store = wrap(store);
-        let mut config = ProxyConfig::new(prefix(), upstreams(mock));
-        config.auth.poll_interval = Duration::from_millis(100);
-        let mut billing = BillingConfig::new(prices());
-        billing.writer = WriterSettings {
-            queue_capacity: 10_000,
-            batch_size: 64,
-            flush_interval: Duration::from_millis(20),
-        };
-        tweak(&mut config, &mut billing);
-        let ledger: Arc<dyn Ledger> = Arc::clone(&store) as Arc<dyn Ledger>;
-        let billing = Arc::new(Billing::new(billing, ledger));
-        let keys: Arc<dyn CredentialStore> = Arc::clone(&store) as Arc<dyn CredentialStore>;
-        let mut gateway = Gateway::new(config, keys)
-            .unwrap()
-            .with_billing(Arc::clone(&billing));
-        if let Some(tap) = tap {
-            gateway = gateway.with_tap(tap);
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let options = ServerOptions {
-            tls: None,
-            grace: Duration::from_secs(5),
-        };
-        let task = tokio::spawn(keygate_proxy::serve(
-            listener,
-            Arc::new(gateway),
-            options,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let account = store
-            .create_account(NewAccount {
-                name: "billed".into(),
-                email: None,
-                balance: Micros(1_000_000_000),
-            })
-            .await
-            .unwrap()
-            .id;
-        Some(Self {
-            addr,
-            store,
-            billing,
-            account,
-            stop: Some(stop),
-            task: Some(task),
-            _db: db,
-        })
-    }
-
-    async fn simple(mock: &MockUpstream, backend: Backend, test: &str) -> Option<Self> {
-        Self::start(mock, backend, test, |_, _| {}, |s| s, None).await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// A non-streaming chat completion for `model`.
-    async fn chat(&self, key: &str, model: &str) -> crate::harness::Reply {
-        post(
-            &self.url("/v1/chat/completions"),
-            key,
-            &chat_body(model, false),
-        )
-        .await
-    }
-
-    async fn account_with(&self, balance: Micros) -> AccountId {
-        self.store
-            .create_account(NewAccount {
-                name: "funded".into(),
-                email: None,
-                balance,
-            })
-            .await
-            .unwrap()
-            .id
-    }
-
-    async fn key_for(&self, account: &AccountId, settings: KeySettings) -> (String, KeyId) {
-        let secret = SecretKey::generate(&prefix(), KeyKind::Private).unwrap();
-        let key = self
-            .store
-            .create_key(NewApiKey {
-                account_id: account.clone(),
-                key_hash: secret.hash(),
-                start: secret.start(),
-                settings,
-            })
-            .await
-            .unwrap();
-        (secret.expose().to_owned(), key.id)
-    }
-
-    async fn key(&self) -> String {
-        let account = self.account.clone();
-        self.key_for(&account, KeySettings::new(KeyKind::Private))
-            .await
-            .0
-    }
-
-    async fn balance(&self, account: &AccountId) -> (Micros, Micros) {
-        let account = self.store.get_account(account).await.unwrap();
-        (account.balance, account.reserved)
-    }
-
-    /// Waits until `n` usage records are stored (at most 10 s), and returns them.
-    async fn records(&self, n: usize) -> Vec<UsageRecord> {
-        let since = DateTime::<Utc>::UNIX_EPOCH;
-        let until = Utc::now() + chrono::Duration::hours(1);
-        for _ in 0..500 {
-            let records = self.store.usage_between(since, until).await.unwrap();
-            if records.len() >= n {
-                return records;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let records = self.store.usage_between(since, until).await.unwrap();
-        panic!("expected {n} usage records, found {}", records.len());
-    }
-
-    /// Waits until nothing is reserved on `account` (at most 10 s).
-    async fn settled(&self, account: &AccountId) -> Micros {
-        for _ in 0..500 {
-            let (balance, reserved) = self.balance(account).await;
-            if reserved == Micros::ZERO {
-                return balance;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the reservation on {account} was never released");
-    }
-
-    async fn shutdown(mut self) -> Shutdown {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.take().unwrap().await.unwrap()
-    }
-}
-
-impl Drop for Billed {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
 
 /// `ceil(sum(tokens * micros_per_mtok) / 1e6)`, by hand.
 fn cost(parts: &[(u64, i64)]) -> Micros {
@@ -261,10 +53,6 @@ fn cost(parts: &[(u64, i64)]) -> Micros {
         .map(|(tokens, price)| i128::from(*tokens) * i128::from(*price))
         .sum();
     Micros(i64::try_from((total + 999_999) / 1_000_000).unwrap())
-}
-
-fn chat_body(model: &str, stream: bool) -> serde_json::Value {
-    json!({"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": stream})
 }
 
 struct Case {
@@ -279,7 +67,7 @@ struct Case {
 fn cases() -> Vec<Case> {
     let gpt4o = |i, o| cost(&[(i, 2_500_000), (o, 10_000_000)]);
     let haiku = |i, o| cost(&[(i, 1_000_000), (o, 5_000_000)]);
-    let mut stream_with_usage = chat_body("gpt-4o", true);
+    let mut stream_with_usage = chat("gpt-4o", true);
     stream_with_usage["stream_options"] = json!({"include_usage": true});
     let case = |name, path, body, input, output, cost| Case {
         name,
@@ -293,7 +81,7 @@ fn cases() -> Vec<Case> {
         case(
             "chat json",
             "/v1/chat/completions",
-            chat_body("gpt-4o", false),
+            chat("gpt-4o", false),
             PROMPT_WORDS,
             REPLY_WORDS,
             gpt4o(PROMPT_WORDS, REPLY_WORDS),
@@ -301,7 +89,7 @@ fn cases() -> Vec<Case> {
         case(
             "chat stream, usage injected",
             "/v1/chat/completions",
-            chat_body("gpt-4o", true),
+            chat("gpt-4o", true),
             PROMPT_WORDS,
             REPLY_WORDS,
             gpt4o(PROMPT_WORDS, REPLY_WORDS),
@@ -375,10 +163,10 @@ fn cases() -> Vec<Case> {
 
 /// Every shape, streamed and not: the stored tokens and cost are exact, the
 /// balance moves by exactly the sum, and nothing stays reserved.
-async fn every_shape_is_billed_exactly(backend: Backend, test: &str) {
+async fn every_shape_is_billed_exactly(backend: Backend) {
     let mock = MockUpstream::start().await;
     mock.set_reply(REPLY);
-    let Some(gw) = Billed::simple(&mock, backend, test).await else {
+    let Some(gw) = billed(&mock, backend).try_start().await else {
         return;
     };
     let key = gw.key().await;
@@ -414,28 +202,28 @@ async fn every_shape_is_billed_exactly(backend: Backend, test: &str) {
     }
     let balance = gw.settled(&gw.account).await;
     assert_eq!(balance, Micros(1_000_000_000 - total.0));
-    assert_eq!(gw.billing.metrics().records_dropped, 0);
+    assert_eq!(gw.billing().metrics().records_dropped, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_shape_is_billed_exactly_on_sqlite() {
-    every_shape_is_billed_exactly(Backend::Sqlite, "every_shape_sqlite").await;
+    every_shape_is_billed_exactly(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_shape_is_billed_exactly_on_postgres() {
-    every_shape_is_billed_exactly(Backend::Postgres, "every_shape_postgres").await;
+    every_shape_is_billed_exactly(Backend::Postgres("every_shape_postgres")).await;
 }
 
 /// Cached input, where the upstream reports it (`prompt_tokens_details`,
 /// `input_tokens_details`, `cache_read_input_tokens`), is billed at the cached
 /// price, streamed or not.
-async fn cached_input_is_billed_at_the_cached_price(backend: Backend, test: &str) {
+async fn cached_input_is_billed_at_the_cached_price(backend: Backend) {
     const CACHED: u64 = 3;
     let mock = MockUpstream::start().await;
     mock.set_reply(REPLY);
     mock.set_cached_tokens(CACHED as usize);
-    let Some(gw) = Billed::simple(&mock, backend, test).await else {
+    let Some(gw) = billed(&mock, backend).try_start().await else {
         return;
     };
     let key = gw.key().await;
@@ -450,15 +238,15 @@ async fn cached_input_is_billed_at_the_cached_price(backend: Backend, test: &str
         (CACHED, 100_000),
         (REPLY_WORDS, 5_000_000),
     ]);
-    let mut stream_chat = chat_body("gpt-4o", true);
+    let mut stream_chat = chat("gpt-4o", true);
     stream_chat["stream_options"] = json!({"include_usage": true});
     let message = |stream: bool| {
         json!({"model": "claude-haiku-4-5", "max_tokens": 64, "stream": stream,
                "messages": [{"role": "user", "content": PROMPT}]})
     };
     let cases = [
-        ("/v1/chat/completions", chat_body("gpt-4o", false), gpt4o),
-        ("/v1/chat/completions", chat_body("gpt-4o", true), gpt4o),
+        ("/v1/chat/completions", chat("gpt-4o", false), gpt4o),
+        ("/v1/chat/completions", chat("gpt-4o", true), gpt4o),
         ("/v1/chat/completions", stream_chat, gpt4o),
         (
             "/v1/responses",
@@ -497,17 +285,17 @@ async fn cached_input_is_billed_at_the_cached_price(backend: Backend, test: &str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_input_is_billed_at_the_cached_price_on_sqlite() {
-    cached_input_is_billed_at_the_cached_price(Backend::Sqlite, "cached_sqlite").await;
+    cached_input_is_billed_at_the_cached_price(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_input_is_billed_at_the_cached_price_on_postgres() {
-    cached_input_is_billed_at_the_cached_price(Backend::Postgres, "cached_postgres").await;
+    cached_input_is_billed_at_the_cached_price(Backend::Postgres("cached_postgres")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_shape_is_billed_exactly_in_memory() {
-    every_shape_is_billed_exactly(Backend::Memory, "every_shape_memory").await;
+    every_shape_is_billed_exactly(Backend::Memory).await;
 }
 
 /// Server-sent events of a body, as JSON values (`[DONE]` left out).
@@ -526,9 +314,7 @@ fn events(body: &[u8]) -> Vec<serde_json::Value> {
 async fn the_injected_usage_chunk_is_hidden_from_clients_that_did_not_ask() {
     let mock = MockUpstream::start().await;
     mock.set_reply(REPLY);
-    let gw = Billed::simple(&mock, Backend::Memory, "hidden")
-        .await
-        .unwrap();
+    let gw = billed(&mock, Backend::Memory).start().await;
     let key = gw.key().await;
 
     let direct = |body: &serde_json::Value| {
@@ -538,7 +324,7 @@ async fn the_injected_usage_chunk_is_hidden_from_clients_that_did_not_ask() {
             body,
         )
     };
-    let plain = chat_body("gpt-4o", true);
+    let plain = chat("gpt-4o", true);
     let through = post(&gw.url("/v1/chat/completions"), &key, &plain).await;
     let upstream_saw: serde_json::Value =
         serde_json::from_slice(&mock.requests().last().unwrap().body).unwrap();
@@ -552,7 +338,7 @@ async fn the_injected_usage_chunk_is_hidden_from_clients_that_did_not_ask() {
     }
     assert!(through.text().ends_with("data: [DONE]\n\n"));
 
-    let mut asked = chat_body("gpt-4o", true);
+    let mut asked = chat("gpt-4o", true);
     asked["stream_options"] = json!({"include_usage": true});
     let through = post(&gw.url("/v1/chat/completions"), &key, &asked).await;
     let forwarded = mock.requests().last().unwrap().body.clone();
@@ -569,23 +355,18 @@ async fn the_injected_usage_chunk_is_hidden_from_clients_that_did_not_ask() {
 /// 200 concurrent requests against a balance that covers about 10 reservations:
 /// every 2xx is paid for, nothing else is charged, the balance never goes below
 /// zero and nothing stays reserved.
-async fn concurrent_requests_never_overdraw(backend: Backend, test: &str, window: Duration) {
+async fn concurrent_requests_never_overdraw(backend: Backend, window: Duration) {
     let mock = MockUpstream::start().await;
     mock.set_reply(REPLY);
     mock.set_latency(Duration::from_millis(20));
-    let Some(gw) = Billed::start(
-        &mock,
-        backend,
-        test,
-        |_, billing| billing.batch_window = window,
-        |s| s,
-        None,
-    )
-    .await
+    let Some(gw) = billed(&mock, backend)
+        .billing(|billing| billing.batch_window = window)
+        .try_start()
+        .await
     else {
         return;
     };
-    let mut body = chat_body("gpt-4o", false);
+    let mut body = chat("gpt-4o", false);
     body["max_tokens"] = json!(16);
     let reservation = cost(&[(body.to_string().len() as u64, 2_500_000), (16, 10_000_000)]);
     let start = Micros(reservation.0 * 10 + reservation.0 / 2);
@@ -641,27 +422,25 @@ async fn concurrent_requests_never_overdraw(backend: Backend, test: &str, window
     let records = gw.records(ok as usize).await;
     assert_eq!(records.len() as i64, ok);
     assert!(records.iter().all(|r| r.cost == each && r.status == 200));
-    assert_eq!(gw.billing.metrics().refused, 200 - ok as u64);
-    assert_eq!(gw.billing.metrics().records_dropped, 0);
+    assert_eq!(gw.billing().metrics().refused, 200 - ok as u64);
+    assert_eq!(gw.billing().metrics().records_dropped, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_requests_never_overdraw_on_sqlite() {
-    concurrent_requests_never_overdraw(Backend::Sqlite, "overdraw_sqlite", Duration::from_secs(1))
-        .await;
+    concurrent_requests_never_overdraw(Backend::Sqlite, Duration::from_secs(1)).await;
 }
 
 /// The same with leases off: one store reservation per request.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_requests_never_overdraw_without_leases() {
-    concurrent_requests_never_overdraw(Backend::Sqlite, "overdraw_strict", Duration::ZERO).await;
+    concurrent_requests_never_overdraw(Backend::Sqlite, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_requests_never_overdraw_on_postgres() {
     concurrent_requests_never_overdraw(
-        Backend::Postgres,
-        "overdraw_postgres",
+        Backend::Postgres("overdraw_postgres"),
         Duration::from_secs(1),
     )
     .await;
@@ -674,22 +453,17 @@ async fn two_instances_share_a_balance_without_overdrawing() {
     let mock = MockUpstream::start().await;
     mock.set_reply(REPLY);
     mock.set_latency(Duration::from_millis(10));
-    let Some(first) = Billed::simple(&mock, Backend::Postgres, "two_instances").await else {
+    let Some(first) = billed(&mock, Backend::Postgres("two_instances"))
+        .try_start()
+        .await
+    else {
         return;
     };
-    let url = match &first._db {
-        Some(Db::Postgres(pg)) => pg.url().to_owned(),
-        _ => unreachable!(),
-    };
-    let second_store = DbStore::connect(&url).await.unwrap();
-    let second = Billed::simple(
-        &mock,
-        Backend::Shared(Arc::new(second_store)),
-        "two_instances",
-    )
-    .await
-    .unwrap();
-    let body = chat_body("gpt-4o", false);
+    let second_store = DbStore::connect(first.database_url()).await.unwrap();
+    let second = billed(&mock, Backend::Shared(Arc::new(second_store)))
+        .start()
+        .await;
+    let body = chat("gpt-4o", false);
     let each = cost(&[(PROMPT_WORDS, 2_500_000), (REPLY_WORDS, 10_000_000)]);
     let bound = cost(&[
         (body.to_string().len() as u64, 2_500_000),
@@ -731,9 +505,7 @@ async fn two_instances_share_a_balance_without_overdrawing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spend_limit_refuses_with_402() {
     let mock = MockUpstream::start().await;
-    let gw = Billed::simple(&mock, Backend::Memory, "limit")
-        .await
-        .unwrap();
+    let gw = billed(&mock, Backend::Memory).start().await;
     let mut settings = KeySettings::new(KeyKind::Private);
     settings.spend_limit = Some(Micros(10));
     let account = gw.account.clone();
@@ -757,24 +529,16 @@ async fn a_spend_limit_refuses_with_402() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unpriced_models_are_refused_unless_allowed() {
     let mock = MockUpstream::start().await;
-    let gw = Billed::simple(&mock, Backend::Memory, "unpriced")
-        .await
-        .unwrap();
+    let gw = billed(&mock, Backend::Memory).start().await;
     let key = gw.key().await;
     let reply = gw.chat(&key, "gpt-4o-2024-08-06").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(reply.text().contains("no price"), "{}", reply.text());
 
-    let gw = Billed::start(
-        &mock,
-        Backend::Memory,
-        "unpriced",
-        |_, billing| billing.allow_unpriced = true,
-        |s| s,
-        None,
-    )
-    .await
-    .unwrap();
+    let gw = billed(&mock, Backend::Memory)
+        .billing(|billing| billing.allow_unpriced = true)
+        .start()
+        .await;
     let key = gw.key().await;
     let reply = gw.chat(&key, "gpt-4o-2024-08-06").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -788,13 +552,13 @@ async fn unpriced_models_are_refused_unless_allowed() {
 async fn an_upstream_500_charges_nothing() {
     let mock = MockUpstream::start().await;
     mock.fail_with(500, r#"{"error":{"message":"boom","type":"server_error"}}"#);
-    let gw = Billed::simple(&mock, Backend::Sqlite, "500").await.unwrap();
+    let gw = billed(&mock, Backend::Sqlite).start().await;
     let key = gw.key().await;
     for stream in [false, true] {
         let reply = post(
             &gw.url("/v1/chat/completions"),
             &key,
-            &chat_body("gpt-4o", stream),
+            &chat("gpt-4o", stream),
         )
         .await;
         assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -806,7 +570,7 @@ async fn an_upstream_500_charges_nothing() {
             .all(|r| r.status == 500 && r.cost == Micros::ZERO)
     );
     assert_eq!(gw.settled(&gw.account).await, Micros(1_000_000_000));
-    assert_eq!(gw.billing.metrics().settled, 0);
+    assert_eq!(gw.billing().metrics().settled, 0);
 }
 
 /// No answer at all (a refused connection, a first-byte timeout): released.
@@ -814,16 +578,10 @@ async fn an_upstream_500_charges_nothing() {
 async fn unreachable_and_slow_upstreams_release_the_reservation() {
     let mock = MockUpstream::start().await;
     mock.hang();
-    let gw = Billed::start(
-        &mock,
-        Backend::Memory,
-        "timeout",
-        |config, _| config.timeouts.first_byte = Duration::from_millis(200),
-        |s| s,
-        None,
-    )
-    .await
-    .unwrap();
+    let gw = billed(&mock, Backend::Memory)
+        .config(|config| config.timeouts.first_byte = Duration::from_millis(200))
+        .start()
+        .await;
     let key = gw.key().await;
     let reply = gw.chat(&key, "gpt-4o").await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
@@ -831,9 +589,7 @@ async fn unreachable_and_slow_upstreams_release_the_reservation() {
     assert_eq!(gw.records(1).await[0].status, 504);
 
     let closed = MockUpstream::start().await;
-    let gw2 = Billed::simple(&closed, Backend::Memory, "refused")
-        .await
-        .unwrap();
+    let gw2 = billed(&closed, Backend::Memory).start().await;
     let key = gw2.key().await;
     closed.shutdown().await;
     let reply = gw2.chat(&key, "gpt-4o").await;
@@ -846,14 +602,12 @@ async fn unreachable_and_slow_upstreams_release_the_reservation() {
 async fn a_client_that_leaves_before_the_answer_is_not_charged() {
     let mock = MockUpstream::start().await;
     mock.set_latency(Duration::from_secs(2));
-    let gw = Billed::simple(&mock, Backend::Memory, "leave")
-        .await
-        .unwrap();
+    let gw = billed(&mock, Backend::Memory).start().await;
     let key = gw.key().await;
     let url = gw.url("/v1/chat/completions");
     let attempt = tokio::time::timeout(
         Duration::from_millis(300),
-        post(&url, &key, &chat_body("gpt-4o", false)),
+        post(&url, &key, &chat("gpt-4o", false)),
     )
     .await;
     assert!(attempt.is_err(), "the answer came too soon");
@@ -869,11 +623,9 @@ async fn an_aborted_stream_is_billed_as_estimated() {
     let mock = MockUpstream::start().await;
     mock.set_reply(REPLY);
     mock.set_chunk_delay(Duration::from_millis(150));
-    let gw = Billed::simple(&mock, Backend::Sqlite, "aborted")
-        .await
-        .unwrap();
+    let gw = billed(&mock, Backend::Sqlite).start().await;
     let key = gw.key().await;
-    let body = chat_body("gpt-4o", true);
+    let body = chat("gpt-4o", true);
     let response = crate::harness::client()
         .request(json_request(&gw.url("/v1/chat/completions"), &key, &body))
         .await
@@ -933,22 +685,16 @@ async fn a_panic_releases_the_reservation() {
         }
     }
     let mock = MockUpstream::start().await;
-    let gw = Billed::start(
-        &mock,
-        Backend::Memory,
-        "panic",
-        |_, _| {},
-        |s| s,
-        Some(Arc::new(Panics)),
-    )
-    .await
-    .unwrap();
+    let gw = billed(&mock, Backend::Memory)
+        .tap(Arc::new(Panics))
+        .start()
+        .await;
     let key = gw.key().await;
     let sent = crate::harness::client()
         .request(json_request(
             &gw.url("/v1/chat/completions"),
             &key,
-            &chat_body("gpt-4o", false),
+            &chat("gpt-4o", false),
         ))
         .await;
     assert!(
@@ -956,182 +702,26 @@ async fn a_panic_releases_the_reservation() {
         "the connection should have died with the panic"
     );
     assert_eq!(gw.settled(&gw.account).await, Micros(1_000_000_000));
-    let metrics = gw.billing.metrics();
+    let metrics = gw.billing().metrics();
     assert_eq!((metrics.holds, metrics.settled), (1, 0));
-}
-
-/// A ledger whose usage writes fail while `down` is set.
-#[derive(Debug)]
-struct FlakyLedger {
-    inner: Arc<dyn Store>,
-    down: AtomicBool,
-    /// Answers a reservation this long after it committed, in milliseconds.
-    reserve_reply_delay_ms: std::sync::atomic::AtomicU64,
-}
-
-#[async_trait]
-impl Ledger for FlakyLedger {
-    async fn reserve(&self, new: NewReservation) -> keygate_store::Result<Reserve> {
-        let reserved = self.inner.reserve(new).await;
-        let delay = self.reserve_reply_delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        reserved
-    }
-    async fn settle(&self, r: &Reservation, cost: Micros) -> keygate_store::Result<()> {
-        self.inner.settle(r, cost).await
-    }
-    async fn release(&self, r: &Reservation) -> keygate_store::Result<()> {
-        self.inner.release(r).await
-    }
-    async fn sweep_reservations(&self, now: DateTime<Utc>) -> keygate_store::Result<u64> {
-        self.inner.sweep_reservations(now).await
-    }
-    async fn key_spend(&self, key: &KeyId) -> keygate_store::Result<KeySpend> {
-        self.inner.key_spend(key).await
-    }
-    async fn record_usage(&self, records: &[UsageRecord]) -> keygate_store::Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("test: store switched off".into()));
-        }
-        self.inner.record_usage(records).await
-    }
-    async fn usage_between(
-        &self,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> keygate_store::Result<Vec<UsageRecord>> {
-        self.inner.usage_between(since, until).await
-    }
-    async fn purge_usage(&self, before: DateTime<Utc>) -> keygate_store::Result<u64> {
-        self.inner.purge_usage(before).await
-    }
-    async fn usage_report(
-        &self,
-        query: &keygate_store::UsageQuery,
-    ) -> keygate_store::Result<Vec<keygate_store::UsageTotals>> {
-        self.inner.usage_report(query).await
-    }
-}
-
-#[async_trait]
-impl CredentialStore for FlakyLedger {
-    fn backend(&self) -> &'static str {
-        "flaky"
-    }
-    async fn ping(&self) -> keygate_store::Result<()> {
-        self.inner.ping().await
-    }
-    async fn create_account(
-        &self,
-        new: NewAccount,
-    ) -> keygate_store::Result<keygate_store::Account> {
-        self.inner.create_account(new).await
-    }
-    async fn get_account(&self, id: &AccountId) -> keygate_store::Result<keygate_store::Account> {
-        self.inner.get_account(id).await
-    }
-    async fn list_accounts(&self) -> keygate_store::Result<Vec<keygate_store::Account>> {
-        self.inner.list_accounts().await
-    }
-    async fn top_up(
-        &self,
-        id: &AccountId,
-        amount: Micros,
-    ) -> keygate_store::Result<keygate_store::Account> {
-        self.inner.top_up(id, amount).await
-    }
-    async fn create_key(&self, new: NewApiKey) -> keygate_store::Result<keygate_store::ApiKey> {
-        self.inner.create_key(new).await
-    }
-    async fn get_key(&self, id: &KeyId) -> keygate_store::Result<keygate_store::ApiKey> {
-        self.inner.get_key(id).await
-    }
-    async fn find_key_by_hash(
-        &self,
-        hash: &keygate_keys::KeyHash,
-    ) -> keygate_store::Result<Option<keygate_store::ApiKey>> {
-        self.inner.find_key_by_hash(hash).await
-    }
-    async fn list_keys(
-        &self,
-        account: Option<&AccountId>,
-    ) -> keygate_store::Result<Vec<keygate_store::ApiKey>> {
-        self.inner.list_keys(account).await
-    }
-    async fn update_key(
-        &self,
-        id: &KeyId,
-        update: keygate_store::KeyUpdate,
-    ) -> keygate_store::Result<keygate_store::ApiKey> {
-        self.inner.update_key(id, update).await
-    }
-    async fn revoke_key(
-        &self,
-        id: &KeyId,
-        at: DateTime<Utc>,
-    ) -> keygate_store::Result<keygate_store::ApiKey> {
-        self.inner.revoke_key(id, at).await
-    }
-    async fn rotate_key(
-        &self,
-        id: &KeyId,
-        replacement: keygate_store::ReplacementKey,
-        at: DateTime<Utc>,
-    ) -> keygate_store::Result<(keygate_store::ApiKey, keygate_store::ApiKey)> {
-        self.inner.rotate_key(id, replacement, at).await
-    }
-    async fn record_key_use(&self, uses: &[(KeyId, DateTime<Utc>)]) -> keygate_store::Result<()> {
-        self.inner.record_key_use(uses).await
-    }
-    async fn key_changes_since(
-        &self,
-        after: u64,
-        limit: u32,
-    ) -> keygate_store::Result<Vec<keygate_store::KeyChange>> {
-        self.inner.key_changes_since(after, limit).await
-    }
-    async fn latest_key_change(&self) -> keygate_store::Result<u64> {
-        self.inner.latest_key_change().await
-    }
 }
 
 /// Usage writes fail for a while: the writer retries and loses nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_records_survive_a_store_outage() {
     let mock = MockUpstream::start().await;
-    let flaky: Arc<std::sync::Mutex<Option<Arc<FlakyLedger>>>> = Arc::default();
-    let slot = Arc::clone(&flaky);
-    let gw = Billed::start(
-        &mock,
-        Backend::Sqlite,
-        "outage",
-        |_, _| {},
-        move |inner| {
-            let ledger = Arc::new(FlakyLedger {
-                inner,
-                down: AtomicBool::new(true),
-                reserve_reply_delay_ms: std::sync::atomic::AtomicU64::new(0),
-            });
-            *slot.lock().unwrap() = Some(Arc::clone(&ledger));
-            ledger
-        },
-        None,
-    )
-    .await
-    .unwrap();
-    let flaky = flaky.lock().unwrap().clone().unwrap();
+    let gw = billed(&mock, Backend::Sqlite).faulty().start().await;
+    gw.faults().set_usage_down(true);
     let key = gw.key().await;
     for _ in 0..5 {
         let reply = gw.chat(&key, "gpt-4o").await;
         assert_eq!(reply.status, StatusCode::OK);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gw.billing.metrics().records_written, 0);
-    flaky.down.store(false, Ordering::SeqCst);
+    assert_eq!(gw.billing().metrics().records_written, 0);
+    gw.faults().set_usage_down(false);
     assert_eq!(gw.records(5).await.len(), 5);
-    assert_eq!(gw.billing.metrics().records_dropped, 0);
+    assert_eq!(gw.billing().metrics().records_dropped, 0);
 }
 
 /// A client that goes away while its reservation is being taken (the store has
@@ -1141,31 +731,18 @@ async fn usage_records_survive_a_store_outage() {
 async fn a_client_gone_mid_reservation_strands_nothing() {
     let mock = MockUpstream::start().await;
     for window in [Duration::ZERO, Duration::from_millis(200)] {
-        let slot: Arc<std::sync::Mutex<Option<Arc<FlakyLedger>>>> = Arc::default();
-        let inner_slot = Arc::clone(&slot);
-        let gw = Billed::start(
-            &mock,
-            Backend::Memory,
-            "mid_reserve",
-            |_, billing| billing.batch_window = window,
-            move |inner| {
-                let ledger = Arc::new(FlakyLedger {
-                    inner,
-                    down: AtomicBool::new(false),
-                    reserve_reply_delay_ms: std::sync::atomic::AtomicU64::new(400),
-                });
-                *inner_slot.lock().unwrap() = Some(Arc::clone(&ledger));
-                ledger
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        let gw = billed(&mock, Backend::Memory)
+            .billing(|billing| billing.batch_window = window)
+            .faulty()
+            .start()
+            .await;
+        gw.faults()
+            .set_reserve_reply_delay(Duration::from_millis(400));
         let key = gw.key().await;
         let url = gw.url("/v1/chat/completions");
         let attempt = tokio::time::timeout(
             Duration::from_millis(100),
-            post(&url, &key, &chat_body("gpt-4o", false)),
+            post(&url, &key, &chat("gpt-4o", false)),
         )
         .await;
         assert!(attempt.is_err(), "answered before the reservation was");
@@ -1176,7 +753,6 @@ async fn a_client_gone_mid_reservation_strands_nothing() {
             "window {window:?}"
         );
         assert_eq!(mock.requests().len(), 0, "nothing was forwarded");
-        drop(slot);
     }
 }
 
@@ -1184,19 +760,13 @@ async fn a_client_gone_mid_reservation_strands_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_flushes_queued_usage_records() {
     let mock = MockUpstream::start().await;
-    let gw = Billed::start(
-        &mock,
-        Backend::Sqlite,
-        "flush",
-        |_, billing| {
+    let gw = billed(&mock, Backend::Sqlite)
+        .billing(|billing| {
             billing.writer.flush_interval = Duration::from_secs(3600);
             billing.writer.batch_size = 1000;
-        },
-        |s| s,
-        None,
-    )
-    .await
-    .unwrap();
+        })
+        .start()
+        .await;
     let key = gw.key().await;
     for _ in 0..3 {
         let reply = post(
@@ -1208,9 +778,13 @@ async fn shutdown_flushes_queued_usage_records() {
         assert_eq!(reply.status, StatusCode::OK);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(gw.billing.metrics().records_written, 0, "flushed too early");
+    assert_eq!(
+        gw.billing().metrics().records_written,
+        0,
+        "flushed too early"
+    );
     let store = Arc::clone(&gw.store);
-    let billing = Arc::clone(&gw.billing);
+    let billing = Arc::clone(gw.billing());
     assert_eq!(gw.shutdown().await, Shutdown::Drained);
     let records = store
         .usage_between(DateTime::<Utc>::UNIX_EPOCH, Utc::now())
@@ -1226,19 +800,13 @@ async fn shutdown_flushes_queued_usage_records() {
 async fn usage_records_name_the_client_and_keep_no_address_by_default() {
     let mock = MockUpstream::start().await;
     for log_ip in [false, true] {
-        let gw = Billed::start(
-            &mock,
-            Backend::Memory,
-            "client",
-            |_, billing| billing.log_client_ip = log_ip,
-            |s| s,
-            None,
-        )
-        .await
-        .unwrap();
+        let gw = billed(&mock, Backend::Memory)
+            .billing(|billing| billing.log_client_ip = log_ip)
+            .start()
+            .await;
         let key = gw.key().await;
         let auth = format!("Bearer {key}");
-        let body = chat_body("gpt-4o", false).to_string();
+        let body = chat("gpt-4o", false).to_string();
         for extra in [
             ("x-client-name", "nightly-batch"),
             ("user-agent", "OpenAI/Python 9.9"),
@@ -1270,9 +838,7 @@ async fn usage_records_name_the_client_and_keep_no_address_by_default() {
 #[tokio::test(flavor = "multi_thread")]
 async fn old_usage_records_are_purged_at_start_up() {
     let mock = MockUpstream::start().await;
-    let gw = Billed::simple(&mock, Backend::Sqlite, "purge")
-        .await
-        .unwrap();
+    let gw = billed(&mock, Backend::Sqlite).start().await;
     let key = gw.key().await;
     let reply = gw.chat(&key, "gpt-4o").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -1281,9 +847,9 @@ async fn old_usage_records_are_purged_at_start_up() {
     gw.store.record_usage(&[old]).await.unwrap();
     assert_eq!(gw.records(2).await.len(), 2);
     // A second gateway on the same database purges at start-up (90 days).
-    let second = Billed::simple(&mock, Backend::Shared(Arc::clone(&gw.store)), "purge")
-        .await
-        .unwrap();
+    let second = billed(&mock, Backend::Shared(Arc::clone(&gw.store)))
+        .start()
+        .await;
     let mut records = second.records(1).await;
     for _ in 0..250 {
         if records.len() == 1 {
@@ -1296,7 +862,8 @@ async fn old_usage_records_are_purged_at_start_up() {
     assert!(records[0].at > Utc::now() - chrono::Duration::days(1));
 }
 
-/// A reservation a crash left behind is swept when the gateway starts.
+/// A reservation a crash left behind is swept when the gateway starts. This one
+/// needs no server: `start_background` itself sweeps before it returns.
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_reservations_are_swept_at_start_up() {
     let mock = MockUpstream::start().await;
@@ -1304,24 +871,7 @@ async fn expired_reservations_are_swept_at_start_up() {
     let url = format!("sqlite://{}", dir.path().join("crash.db").display());
     let store = DbStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    let account = store
-        .create_account(NewAccount {
-            name: "crashed".into(),
-            email: None,
-            balance: Micros(1000),
-        })
-        .await
-        .unwrap();
-    let secret = SecretKey::generate(&prefix(), KeyKind::Private).unwrap();
-    let key = store
-        .create_key(NewApiKey {
-            account_id: account.id.clone(),
-            key_hash: secret.hash(),
-            start: secret.start(),
-            settings: KeySettings::new(KeyKind::Private),
-        })
-        .await
-        .unwrap();
+    let (account, _, key) = fixture::account_and_key(&store, Micros(1000)).await;
     let held = store
         .reserve(NewReservation {
             account_id: account.id.clone(),

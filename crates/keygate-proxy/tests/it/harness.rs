@@ -1,12 +1,12 @@
-//! A real gateway on 127.0.0.1:0 in front of a real mock upstream, a store to make
-//! keys in, and a small hyper client that records when each frame arrived.
+//! The one gateway harness: a real gateway on 127.0.0.1:0 in front of a real mock
+//! upstream, built by [`GatewayBuilder`] (backend, billing, taps, config, TLS, a
+//! faulty store), with its store to make accounts and keys in, and a small hyper
+//! client that records when each frame arrived.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -14,22 +14,31 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keygate_keys::{KeyHash, KeyKind, KeyPrefix, SecretKey};
+use keygate_billing::PriceTable;
+use keygate_keys::KeyPrefix;
 use keygate_proxy::{
-    Gateway, ProviderKey, ProviderKind, ProxyConfig, ServerOptions, Shutdown, UpstreamConfig,
+    Billing, BillingConfig, Gateway, ProviderKey, ProviderKind, ProxyConfig, ResponseTap,
+    ServerOptions, Shutdown, UpstreamConfig, WriterSettings,
 };
 use keygate_store::{
-    Account, AccountId, ApiKey, CredentialStore, KeyChange, KeyId, KeySettings, KeyUpdate,
-    MemoryStore, Micros, NewAccount, NewApiKey, ReplacementKey, StoreError,
+    AccountId, CredentialStore, DbStore, KeyId, KeySettings, Ledger, MemoryStore, Micros,
+    UsageRecord,
 };
-use keygate_test_utils::MockUpstream;
+use keygate_test_utils::{MockUpstream, TestPostgres, fixture};
 use tokio::sync::oneshot;
+
+pub use crate::faults::{FaultyStore, Store};
 
 pub const PROVIDER_KEY: &str = "sk-upstream-provider-key-0123456789";
 pub const ANTHROPIC_PROVIDER_KEY: &str = "sk-ant-upstream-provider-key-0123456789";
+/// What [`chat`] asks, five words.
+pub const PROMPT: &str = "Say hello to the test";
+/// The balance of every harness gateway's own account.
+const FUNDS: Micros = Micros(1_000_000_000);
 
+/// The key prefix the gateway expects and fixture keys carry.
 pub fn prefix() -> KeyPrefix {
-    KeyPrefix::new("kg").unwrap()
+    fixture::prefix()
 }
 
 /// OpenAI and Anthropic upstreams, both on `mock`.
@@ -58,193 +67,283 @@ pub fn upstreams(mock: &MockUpstream) -> Vec<UpstreamConfig> {
     ]
 }
 
-/// A store whose every call can be made to fail as "unavailable".
-#[derive(Debug)]
-pub struct SwitchableStore {
-    inner: MemoryStore,
-    pub down: AtomicBool,
-    /// Sleep between reading a key and returning it, in milliseconds.
-    pub lookup_delay_ms: std::sync::atomic::AtomicU64,
+/// Where a gateway's accounts, keys and usage live.
+pub enum Backend {
+    Memory,
+    /// A fresh SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh PostgreSQL database named after the test; the gateway is not
+    /// started when `KEYGATE_TEST_POSTGRES_URL` is unset.
+    Postgres(&'static str),
+    /// Another gateway's store: a second instance on the same database.
+    Shared(Arc<dyn Store>),
 }
 
-impl SwitchableStore {
-    pub fn new() -> Self {
-        Self {
-            inner: MemoryStore::new(),
-            down: AtomicBool::new(false),
-            lookup_delay_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    fn check(&self) -> keygate_store::Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("test: store switched off".into()))
-        } else {
-            Ok(())
-        }
-    }
+/// How to start a [`TestGateway`]: memory store, no billing, no taps, plain HTTP
+/// and a 5 s grace period unless told otherwise.
+pub struct GatewayBuilder {
+    backend: Backend,
+    config: ProxyConfig,
+    billing: Option<BillingConfig>,
+    taps: Vec<Arc<dyn ResponseTap>>,
+    faulty: bool,
+    options: ServerOptions,
 }
 
-#[async_trait]
-impl CredentialStore for SwitchableStore {
-    fn backend(&self) -> &'static str {
-        "switchable"
+impl GatewayBuilder {
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
     }
-    async fn ping(&self) -> keygate_store::Result<()> {
-        self.check()
+
+    /// Changes the gateway's config (upstreams on the mock, a 100 ms change-feed
+    /// poll) before it is built.
+    pub fn config(mut self, tweak: impl FnOnce(&mut ProxyConfig)) -> Self {
+        tweak(&mut self.config);
+        self
     }
-    async fn create_account(&self, new: NewAccount) -> keygate_store::Result<Account> {
-        self.inner.create_account(new).await
+
+    /// Bills every request at `prices`, with a usage writer that flushes every 20 ms.
+    pub fn billed(mut self, prices: PriceTable) -> Self {
+        let mut billing = BillingConfig::new(prices);
+        billing.writer = WriterSettings {
+            queue_capacity: 10_000,
+            batch_size: 64,
+            flush_interval: Duration::from_millis(20),
+        };
+        self.billing = Some(billing);
+        self
     }
-    async fn get_account(&self, id: &AccountId) -> keygate_store::Result<Account> {
-        self.inner.get_account(id).await
+
+    /// Changes the billing config; [`Self::billed`] comes first.
+    pub fn billing(mut self, tweak: impl FnOnce(&mut BillingConfig)) -> Self {
+        tweak(self.billing.as_mut().expect("billing() before billed()"));
+        self
     }
-    async fn list_accounts(&self) -> keygate_store::Result<Vec<Account>> {
-        self.inner.list_accounts().await
+
+    pub fn tap(mut self, tap: Arc<dyn ResponseTap>) -> Self {
+        self.taps.push(tap);
+        self
     }
-    async fn top_up(&self, id: &AccountId, amount: Micros) -> keygate_store::Result<Account> {
-        self.inner.top_up(id, amount).await
+
+    /// Puts a [`FaultyStore`] between the gateway and the backend, reached through
+    /// [`TestGateway::faults`].
+    pub fn faulty(mut self) -> Self {
+        self.faulty = true;
+        self
     }
-    async fn create_key(&self, new: NewApiKey) -> keygate_store::Result<ApiKey> {
-        self.inner.create_key(new).await
+
+    pub fn tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.options.tls = Some(tls);
+        self
     }
-    async fn get_key(&self, id: &KeyId) -> keygate_store::Result<ApiKey> {
-        self.inner.get_key(id).await
+
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.options.grace = grace;
+        self
     }
-    async fn find_key_by_hash(&self, hash: &KeyHash) -> keygate_store::Result<Option<ApiKey>> {
-        self.check()?;
-        let found = self.inner.find_key_by_hash(hash).await;
-        let delay = self.lookup_delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        found
-    }
-    async fn list_keys(&self, account: Option<&AccountId>) -> keygate_store::Result<Vec<ApiKey>> {
-        self.inner.list_keys(account).await
-    }
-    async fn update_key(&self, id: &KeyId, update: KeyUpdate) -> keygate_store::Result<ApiKey> {
-        self.inner.update_key(id, update).await
-    }
-    async fn revoke_key(&self, id: &KeyId, at: DateTime<Utc>) -> keygate_store::Result<ApiKey> {
-        self.inner.revoke_key(id, at).await
-    }
-    async fn rotate_key(
-        &self,
-        id: &KeyId,
-        replacement: ReplacementKey,
-        old_key_stops_at: DateTime<Utc>,
-    ) -> keygate_store::Result<(ApiKey, ApiKey)> {
-        self.inner
-            .rotate_key(id, replacement, old_key_stops_at)
+
+    /// Starts the gateway; for a backend that is always there.
+    pub async fn start(self) -> TestGateway {
+        self.try_start()
             .await
-    }
-    async fn record_key_use(&self, uses: &[(KeyId, DateTime<Utc>)]) -> keygate_store::Result<()> {
-        self.check()?;
-        self.inner.record_key_use(uses).await
-    }
-    async fn key_changes_since(
-        &self,
-        after: u64,
-        limit: u32,
-    ) -> keygate_store::Result<Vec<KeyChange>> {
-        self.check()?;
-        self.inner.key_changes_since(after, limit).await
-    }
-    async fn latest_key_change(&self) -> keygate_store::Result<u64> {
-        self.check()?;
-        self.inner.latest_key_change().await
-    }
-}
-
-/// A running gateway.
-pub struct TestGateway {
-    pub addr: SocketAddr,
-    pub store: Arc<dyn CredentialStore>,
-    pub account: AccountId,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Shutdown>>,
-}
-
-impl TestGateway {
-    pub async fn start(mock: &MockUpstream) -> Self {
-        Self::start_with(
-            mock,
-            Arc::new(MemoryStore::new()),
-            |_| {},
-            ServerOptions {
-                tls: None,
-                grace: Duration::from_secs(5),
-            },
-        )
-        .await
+            .expect("no PostgreSQL for this gateway: use try_start")
     }
 
-    pub async fn start_with(
-        mock: &MockUpstream,
-        store: Arc<dyn CredentialStore>,
-        tweak: impl FnOnce(&mut ProxyConfig),
-        options: ServerOptions,
-    ) -> Self {
-        let mut config = ProxyConfig::new(prefix(), upstreams(mock));
-        config.auth.poll_interval = Duration::from_millis(100);
-        tweak(&mut config);
-        let gateway = Arc::new(Gateway::new(config, Arc::clone(&store)).unwrap());
+    /// Starts the gateway, or `None` when its PostgreSQL is not configured.
+    pub async fn try_start(self) -> Option<TestGateway> {
+        let (store, database_url, db): (Arc<dyn Store>, _, Option<Db>) = match self.backend {
+            Backend::Memory => (Arc::new(MemoryStore::new()), None, None),
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+                let store = DbStore::connect(&url).await.unwrap();
+                store.migrate().await.unwrap();
+                (Arc::new(store), Some(url), Some(Db::Sqlite(dir)))
+            }
+            Backend::Postgres(test) => {
+                let pg = TestPostgres::create(test).await?;
+                let store = DbStore::connect(pg.url()).await.unwrap();
+                store.migrate().await.unwrap();
+                let url = pg.url().to_owned();
+                (Arc::new(store), Some(url), Some(Db::Postgres(pg)))
+            }
+            Backend::Shared(store) => (store, None, None),
+        };
+        let (store, faults) = if self.faulty {
+            let faults = Arc::new(FaultyStore::new(store));
+            (Arc::clone(&faults) as Arc<dyn Store>, Some(faults))
+        } else {
+            (store, None)
+        };
+        let keys = Arc::clone(&store) as Arc<dyn CredentialStore>;
+        let mut gateway = Gateway::new(self.config, keys).unwrap();
+        let billing = self.billing.map(|config| {
+            let ledger = Arc::clone(&store) as Arc<dyn Ledger>;
+            Arc::new(Billing::new(config, ledger))
+        });
+        if let Some(billing) = &billing {
+            gateway = gateway.with_billing(Arc::clone(billing));
+        }
+        for tap in self.taps {
+            gateway = gateway.with_tap(tap);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keygate_proxy::serve(listener, gateway, options, async {
-            let _ = stopped.await;
-        }));
-        let account = store
-            .create_account(NewAccount {
-                name: "test account".into(),
-                email: None,
-                balance: Micros(1_000_000_000),
-            })
-            .await
-            .unwrap()
-            .id;
-        Self {
+        let task = tokio::spawn(keygate_proxy::serve(
+            listener,
+            Arc::new(gateway),
+            self.options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let account = fixture::account(&*store, "test account", FUNDS).await.id;
+        Some(TestGateway {
             addr,
             store,
             account,
+            billing,
+            faults,
+            database_url,
             stop: Some(stop),
             task: Some(task),
+            _db: db,
+        })
+    }
+}
+
+/// What must outlive a database-backed store.
+#[allow(dead_code, reason = "held for their Drop")]
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestPostgres),
+}
+
+/// A running gateway and its own account, holding [`FUNDS`].
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub account: AccountId,
+    billing: Option<Arc<Billing>>,
+    faults: Option<Arc<FaultyStore>>,
+    database_url: Option<String>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Shutdown>>,
+    _db: Option<Db>,
+}
+
+impl TestGateway {
+    pub fn builder(mock: &MockUpstream) -> GatewayBuilder {
+        let mut config = ProxyConfig::new(prefix(), upstreams(mock));
+        config.auth.poll_interval = Duration::from_millis(100);
+        GatewayBuilder {
+            backend: Backend::Memory,
+            config,
+            billing: None,
+            taps: Vec::new(),
+            faulty: false,
+            options: ServerOptions {
+                tls: None,
+                grace: Duration::from_secs(5),
+            },
         }
+    }
+
+    /// A gateway on a memory store with everything else as it comes.
+    pub async fn start(mock: &MockUpstream) -> Self {
+        Self::builder(mock).start().await
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Creates a key with `settings` and returns the key text and its id.
+    /// The billing layer; the gateway must have been built [`GatewayBuilder::billed`].
+    pub fn billing(&self) -> &Arc<Billing> {
+        self.billing.as_ref().expect("the gateway is not billed")
+    }
+
+    /// The store's switches; the gateway must have been built [`GatewayBuilder::faulty`].
+    pub fn faults(&self) -> &FaultyStore {
+        self.faults
+            .as_ref()
+            .expect("the gateway's store is not faulty")
+    }
+
+    /// The database URL of a SQLite or PostgreSQL backend.
+    pub fn database_url(&self) -> &str {
+        self.database_url
+            .as_deref()
+            .expect("no database of its own")
+    }
+
+    /// Creates a key with `settings` on the gateway's account and returns the key
+    /// text and its id.
     pub async fn key_with(&self, settings: KeySettings) -> (String, KeyId) {
-        let secret = SecretKey::generate(&prefix(), settings.kind).unwrap();
-        let key = self
-            .store
-            .create_key(NewApiKey {
-                account_id: self.account.clone(),
-                key_hash: secret.hash(),
-                start: secret.start(),
-                settings,
-            })
-            .await
-            .unwrap();
+        self.key_for(&self.account, settings).await
+    }
+
+    /// A private key with every scope on the gateway's account.
+    pub async fn key(&self) -> String {
+        let (secret, _) = fixture::private_key(&*self.store, &self.account).await;
+        secret.expose().to_owned()
+    }
+
+    /// Creates another account, holding `balance`.
+    pub async fn account_with(&self, balance: Micros) -> AccountId {
+        fixture::account(&*self.store, "funded", balance).await.id
+    }
+
+    /// Creates a key with `settings` on `account` and returns the key text and its id.
+    pub async fn key_for(&self, account: &AccountId, settings: KeySettings) -> (String, KeyId) {
+        let (secret, key) = fixture::key(&*self.store, account, settings).await;
         (secret.expose().to_owned(), key.id)
     }
 
-    /// A private key with every scope.
-    pub async fn key(&self) -> String {
-        self.key_with(KeySettings::new(KeyKind::Private)).await.0
+    /// The balance and the reserved money of `account`.
+    pub async fn balance(&self, account: &AccountId) -> (Micros, Micros) {
+        let account = self.store.get_account(account).await.unwrap();
+        (account.balance, account.reserved)
+    }
+
+    /// Waits until `n` usage records are stored (at most 10 s), and returns them.
+    pub async fn records(&self, n: usize) -> Vec<UsageRecord> {
+        let since = DateTime::<Utc>::UNIX_EPOCH;
+        let until = Utc::now() + chrono::Duration::hours(1);
+        for _ in 0..500 {
+            let records = self.store.usage_between(since, until).await.unwrap();
+            if records.len() >= n {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let records = self.store.usage_between(since, until).await.unwrap();
+        panic!("expected {n} usage records, found {}", records.len());
+    }
+
+    /// Waits until nothing is reserved on `account` (at most 10 s), and returns
+    /// its balance.
+    pub async fn settled(&self, account: &AccountId) -> Micros {
+        for _ in 0..500 {
+            let (balance, reserved) = self.balance(account).await;
+            if reserved == Micros::ZERO {
+                return balance;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the reservation on {account} was never released");
+    }
+
+    /// A non-streaming chat completion for `model`.
+    pub async fn chat(&self, key: &str, model: &str) -> Reply {
+        post(&self.url("/v1/chat/completions"), key, &chat(model, false)).await
     }
 
     /// Starts shutdown and waits for the server to finish.
     pub async fn shutdown(mut self) -> Shutdown {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.take().unwrap().await.unwrap()
+        self.begin_shutdown().await.unwrap()
     }
 
     /// Starts shutdown without waiting.
@@ -338,10 +437,11 @@ pub async fn post(url: &str, key: &str, body: &serde_json::Value) -> Reply {
     send(json_request(url, key, body)).await
 }
 
+/// A chat completion request body for `model` asking [`PROMPT`].
 pub fn chat(model: &str, stream: bool) -> serde_json::Value {
     serde_json::json!({
         "model": model,
-        "messages": [{"role": "user", "content": "Say hello to the test"}],
+        "messages": [{"role": "user", "content": PROMPT}],
         "stream": stream,
     })
 }

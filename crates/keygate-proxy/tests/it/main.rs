@@ -10,6 +10,7 @@
 )]
 
 mod billing;
+mod faults;
 mod harness;
 mod proxy;
 mod tls;

@@ -8,8 +8,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use keygate_keys::KeyKind;
-use keygate_proxy::{BodyEnd, BodyObserver, Exchange, ResponseTap, ServerOptions, Shutdown};
-use keygate_store::{CredentialStore, KeySettings, MemoryStore, ScopeSet};
+use keygate_proxy::{BodyEnd, BodyObserver, Exchange, ResponseTap, Shutdown};
+use keygate_store::{KeySettings, ScopeSet};
 use keygate_test_utils::MockUpstream;
 
 use crate::harness::*;
@@ -304,12 +304,10 @@ async fn permission_errors() {
 #[tokio::test]
 async fn request_errors() {
     let mock = MockUpstream::start().await;
-    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
-    let options = ServerOptions {
-        tls: None,
-        grace: Duration::from_secs(5),
-    };
-    let gw = TestGateway::start_with(&mock, store, |c| c.max_body_bytes = 4096, options).await;
+    let gw = TestGateway::builder(&mock)
+        .config(|c| c.max_body_bytes = 4096)
+        .start()
+        .await;
     let key = gw.key().await;
     let auth = format!("Bearer {key}");
     let url = gw.url("/v1/chat/completions");
@@ -390,18 +388,10 @@ async fn request_errors() {
 #[tokio::test]
 async fn upstream_errors() {
     let mock = MockUpstream::start().await;
-    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
-    let options = ServerOptions {
-        tls: None,
-        grace: Duration::from_secs(5),
-    };
-    let gw = TestGateway::start_with(
-        &mock,
-        store,
-        |c| c.timeouts.first_byte = Duration::from_millis(300),
-        options,
-    )
-    .await;
+    let gw = TestGateway::builder(&mock)
+        .config(|c| c.timeouts.first_byte = Duration::from_millis(300))
+        .start()
+        .await;
     let key = gw.key().await;
     let url = gw.url("/v1/chat/completions");
 
@@ -422,16 +412,10 @@ async fn upstream_errors() {
     };
     let mut config = keygate_proxy::ProxyConfig::new(prefix(), upstreams(&mock));
     config.upstreams[0].base_url = format!("http://{closed}/v1");
-    let dead = TestGateway::start_with(
-        &mock,
-        Arc::new(MemoryStore::new()),
-        |c| c.upstreams = config.upstreams,
-        ServerOptions {
-            tls: None,
-            grace: Duration::from_secs(5),
-        },
-    )
-    .await;
+    let dead = TestGateway::builder(&mock)
+        .config(|c| c.upstreams = config.upstreams)
+        .start()
+        .await;
     let key = dead.key().await;
     let reply = post(
         &dead.url("/v1/chat/completions"),
@@ -451,12 +435,7 @@ async fn upstream_errors() {
 #[tokio::test]
 async fn store_outage_is_503_for_uncached_keys_only() {
     let mock = MockUpstream::start().await;
-    let store = Arc::new(SwitchableStore::new());
-    let options = ServerOptions {
-        tls: None,
-        grace: Duration::from_secs(5),
-    };
-    let gw = TestGateway::start_with(&mock, store.clone(), |_| {}, options).await;
+    let gw = TestGateway::builder(&mock).faulty().start().await;
     let cached = gw.key().await;
     let uncached = gw.key().await;
     // Let the change feed pass the two creations first: they drop the hashes.
@@ -469,7 +448,7 @@ async fn store_outage_is_503_for_uncached_keys_only() {
     let ready = send(request(Method::GET, &gw.url("/readyz"), &[], "")).await;
     assert_eq!(ready.status, StatusCode::OK);
 
-    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    gw.faults().set_keys_down(true);
     assert_eq!(
         post(&url, &cached, &chat("gpt-4o", false)).await.status,
         StatusCode::OK
@@ -482,7 +461,7 @@ async fn store_outage_is_503_for_uncached_keys_only() {
     let alive = send(request(Method::GET, &gw.url("/healthz"), &[], "")).await;
     assert_eq!(alive.status, StatusCode::OK);
 
-    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    gw.faults().set_keys_down(false);
     assert_eq!(
         post(&url, &uncached, &chat("gpt-4o", false)).await.status,
         StatusCode::OK
@@ -585,12 +564,10 @@ async fn graceful_shutdown_lets_a_running_stream_finish() {
 async fn shutdown_grace_period_is_bounded() {
     let mock = MockUpstream::start().await;
     mock.set_chunk_delay(Duration::from_millis(400));
-    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
-    let options = ServerOptions {
-        tls: None,
-        grace: Duration::from_millis(200),
-    };
-    let mut gw = TestGateway::start_with(&mock, store, |_| {}, options).await;
+    let mut gw = TestGateway::builder(&mock)
+        .grace(Duration::from_millis(200))
+        .start()
+        .await;
     let key = gw.key().await;
     let req = json_request(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true));
     let response = client().request(req).await.unwrap();
@@ -631,51 +608,16 @@ async fn response_taps_see_every_frame() {
     }
     let mock = MockUpstream::start().await;
     let counts = Arc::new(Counts::default());
-    let mut config = keygate_proxy::ProxyConfig::new(prefix(), upstreams(&mock));
-    config.auth.poll_interval = Duration::from_millis(100);
-    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
-    let gateway = keygate_proxy::Gateway::new(config, Arc::clone(&store))
-        .unwrap()
-        .with_tap(Arc::new(Tap(Arc::clone(&counts))));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(keygate_proxy::serve(
-        listener,
-        Arc::new(gateway),
-        ServerOptions {
-            tls: None,
-            grace: Duration::from_secs(1),
-        },
-        tokio::time::sleep(Duration::from_secs(30)),
-    ));
-    let account = store
-        .create_account(keygate_store::NewAccount {
-            name: "a".into(),
-            email: None,
-            balance: keygate_store::Micros(0),
-        })
-        .await
-        .unwrap();
-    let secret = keygate_keys::SecretKey::generate(&prefix(), KeyKind::Private).unwrap();
-    store
-        .create_key(keygate_store::NewApiKey {
-            account_id: account.id,
-            key_hash: secret.hash(),
-            start: secret.start(),
-            settings: KeySettings::new(KeyKind::Private),
-        })
-        .await
-        .unwrap();
-    let reply = post(
-        &format!("http://{addr}/v1/chat/completions"),
-        secret.expose(),
-        &chat("gpt-4o", true),
-    )
-    .await;
+    let gw = TestGateway::builder(&mock)
+        .tap(Arc::new(Tap(Arc::clone(&counts))))
+        .grace(Duration::from_secs(1))
+        .start()
+        .await;
+    let key = gw.key().await;
+    let reply = post(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true)).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(counts.bytes.load(Ordering::SeqCst), reply.body.len());
     assert_eq!(counts.ends.load(Ordering::SeqCst), 1);
-    server.abort();
 }
 
 /// `GET /v1/models` is answered by keygate, filtered by the key.
@@ -816,15 +758,10 @@ async fn last_used_is_written_at_shutdown() {
 #[tokio::test]
 async fn a_lookup_racing_a_revocation_does_not_keep_the_key_alive() {
     let mock = MockUpstream::start().await;
-    let store = Arc::new(SwitchableStore::new());
-    let options = ServerOptions {
-        tls: None,
-        grace: Duration::from_secs(5),
-    };
-    let gw = TestGateway::start_with(&mock, store.clone(), |_| {}, options).await;
+    let gw = TestGateway::builder(&mock).faulty().start().await;
     let (key, id) = gw.key_with(KeySettings::new(KeyKind::Private)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    store.lookup_delay_ms.store(600, Ordering::SeqCst);
+    gw.faults().set_lookup_delay(Duration::from_millis(600));
     let url = gw.url("/v1/chat/completions");
     let racing = {
         let (url, key) = (url.clone(), key.clone());
@@ -836,7 +773,7 @@ async fn a_lookup_racing_a_revocation_does_not_keep_the_key_alive() {
     // The follower (100 ms poll) applies the revocation before the lookup returns.
     let first = racing.await.unwrap();
     assert_eq!(first.status, StatusCode::OK, "began before the revocation");
-    store.lookup_delay_ms.store(0, Ordering::SeqCst);
+    gw.faults().set_lookup_delay(Duration::ZERO);
     let reply = post(&url, &key, &chat("gpt-4o", false)).await;
     assert_error(&reply, 401, "authentication_error", "api_key_revoked");
 }
@@ -930,18 +867,10 @@ async fn requests_per_minute_are_limited_per_key() {
 async fn a_silent_upstream_stream_is_cut_after_the_idle_timeout() {
     let mock = MockUpstream::start().await;
     mock.set_chunk_delay(Duration::from_millis(600));
-    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
-    let options = ServerOptions {
-        tls: None,
-        grace: Duration::from_secs(5),
-    };
-    let gw = TestGateway::start_with(
-        &mock,
-        store,
-        |c| c.timeouts.idle = Duration::from_millis(200),
-        options,
-    )
-    .await;
+    let gw = TestGateway::builder(&mock)
+        .config(|c| c.timeouts.idle = Duration::from_millis(200))
+        .start()
+        .await;
     let key = gw.key().await;
     let req = json_request(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true));
     let response = client().request(req).await.unwrap();

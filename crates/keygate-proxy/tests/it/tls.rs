@@ -10,8 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keygate_proxy::ServerOptions;
-use keygate_store::{CredentialStore, MemoryStore};
+use keygate_store::MemoryStore;
 use keygate_test_utils::{MockUpstream, TestCerts};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -53,17 +52,11 @@ async fn inbound_tls_serves_h2_and_http1() {
     let (_, cert_path, key_path) = certs.write_to(dir.path()).unwrap();
     let tls = keygate_proxy::load_tls(&cert_path, &key_path).unwrap();
     let mock = MockUpstream::start().await;
-    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
-    let gw = TestGateway::start_with(
-        &mock,
-        store,
-        |_| {},
-        ServerOptions {
-            tls: Some(tls),
-            grace: Duration::from_secs(2),
-        },
-    )
-    .await;
+    let gw = TestGateway::builder(&mock)
+        .tls(tls)
+        .grace(Duration::from_secs(2))
+        .start()
+        .await;
     let key = gw.key().await;
     let url = format!("https://localhost:{}/v1/chat/completions", gw.addr.port());
     for (h2, version) in [(true, Version::HTTP_2), (false, Version::HTTP_11)] {
@@ -113,17 +106,10 @@ async fn upstream_tls_with_a_custom_ca() {
     mock.require_key(PROVIDER_KEY);
 
     // Without the CA the upstream's certificate is not trusted: 502.
-    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
-    let untrusted = TestGateway::start_with(
-        &mock,
-        store,
-        |_| {},
-        ServerOptions {
-            tls: None,
-            grace: Duration::from_secs(2),
-        },
-    )
-    .await;
+    let untrusted = TestGateway::builder(&mock)
+        .grace(Duration::from_secs(2))
+        .start()
+        .await;
     let key = untrusted.key().await;
     let reply = post(
         &untrusted.url("/v1/chat/completions"),
@@ -133,21 +119,15 @@ async fn upstream_tls_with_a_custom_ca() {
     .await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
 
-    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
-    let gw = TestGateway::start_with(
-        &mock,
-        store,
-        |c| {
+    let gw = TestGateway::builder(&mock)
+        .config(|c| {
             for upstream in &mut c.upstreams {
                 upstream.ca_file = Some(ca_path.clone());
             }
-        },
-        ServerOptions {
-            tls: None,
-            grace: Duration::from_secs(2),
-        },
-    )
-    .await;
+        })
+        .grace(Duration::from_secs(2))
+        .start()
+        .await;
     let key = gw.key().await;
     let reply = post(
         &gw.url("/v1/chat/completions"),

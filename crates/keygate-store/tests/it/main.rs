@@ -188,8 +188,8 @@ async fn migrations_report_pending_then_apply_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_feed_never_skips_a_change_that_commits_late() {
     use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-    use keygate_keys::{KeyKind, KeyPrefix, SecretKey};
-    use keygate_store::{KeySettings, Micros, NewAccount, NewApiKey};
+    use keygate_store::Micros;
+    use keygate_test_utils::fixture;
 
     let Some(db) =
         TestPostgres::create("postgres_feed_never_skips_a_change_that_commits_late").await
@@ -198,24 +198,7 @@ async fn postgres_feed_never_skips_a_change_that_commits_late() {
     };
     let store = Arc::new(DbStore::connect(db.url()).await.unwrap());
     store.migrate().await.unwrap();
-    let account = store
-        .create_account(NewAccount {
-            name: "a".into(),
-            email: None,
-            balance: Micros::ZERO,
-        })
-        .await
-        .unwrap();
-    let secret = SecretKey::generate(&KeyPrefix::default(), KeyKind::Private).unwrap();
-    let key = store
-        .create_key(NewApiKey {
-            account_id: account.id.clone(),
-            key_hash: secret.hash(),
-            start: secret.start(),
-            settings: KeySettings::new(KeyKind::Private),
-        })
-        .await
-        .unwrap();
+    let (_, _, key) = fixture::account_and_key(&*store, Micros::ZERO).await;
     let seen = store.latest_key_change().await.unwrap();
 
     let mut competitor = AsyncPgConnection::establish(db.url()).await.unwrap();

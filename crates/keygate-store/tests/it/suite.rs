@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use keygate_keys::{KeyKind, KeyPrefix, SecretKey};
+use keygate_keys::{KeyKind, SecretKey};
 use keygate_store::{
     Account, ApiKey, CredentialStore, KeySettings, KeySpend, KeyStatus, KeyUpdate, Micros,
     NewAccount, NewApiKey, NewReservation, ReplacementKey, Reservation, Reserve, Scope, ScopeSet,
     StoreError, UsageGroup, UsageQuery, UsageRecord, UsageSource, UsageTotals,
 };
+
+use keygate_test_utils::fixture;
 
 use crate::Backend;
 
@@ -18,41 +20,8 @@ fn credits(n: i64) -> Micros {
     Micros(n * 1_000_000)
 }
 
-async fn account(store: &dyn CredentialStore, name: &str) -> Account {
-    store
-        .create_account(NewAccount {
-            name: name.to_owned(),
-            email: None,
-            balance: Micros::ZERO,
-        })
-        .await
-        .unwrap()
-}
-
 fn generate(kind: KeyKind) -> SecretKey {
-    SecretKey::generate(&KeyPrefix::default(), kind).unwrap()
-}
-
-async fn key_with(
-    store: &dyn CredentialStore,
-    account: &Account,
-    settings: KeySettings,
-) -> (SecretKey, ApiKey) {
-    let secret = generate(settings.kind);
-    let key = store
-        .create_key(NewApiKey {
-            account_id: account.id.clone(),
-            key_hash: secret.hash(),
-            start: secret.start(),
-            settings,
-        })
-        .await
-        .unwrap();
-    (secret, key)
-}
-
-async fn key(store: &dyn CredentialStore, account: &Account) -> (SecretKey, ApiKey) {
-    key_with(store, account, KeySettings::new(KeyKind::Private)).await
+    SecretKey::generate(&fixture::prefix(), kind).unwrap()
 }
 
 /// The stored key for `secret`, whatever its status.
@@ -93,7 +62,7 @@ pub(crate) async fn accounts_are_created_listed_and_found(b: &Backend) {
         })
         .await
         .unwrap();
-    let globex = account(store, "Globex").await;
+    let globex = fixture::account(store, "Globex", Micros::ZERO).await;
     assert!(acme.id.as_str().starts_with("acct_"));
     assert_eq!(acme.balance, credits(5));
     assert_eq!(acme.reserved, Micros::ZERO);
@@ -137,7 +106,7 @@ pub(crate) async fn account_input_is_validated(b: &Backend) {
 
 pub(crate) async fn top_ups_add_exactly_and_reject_bad_amounts(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
     let after = store
         .top_up(&acct.id, Micros::parse_credits("10.5").unwrap())
         .await
@@ -165,7 +134,7 @@ pub(crate) async fn top_ups_add_exactly_and_reject_bad_amounts(b: &Backend) {
 }
 
 pub(crate) async fn concurrent_top_ups_lose_nothing(b: &Backend) {
-    let acct = account(b.store.as_ref(), "busy").await;
+    let acct = fixture::account(b.store.as_ref(), "busy", Micros::ZERO).await;
     let stores: Vec<Arc<dyn CredentialStore>> = std::iter::once(b.store.clone())
         .chain(b.other_process.clone())
         .collect();
@@ -186,7 +155,7 @@ pub(crate) async fn concurrent_top_ups_lose_nothing(b: &Backend) {
 
 pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
     let expires = Utc::now() + TimeDelta::days(30);
     let settings = KeySettings {
         name: "ci runner".into(),
@@ -200,7 +169,7 @@ pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
         metadata: [("team".to_owned(), "search".to_owned())].into(),
         ..KeySettings::new(KeyKind::Private)
     };
-    let (secret, created) = key_with(store, &acct, settings).await;
+    let (secret, created) = fixture::key(store, &acct.id, settings).await;
     assert!(created.id.as_str().starts_with("key_"));
     assert_eq!(created.key_hash, secret.hash());
     assert_eq!(created.start, secret.start());
@@ -231,7 +200,7 @@ pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
 
 pub(crate) async fn key_input_is_validated(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
     let secret = generate(KeyKind::Public);
     let public_without_models = NewApiKey {
         account_id: acct.id.clone(),
@@ -270,8 +239,8 @@ pub(crate) async fn key_for_unknown_account_is_not_found(b: &Backend) {
 
 pub(crate) async fn duplicate_key_hash_is_a_conflict(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
-    let (secret, _) = key(store, &acct).await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
+    let (secret, _) = fixture::private_key(store, &acct.id).await;
     let again = store
         .create_key(NewApiKey {
             account_id: acct.id.clone(),
@@ -286,11 +255,11 @@ pub(crate) async fn duplicate_key_hash_is_a_conflict(b: &Backend) {
 
 pub(crate) async fn keys_list_by_account(b: &Backend) {
     let store = b.store.as_ref();
-    let a = account(store, "a").await;
-    let other = account(store, "b").await;
-    let (_, a1) = key(store, &a).await;
-    let (_, a2) = key(store, &a).await;
-    let (_, b1) = key(store, &other).await;
+    let a = fixture::account(store, "a", Micros::ZERO).await;
+    let other = fixture::account(store, "b", Micros::ZERO).await;
+    let (_, a1) = fixture::private_key(store, &a.id).await;
+    let (_, a2) = fixture::private_key(store, &a.id).await;
+    let (_, b1) = fixture::private_key(store, &other.id).await;
     let of_a: Vec<_> = store
         .list_keys(Some(&a.id))
         .await
@@ -306,7 +275,7 @@ pub(crate) async fn keys_list_by_account(b: &Backend) {
 
 pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
     let settings = KeySettings {
         name: "before".into(),
         rpm: Some(10),
@@ -314,7 +283,7 @@ pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
         expires_at: Some(Utc::now() + TimeDelta::hours(1)),
         ..KeySettings::new(KeyKind::Private)
     };
-    let (secret, created) = key_with(store, &acct, settings).await;
+    let (secret, created) = fixture::key(store, &acct.id, settings).await;
     let updated = store
         .update_key(
             &created.id,
@@ -345,12 +314,12 @@ pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
 
 pub(crate) async fn update_that_breaks_a_rule_is_refused(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
     let public = KeySettings {
         models: vec!["gpt-4o-mini".into()],
         ..KeySettings::new(KeyKind::Public)
     };
-    let (_, created) = key_with(store, &acct, public).await;
+    let (_, created) = fixture::key(store, &acct.id, public).await;
     let before = store.latest_key_change().await.unwrap();
     let cleared = KeyUpdate {
         models: Some(Vec::new()),
@@ -370,8 +339,8 @@ pub(crate) async fn update_that_breaks_a_rule_is_refused(b: &Backend) {
 
 pub(crate) async fn revoke_is_immediate_and_keeps_the_earliest_time(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
-    let (secret, created) = key(store, &acct).await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
+    let (secret, created) = fixture::private_key(store, &acct.id).await;
     let now = Utc::now();
     let revoked = store.revoke_key(&created.id, now).await.unwrap();
     assert_eq!(revoked.status(Utc::now()), KeyStatus::Revoked);
@@ -389,19 +358,19 @@ pub(crate) async fn revoke_is_immediate_and_keeps_the_earliest_time(b: &Backend)
 
 pub(crate) async fn expired_keys_report_expired(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
     let settings = KeySettings {
         expires_at: Some(Utc::now() - TimeDelta::seconds(1)),
         ..KeySettings::new(KeyKind::Private)
     };
-    let (secret, _) = key_with(store, &acct, settings).await;
+    let (secret, _) = fixture::key(store, &acct.id, settings).await;
     let found = lookup(store, &secret).await.unwrap();
     assert_eq!(found.status(Utc::now()), KeyStatus::Expired);
     let soon = KeySettings {
         expires_at: Some(Utc::now() + TimeDelta::hours(1)),
         ..KeySettings::new(KeyKind::Private)
     };
-    let (_, later) = key_with(store, &acct, soon).await;
+    let (_, later) = fixture::key(store, &acct.id, soon).await;
     assert_eq!(later.status(Utc::now()), KeyStatus::Active);
     assert_eq!(
         later.status(Utc::now() + TimeDelta::hours(2)),
@@ -411,14 +380,14 @@ pub(crate) async fn expired_keys_report_expired(b: &Backend) {
 
 pub(crate) async fn rotate_now_revokes_the_old_key(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
     let settings = KeySettings {
         name: "svc".into(),
         models: vec!["o3".into()],
         rpm: Some(7),
         ..KeySettings::new(KeyKind::Private)
     };
-    let (old_secret, old) = key_with(store, &acct, settings).await;
+    let (old_secret, old) = fixture::key(store, &acct.id, settings).await;
     let (new_secret, replacement) = replacement();
     let (new, old_after) = store
         .rotate_key(&old.id, replacement, Utc::now())
@@ -438,8 +407,8 @@ pub(crate) async fn rotate_now_revokes_the_old_key(b: &Backend) {
 
 pub(crate) async fn rotate_with_grace_keeps_the_old_key_until_then(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
-    let (old_secret, old) = key(store, &acct).await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
+    let (old_secret, old) = fixture::private_key(store, &acct.id).await;
     let grace_end = Utc::now() + TimeDelta::hours(24);
     let (_, replacement) = replacement();
     store
@@ -456,8 +425,8 @@ pub(crate) async fn rotate_with_grace_keeps_the_old_key_until_then(b: &Backend) 
 
 pub(crate) async fn rotate_of_a_revoked_key_is_a_conflict(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
-    let (_, old) = key(store, &acct).await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
+    let (_, old) = fixture::private_key(store, &acct.id).await;
     store.revoke_key(&old.id, Utc::now()).await.unwrap();
     let (new_secret, replacement) = replacement();
     let result = store.rotate_key(&old.id, replacement, Utc::now()).await;
@@ -467,12 +436,12 @@ pub(crate) async fn rotate_of_a_revoked_key_is_a_conflict(b: &Backend) {
 
 pub(crate) async fn rotate_of_an_expired_key_is_a_conflict(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
     let settings = KeySettings {
         expires_at: Some(Utc::now() - TimeDelta::seconds(1)),
         ..KeySettings::new(KeyKind::Private)
     };
-    let (_, old) = key_with(store, &acct, settings).await;
+    let (_, old) = fixture::key(store, &acct.id, settings).await;
     let (new_secret, replacement) = replacement();
     let result = store.rotate_key(&old.id, replacement, Utc::now()).await;
     assert!(
@@ -486,8 +455,8 @@ pub(crate) async fn rotate_of_an_expired_key_is_a_conflict(b: &Backend) {
 pub(crate) async fn every_key_change_is_in_the_feed_in_order(b: &Backend) {
     let store = b.store.as_ref();
     assert_eq!(store.latest_key_change().await.unwrap(), 0);
-    let acct = account(store, "a").await;
-    let (_, k1) = key(store, &acct).await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
+    let (_, k1) = fixture::private_key(store, &acct.id).await;
     let start = store.latest_key_change().await.unwrap();
     assert!(start > 0);
     store
@@ -501,7 +470,7 @@ pub(crate) async fn every_key_change_is_in_the_feed_in_order(b: &Backend) {
         .await
         .unwrap();
     store.revoke_key(&k1.id, Utc::now()).await.unwrap();
-    let (_, k2) = key(store, &acct).await;
+    let (_, k2) = fixture::private_key(store, &acct.id).await;
     let (_, replacement) = replacement();
     let (k3, _) = store
         .rotate_key(&k2.id, replacement, Utc::now())
@@ -538,8 +507,8 @@ pub(crate) async fn feed_is_shared_between_processes(b: &Backend) {
     let Some(other) = &b.other_process else {
         return; // The memory store lives in one process by definition.
     };
-    let acct = account(b.store.as_ref(), "a").await;
-    let (secret, created) = key(b.store.as_ref(), &acct).await;
+    let acct = fixture::account(b.store.as_ref(), "a", Micros::ZERO).await;
+    let (secret, created) = fixture::private_key(b.store.as_ref(), &acct.id).await;
     let seen = b.store.latest_key_change().await.unwrap();
     other.revoke_key(&created.id, Utc::now()).await.unwrap();
     let changes = b.store.key_changes_since(seen, 10).await.unwrap();
@@ -551,8 +520,8 @@ pub(crate) async fn feed_is_shared_between_processes(b: &Backend) {
 
 pub(crate) async fn last_used_only_moves_forward(b: &Backend) {
     let store = b.store.as_ref();
-    let acct = account(store, "a").await;
-    let (_, k) = key(store, &acct).await;
+    let acct = fixture::account(store, "a", Micros::ZERO).await;
+    let (_, k) = fixture::private_key(store, &acct.id).await;
     let t1 = Utc::now();
     let t0 = t1 - TimeDelta::minutes(5);
     let unknown = "key_0000000000000000".parse().unwrap();
@@ -575,8 +544,8 @@ pub(crate) async fn last_used_only_moves_forward(b: &Backend) {
 }
 
 pub(crate) async fn revoke_racing_lookups_is_seen_by_every_later_lookup(b: &Backend) {
-    let acct = account(b.store.as_ref(), "a").await;
-    let (secret, created) = key(b.store.as_ref(), &acct).await;
+    let acct = fixture::account(b.store.as_ref(), "a", Micros::ZERO).await;
+    let (secret, created) = fixture::private_key(b.store.as_ref(), &acct.id).await;
     let hash = secret.hash();
     let revoker = b.other_process.clone().unwrap_or_else(|| b.store.clone());
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -625,7 +594,7 @@ pub(crate) async fn unknown_ids_are_not_found(b: &Backend) {
 }
 
 pub(crate) async fn concurrent_key_changes_from_two_processes_all_land(b: &Backend) {
-    let acct = account(b.store.as_ref(), "a").await;
+    let acct = fixture::account(b.store.as_ref(), "a", Micros::ZERO).await;
     let stores: Vec<Arc<dyn CredentialStore>> = std::iter::once(b.store.clone())
         .chain(b.other_process.clone())
         .collect();
@@ -635,7 +604,7 @@ pub(crate) async fn concurrent_key_changes_from_two_processes_all_land(b: &Backe
         let store = stores[i % stores.len()].clone();
         let acct = acct.clone();
         tasks.push(tokio::spawn(async move {
-            let (_, k) = key(store.as_ref(), &acct).await;
+            let (_, k) = fixture::private_key(store.as_ref(), &acct.id).await;
             store
                 .update_key(
                     &k.id,
@@ -666,7 +635,7 @@ pub(crate) async fn concurrent_key_changes_from_two_processes_all_land(b: &Backe
 // The ledger.
 
 async fn funded(backend: &Backend, credit: i64, limit: Option<i64>) -> (Account, ApiKey) {
-    let acct = account(&*backend.store, "ledger").await;
+    let acct = fixture::account(&*backend.store, "ledger", Micros::ZERO).await;
     backend
         .store
         .top_up(&acct.id, credits(credit))
@@ -674,7 +643,7 @@ async fn funded(backend: &Backend, credit: i64, limit: Option<i64>) -> (Account,
         .unwrap();
     let mut settings = KeySettings::new(KeyKind::Private);
     settings.spend_limit = limit.map(credits);
-    let (_, key) = key_with(&*backend.store, &acct, settings).await;
+    let (_, key) = fixture::key(&*backend.store, &acct.id, settings).await;
     (acct, key)
 }
 
@@ -726,7 +695,7 @@ pub(crate) async fn reservations_settle_and_release_exact_money(backend: &Backen
         }
     );
 
-    let other = account(&*backend.store, "other").await;
+    let other = fixture::account(&*backend.store, "other", Micros::ZERO).await;
     let err = ledger
         .reserve(hold(&other, &key, credits(1)))
         .await
@@ -980,11 +949,11 @@ struct UsageFixture {
 
 async fn usage_fixture(backend: &Backend) -> UsageFixture {
     let store = &*backend.store;
-    let acct_a = account(store, "a").await;
-    let acct_b = account(store, "b").await;
-    let (_, key_a1) = key(store, &acct_a).await;
-    let (_, key_a2) = key(store, &acct_a).await;
-    let (_, key_b) = key(store, &acct_b).await;
+    let acct_a = fixture::account(store, "a", Micros::ZERO).await;
+    let acct_b = fixture::account(store, "b", Micros::ZERO).await;
+    let (_, key_a1) = fixture::private_key(store, &acct_a.id).await;
+    let (_, key_a2) = fixture::private_key(store, &acct_a.id).await;
+    let (_, key_b) = fixture::private_key(store, &acct_b.id).await;
     let records = vec![
         usage("2026-02-28T23:59:59.999Z", &key_a1, "gpt-4o", (1, 1, 1), 1),
         usage(
