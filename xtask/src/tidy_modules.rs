@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// Reports every import cycle between the modules of each crate under `root`.
 pub(crate) fn check(root: &Path, problems: &mut Vec<String>) {
-    for parent in ["crates", "bins"] {
+    for parent in ["crates", "bins", "examples"] {
         let Ok(entries) = fs::read_dir(root.join(parent)) else {
             continue;
         };
@@ -76,15 +76,41 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// The paths a module's code names, as segment lists after `crate` or `super`.
-fn paths(code: &str) -> Vec<(bool, Vec<String>)> {
+/// What a path is relative to.
+#[derive(Clone, Copy)]
+enum Anchor {
+    Crate,
+    Super,
+    /// `self::…`, or a `use` of a child module by its bare name.
+    SelfModule,
+}
+
+/// The paths a module's code names, as segment lists after their anchor.
+fn paths(code: &str) -> Vec<(Anchor, Vec<String>)> {
     let mut out = Vec::new();
     for line in code.lines() {
         let line = line.trim_start();
         if line.starts_with("//") {
             continue;
         }
-        for (anchor, is_crate) in [("crate::", true), ("super::", false)] {
+        // `use child::Item;` names a child module without an anchor.
+        let bare_use = line
+            .split_once("use ")
+            .filter(|(before, _)| matches!(before.trim(), "" | "pub" | "pub(crate)"))
+            .map(|(_, rest)| rest);
+        if let Some(rest) = bare_use {
+            if !rest.starts_with("crate::")
+                && !rest.starts_with("super::")
+                && !rest.starts_with("self::")
+            {
+                out.push((Anchor::SelfModule, segments(rest)));
+            }
+        }
+        for (anchor, kind) in [
+            ("crate::", Anchor::Crate),
+            ("super::", Anchor::Super),
+            ("self::", Anchor::SelfModule),
+        ] {
             let mut rest = line;
             while let Some(at) = rest.find(anchor) {
                 let before = rest[..at].chars().last();
@@ -95,10 +121,10 @@ fn paths(code: &str) -> Vec<(bool, Vec<String>)> {
                 if let Some(group) = rest.strip_prefix('{') {
                     let inner = group.split('}').next().unwrap_or_default();
                     for item in inner.split(',') {
-                        out.push((is_crate, segments(item.trim())));
+                        out.push((kind, segments(item.trim())));
                     }
                 } else {
-                    out.push((is_crate, segments(rest)));
+                    out.push((kind, segments(rest)));
                 }
             }
         }
@@ -125,15 +151,13 @@ fn check_crate(src: &Path, name: &str, problems: &mut Vec<String>) {
             continue;
         }
         let here: Vec<&str> = module.split("::").collect();
-        for (is_crate, segments) in paths(code) {
-            let mut full: Vec<String> = if is_crate {
-                Vec::new()
-            } else {
-                here[..here.len() - 1]
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect()
+        for (anchor, segments) in paths(code) {
+            let base = match anchor {
+                Anchor::Crate => &here[..0],
+                Anchor::Super => &here[..here.len() - 1],
+                Anchor::SelfModule => &here[..],
             };
+            let mut full: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
             full.extend(segments);
             let target = (0..=full.len())
                 .rev()
