@@ -1,26 +1,34 @@
 //! The command line, as operators' scripts rely on it.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::error::ErrorKind;
-use clap::{Args, Parser, Subcommand};
-use keygate_keys::{KeyKind, KeyPrefix};
-use keygate_store::{Micros, ScopeSet, UsageGroup};
+use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use keygate_config::{CONFIG_ENV, DATABASE_URL_ENV, KEY_PREFIX_ENV};
+use keygate_keys::{DEFAULT_KEY_PREFIX, KeyKind, KeyPrefix};
+use keygate_store::{DEFAULT_DATABASE_URL, Micros, ScopeSet, UsageGroup};
 
 /// Manage a keygate deployment: migrations, accounts, API keys and usage.
 #[derive(Debug, Parser)]
 #[command(name = "keygate-admin", version, about, max_term_width = 100)]
 pub(crate) struct Cli {
+    /// The gateway's config file (keygate.toml). Its database_url and key_prefix are
+    /// used unless --database-url / --key-prefix or their variables are set; its
+    /// other sections are read but not used.
+    #[arg(long, short, global = true, env = CONFIG_ENV, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
     #[arg(
         long,
         global = true,
-        env = "KEYGATE_DATABASE_URL",
-        default_value = "sqlite://keygate.db",
+        env = DATABASE_URL_ENV,
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub(crate) database_url: String,
@@ -30,11 +38,34 @@ pub(crate) struct Cli {
     pub(crate) json: bool,
 
     /// Prefix of generated keys ([a-z0-9]{1,16}).
-    #[arg(long, global = true, env = "KEYGATE_KEY_PREFIX", default_value = "kg")]
+    #[arg(
+        long,
+        global = true,
+        env = KEY_PREFIX_ENV,
+        default_value = DEFAULT_KEY_PREFIX
+    )]
     pub(crate) key_prefix: KeyPrefix,
 
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// Parses the command line, keeping the matches so that [`crate::config`] can tell a
+/// value given from a default. Like the gateway, it takes an empty
+/// `KEYGATE_DATABASE_URL` or `KEYGATE_KEY_PREFIX` as unset.
+pub(crate) fn parse() -> Result<(Cli, ArgMatches), clap::Error> {
+    let mut command = Cli::command();
+    for (id, var) in [
+        ("database_url", DATABASE_URL_ENV),
+        ("key_prefix", KEY_PREFIX_ENV),
+    ] {
+        if std::env::var_os(var).is_some_and(|value| value.is_empty()) {
+            command = command.mut_arg(id, |arg| arg.env(None::<&str>));
+        }
+    }
+    let matches = command.try_get_matches()?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut Cli::command()))?;
+    Ok((cli, matches))
 }
 
 #[derive(Debug, Subcommand)]

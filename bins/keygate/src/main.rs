@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use keygate_proxy::{Billing, Gateway, ServerOptions, Shutdown};
-use keygate_store::{CredentialStore, DatabaseUrl, DbStore, Ledger};
+use keygate_store::{CredentialStore as _, DatabaseUrl, DbStore, Ledger};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -28,7 +28,7 @@ use crate::config::{Config, LogFormat, Overrides};
 struct Cli {
     /// Config file (TOML). Default: ./keygate.toml when present, else built-in
     /// defaults (127.0.0.1:8080, sqlite://keygate.db).
-    #[arg(long, short, env = "KEYGATE_CONFIG", value_name = "FILE")]
+    #[arg(long, short, env = keygate_config::CONFIG_ENV, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]
@@ -37,13 +37,12 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An empty variable counts as unset, in keygate-admin too.
+    let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let overrides = Overrides {
-        listen: std::env::var("KEYGATE_LISTEN")
-            .ok()
-            .filter(|v| !v.is_empty()),
-        database_url: std::env::var("KEYGATE_DATABASE_URL")
-            .ok()
-            .filter(|v| !v.is_empty()),
+        listen: set("KEYGATE_LISTEN"),
+        database_url: set(keygate_config::DATABASE_URL_ENV),
+        key_prefix: set(keygate_config::KEY_PREFIX_ENV),
     };
     let config = match config::load(cli.config.as_deref(), &overrides, &|name| {
         std::env::var(name).ok()
@@ -80,16 +79,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--check`: everything the start does short of opening the database and the
-/// port: upstream URLs, patterns, CA files, provider keys and TLS files.
+/// `--check`: everything the start checks short of opening the database and the
+/// port. Loading the config has checked every section, prices and billing included,
+/// and read the provider keys; `ProxyConfig::validate` checks what `Gateway::new`
+/// checks (upstream URLs, patterns, CA files) without building a gateway; then the
+/// TLS files are read.
 fn check(config: &Config) -> ExitCode {
-    let store: Arc<dyn CredentialStore> = Arc::new(keygate_store::MemoryStore::new());
-    let checked = Gateway::new(config.proxy.clone(), store)
-        .map(|_| ())
-        .and_then(|()| match &config.tls {
-            Some(files) => keygate_proxy::load_tls(&files.cert, &files.key).map(|_| ()),
-            None => Ok(()),
-        });
+    let checked = config.proxy.validate().and_then(|()| match &config.tls {
+        Some(files) => keygate_proxy::load_tls(&files.cert, &files.key).map(|_| ()),
+        None => Ok(()),
+    });
     match checked {
         Ok(()) => {
             eprintln!(

@@ -73,6 +73,9 @@ pub enum ExtractError {
     UnsupportedScheme,
 }
 
+/// The query parameter that carries a key unless a deployment names another.
+pub const DEFAULT_QUERY_PARAM: &str = "api-key";
+
 /// Extraction settings.
 #[derive(Clone, Debug)]
 pub struct ExtractOptions<'a> {
@@ -83,7 +86,7 @@ pub struct ExtractOptions<'a> {
 impl Default for ExtractOptions<'_> {
     fn default() -> Self {
         Self {
-            query_param: Some("api-key"),
+            query_param: Some(DEFAULT_QUERY_PARAM),
         }
     }
 }

@@ -23,7 +23,11 @@ const KEY_MAX_LEN: usize = PREFIX_MAX_LEN + 1 + 2 + 1 + TAIL_LEN;
 /// How many secret hex characters the display `start` keeps.
 const START_SECRET_CHARS: usize = 4;
 
-/// A deployment's key prefix: 1 to 16 characters of `[a-z0-9]`. Defaults to `kg`.
+/// The key prefix of a deployment that sets none: [`KeyPrefix::default`].
+pub const DEFAULT_KEY_PREFIX: &str = "kg";
+
+/// A deployment's key prefix: 1 to 16 characters of `[a-z0-9]`. Defaults to
+/// [`DEFAULT_KEY_PREFIX`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KeyPrefix(String);
 
@@ -55,7 +59,7 @@ impl KeyPrefix {
 
 impl Default for KeyPrefix {
     fn default() -> Self {
-        Self("kg".to_owned())
+        Self(DEFAULT_KEY_PREFIX.to_owned())
     }
 }
 

@@ -41,9 +41,12 @@ mod extract;
 mod format;
 mod hash;
 
-pub use extract::{Credential, CredentialSource, ExtractError, ExtractOptions, strip_query_param};
+pub use extract::{
+    Credential, CredentialSource, DEFAULT_QUERY_PARAM, ExtractError, ExtractOptions,
+    strip_query_param,
+};
 pub use format::{
-    InvalidPrefix, KeyFormatError, KeyKind, KeyPrefix, ParsedKey, RngError, SECRET_HEX_LEN,
-    SecretKey,
+    DEFAULT_KEY_PREFIX, InvalidPrefix, KeyFormatError, KeyKind, KeyPrefix, ParsedKey, RngError,
+    SECRET_HEX_LEN, SecretKey,
 };
 pub use hash::{InvalidKeyHash, KeyHash};

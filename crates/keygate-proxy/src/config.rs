@@ -1,6 +1,7 @@
 //! The gateway's runtime settings, already typed. Reading them from TOML and the
 //! environment is the binary's job; checking them is done once, at start.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use keygate_keys::KeyPrefix;
@@ -87,5 +88,40 @@ impl ProxyConfig {
             auth: AuthSettings::default(),
             listed_models: Vec::new(),
         }
+    }
+
+    /// Checks every setting [`Gateway::new`](crate::Gateway::new) relies on, without
+    /// building anything: the body limit, that no duration is zero, that upstream
+    /// names are unique, and each upstream's own settings
+    /// ([`UpstreamConfig::validate`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::new("max_body_bytes", "must be more than 0"));
+        }
+        for (field, value) in [
+            ("auth_cache.poll_interval", self.auth.poll_interval),
+            ("auth_cache.ttl", self.auth.cache_ttl),
+            ("auth_cache.negative_ttl", self.auth.negative_ttl),
+            ("auth_cache.last_used_flush", self.auth.last_used_flush),
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.first_byte", self.timeouts.first_byte),
+            ("timeouts.idle", self.timeouts.idle),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(field, "must be more than zero"));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let field = format!("upstreams[{i}]");
+            if !names.insert(upstream.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("the name {:?} is used by two upstreams", upstream.name),
+                ));
+            }
+            upstream.validate(&field)?;
+        }
+        Ok(())
     }
 }

@@ -75,34 +75,15 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Builds the gateway: validates and connects every upstream.
     pub fn new(config: ProxyConfig, store: Arc<dyn CredentialStore>) -> Result<Self, ConfigError> {
-        if config.max_body_bytes == 0 {
-            return Err(ConfigError::new("max_body_bytes", "must be more than 0"));
-        }
-        for (field, value) in [
-            ("auth_cache.poll_interval", config.auth.poll_interval),
-            ("auth_cache.ttl", config.auth.cache_ttl),
-            ("auth_cache.negative_ttl", config.auth.negative_ttl),
-            ("auth_cache.last_used_flush", config.auth.last_used_flush),
-            ("timeouts.connect", config.timeouts.connect),
-            ("timeouts.first_byte", config.timeouts.first_byte),
-            ("timeouts.idle", config.timeouts.idle),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::new(field, "must be more than zero"));
-            }
-        }
-        let mut names = HashSet::new();
-        let mut upstreams = Vec::with_capacity(config.upstreams.len());
-        for (i, upstream) in config.upstreams.iter().enumerate() {
-            let field = format!("upstreams[{i}]");
-            if !names.insert(upstream.name.clone()) {
-                return Err(ConfigError::new(
-                    format!("{field}.name"),
-                    format!("the name {:?} is used by two upstreams", upstream.name),
-                ));
-            }
-            upstreams.push(Arc::new(Upstream::new(upstream, &field, config.timeouts)?));
-        }
+        config.validate()?;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, upstream)| {
+                Upstream::new(upstream, &format!("upstreams[{i}]"), config.timeouts).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let auth = Authenticator::new(
             Arc::clone(&store),
             config.key_prefix,

@@ -93,13 +93,27 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// An [`UpstreamConfig`] once checked: everything [`Upstream::new`] builds from.
+struct Checked {
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    auth: Option<(HeaderName, HeaderValue)>,
+    models: Vec<ModelPattern>,
+    roots: rustls::RootCertStore,
+}
+
+impl UpstreamConfig {
+    /// Checks the name, the base URL, the model patterns, the provider key and the CA
+    /// file, without building a client; `field` names the entry in errors.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        Upstream::check(self, field).map(|_| ())
+    }
+}
+
 impl Upstream {
-    /// Validates `config` (`field` names it in errors) and builds its client.
-    pub fn new(
-        config: &UpstreamConfig,
-        field: &str,
-        timeouts: UpstreamTimeouts,
-    ) -> Result<Self, ConfigError> {
+    /// Checks `config` (`field` names it in errors): what building it needs.
+    fn check(config: &UpstreamConfig, field: &str) -> Result<Checked, ConfigError> {
         let err = |sub: &str, message: String| ConfigError::new(format!("{field}.{sub}"), message);
         if config.name.is_empty() || config.name.len() > 64 {
             return Err(err("name", "must be 1 to 64 characters".into()));
@@ -131,14 +145,6 @@ impl Upstream {
         if uri.query().is_some() {
             return Err(err("base_url", "must not have a query string".into()));
         }
-        let loopback = matches!(authority.host(), "localhost" | "127.0.0.1" | "[::1]")
-            || authority.host().starts_with("127.");
-        if scheme == Scheme::HTTP && config.provider_key.is_some() && !loopback {
-            tracing::warn!(
-                upstream = %config.name,
-                "base_url uses http:// to a host that is not loopback: the provider key travels unencrypted"
-            );
-        }
         let base_path = uri.path().trim_end_matches('/').to_owned();
         if config.models.is_empty() {
             return Err(err(
@@ -169,8 +175,42 @@ impl Upstream {
                 Some((name, value))
             }
         };
-        let client = build_client(config.ca_file.as_deref(), timeouts)
-            .map_err(|message| err("ca_file", message))?;
+        let roots =
+            load_roots(config.ca_file.as_deref()).map_err(|message| err("ca_file", message))?;
+        Ok(Checked {
+            scheme,
+            authority,
+            base_path,
+            auth,
+            models,
+            roots,
+        })
+    }
+
+    /// Validates `config` (`field` names it in errors) and builds its client.
+    pub fn new(
+        config: &UpstreamConfig,
+        field: &str,
+        timeouts: UpstreamTimeouts,
+    ) -> Result<Self, ConfigError> {
+        let Checked {
+            scheme,
+            authority,
+            base_path,
+            auth,
+            models,
+            roots,
+        } = Self::check(config, field)?;
+        let loopback = matches!(authority.host(), "localhost" | "127.0.0.1" | "[::1]")
+            || authority.host().starts_with("127.");
+        if scheme == Scheme::HTTP && config.provider_key.is_some() && !loopback {
+            tracing::warn!(
+                upstream = %config.name,
+                "base_url uses http:// to a host that is not loopback: the provider key travels unencrypted"
+            );
+        }
+        let client = build_client(roots, timeouts)
+            .map_err(|message| ConfigError::new(format!("{field}.ca_file"), message))?;
         Ok(Self {
             name: config.name.clone(),
             kind: config.kind,
@@ -229,10 +269,8 @@ impl Upstream {
     }
 }
 
-fn build_client(
-    ca_file: Option<&std::path::Path>,
-    timeouts: UpstreamTimeouts,
-) -> Result<UpstreamClient, String> {
+/// The webpki roots plus the certificates in `ca_file`.
+fn load_roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -250,6 +288,13 @@ fn build_client(
                 .map_err(|e| format!("{shown} holds a certificate rustls rejects: {e}"))?;
         }
     }
+    Ok(roots)
+}
+
+fn build_client(
+    roots: rustls::RootCertStore,
+    timeouts: UpstreamTimeouts,
+) -> Result<UpstreamClient, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

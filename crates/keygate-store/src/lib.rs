@@ -30,3 +30,6 @@ pub use types::{
     MAX_METADATA_ENTRIES, MAX_MODELS, MAX_NAME_LEN, MAX_ORIGINS, MAX_TOP_UP, NewAccount, NewApiKey,
     ReplacementKey, ReservationId,
 };
+
+/// The database of a deployment that names none: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db";

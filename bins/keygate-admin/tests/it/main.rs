@@ -44,6 +44,7 @@ impl Admin {
             .args(args)
             .env("KEYGATE_DATABASE_URL", &self.url)
             .env_remove("KEYGATE_KEY_PREFIX")
+            .env_remove("KEYGATE_CONFIG")
             .output()
             .unwrap()
     }
@@ -470,6 +471,238 @@ fn custom_key_prefix() {
     ]);
     assert!(created["key"].as_str().unwrap().starts_with("acme_sk_"));
     assert!(created["start"].as_str().unwrap().starts_with("acme_sk_"));
+}
+
+/// Runs the admin with only `env` of the variables it reads set.
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keygate-admin"));
+    command
+        .args(args)
+        .env_remove("KEYGATE_DATABASE_URL")
+        .env_remove("KEYGATE_KEY_PREFIX")
+        .env_remove("KEYGATE_CONFIG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+/// Like [`run_with_env`], expecting success and one JSON document.
+fn json_with_env(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let out = run_with_env(args, env);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A gateway config as the gateway reads it, with every section the admin ignores
+/// (an upstream whose key variable is unset here, prices, billing), the database
+/// `DIR/gateway.db` and the prefix `acme`.
+fn gateway_config(dir: &Path) -> (PathBuf, PathBuf) {
+    let db = dir.join("gateway.db");
+    let url = format!("sqlite://{}", db.display());
+    let path = keygate_test_utils::write_mock_config(dir, "http://127.0.0.1:9", &url).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("key_prefix = \"kg\"") && text.contains("[[upstreams]]"));
+    let text = text.replace("key_prefix = \"kg\"", "key_prefix = \"acme\"")
+        + "\n[billing]\nbatch_window = \"0s\"\n\n[privacy]\nlog_client_ip = false\n";
+    std::fs::write(&path, text).unwrap();
+    (path, db)
+}
+
+#[test]
+fn config_takes_the_database_and_the_prefix_from_the_gateway_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, db) = gateway_config(dir.path());
+    let config = config.to_str().unwrap();
+    let migrated = json_with_env(&["--config", config, "--json", "migrate"], &[]);
+    assert!(!migrated["applied"].as_array().unwrap().is_empty());
+    assert!(db.is_file(), "{:?}", files_in(dir.path()));
+    let account = json_with_env(
+        &[
+            "--json", "account", "create", "--name", "Acme", "--config", config,
+        ],
+        &[],
+    );
+    let id = account["id"].as_str().unwrap();
+    let created = json_with_env(
+        &[
+            "--config",
+            config,
+            "--json",
+            "key",
+            "create",
+            "--account",
+            id,
+        ],
+        &[],
+    );
+    let key = created["key"].as_str().unwrap();
+    assert!(key.starts_with("acme_sk_"), "{key}");
+    ParsedKey::parse(key, &KeyPrefix::new("acme").unwrap()).unwrap();
+
+    // KEYGATE_CONFIG names the file as --config does.
+    let keys = json_with_env(&["--json", "key", "list"], &[("KEYGATE_CONFIG", config)]);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    let created = json_with_env(
+        &["--json", "key", "create", "--account", id],
+        &[("KEYGATE_CONFIG", config)],
+    );
+    assert!(created["key"].as_str().unwrap().starts_with("acme_sk_"));
+
+    // An empty variable counts as unset, as it does for the gateway: the file applies.
+    let keys = json_with_env(
+        &["--config", config, "--json", "key", "list"],
+        &[("KEYGATE_DATABASE_URL", ""), ("KEYGATE_KEY_PREFIX", "")],
+    );
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn flags_and_variables_win_over_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, gateway_db) = gateway_config(dir.path());
+    let config = config.to_str().unwrap();
+    let other_db = dir.path().join("other.db");
+    let other = format!("sqlite://{}", other_db.display());
+
+    // --database-url over the file (and over KEYGATE_DATABASE_URL).
+    let env_db = dir.path().join("env.db");
+    let env_url = format!("sqlite://{}", env_db.display());
+    json_with_env(
+        &[
+            "--config",
+            config,
+            "--database-url",
+            &other,
+            "--json",
+            "migrate",
+        ],
+        &[("KEYGATE_DATABASE_URL", &env_url)],
+    );
+    assert!(other_db.is_file());
+    assert!(!gateway_db.exists() && !env_db.exists());
+
+    // KEYGATE_DATABASE_URL over the file.
+    json_with_env(
+        &["--config", config, "--json", "migrate"],
+        &[("KEYGATE_DATABASE_URL", &env_url)],
+    );
+    assert!(env_db.is_file());
+    assert!(!gateway_db.exists());
+
+    // --key-prefix and KEYGATE_KEY_PREFIX over the file, the flag first.
+    let account = json_with_env(
+        &[
+            "--config",
+            config,
+            "--database-url",
+            &other,
+            "--json",
+            "account",
+            "create",
+            "--name",
+            "A",
+        ],
+        &[],
+    );
+    let id = account["id"].as_str().unwrap();
+    let create = [
+        "--config",
+        config,
+        "--database-url",
+        &other,
+        "--json",
+        "key",
+        "create",
+        "--account",
+        id,
+    ];
+    let by_flag = json_with_env(
+        &[&create[..], &["--key-prefix", "flag"]].concat(),
+        &[("KEYGATE_KEY_PREFIX", "env")],
+    );
+    assert!(by_flag["key"].as_str().unwrap().starts_with("flag_sk_"));
+    let by_env = json_with_env(&create, &[("KEYGATE_KEY_PREFIX", "env")]);
+    assert!(by_env["key"].as_str().unwrap().starts_with("env_sk_"));
+    let by_file = json_with_env(&create, &[]);
+    assert!(by_file["key"].as_str().unwrap().starts_with("acme_sk_"));
+}
+
+#[test]
+fn a_bad_config_file_is_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fails = |args: &[&str], env: &[(&str, &str)]| {
+        let out = run_with_env(args, env);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+        stderr
+    };
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let err = fails(&["--config", missing, "account", "list"], &[]);
+    assert!(
+        err.starts_with("keygate-admin: cannot read the config file ") && err.contains(missing),
+        "{err}"
+    );
+    // Even when the flags leave nothing for the file to supply, a named file must be readable.
+    let err = fails(
+        &[
+            "account",
+            "list",
+            "--database-url",
+            "sqlite://x.db",
+            "--key-prefix",
+            "kg",
+        ],
+        &[("KEYGATE_CONFIG", missing)],
+    );
+    assert!(err.contains(missing), "{err}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "database_url = \"sqlite://x.db\"\ndatabase = \"typo\"\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let err = fails(&["--config", bad, "account", "list"], &[]);
+    assert!(
+        err.contains(&format!("{bad} (line 2)")) && err.contains("`database`"),
+        "{err}"
+    );
+
+    let not_toml = dir.path().join("not.toml");
+    std::fs::write(&not_toml, "[[upstreams]\n").unwrap();
+    let not_toml = not_toml.to_str().unwrap();
+    let err = fails(&["--config", not_toml, "migrate"], &[]);
+    assert!(err.contains(not_toml), "{err}");
+
+    let bad_prefix = dir.path().join("prefix.toml");
+    std::fs::write(&bad_prefix, "key_prefix = \"Acme\"\n").unwrap();
+    let bad_prefix = bad_prefix.to_str().unwrap();
+    let err = fails(&["--config", bad_prefix, "account", "list"], &[]);
+    assert!(
+        err.contains(&format!("{bad_prefix}: key_prefix: ")),
+        "{err}"
+    );
+
+    let bad_url = dir.path().join("url.toml");
+    std::fs::write(&bad_url, "database_url = \"mysql://u:hunter2@db/x\"\n").unwrap();
+    let bad_url = bad_url.to_str().unwrap();
+    let err = fails(&["--config", bad_url, "account", "list"], &[]);
+    assert!(err.contains(&format!("{bad_url}: database_url: ")), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(
+        files_in(dir.path())
+            .iter()
+            .all(|p| p.extension().is_some_and(|e| e == "toml"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -378,11 +378,41 @@ async fn check_validates_upstreams_without_starting() {
     );
 
     std::fs::write(&path, "database_url = \"sqlite:///nonexistent/dir/kg.db\"\n[[upstreams]]\nname = \"x\"\nbase_url = \"https://x.example/v1\"\nkind = \"openai\"\nmodels = [\"gpt-4o*\"]\n").unwrap();
-    let output = run(path).await;
+    let output = run(path.clone()).await;
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(!dir.path().join("kg.db").exists());
+
+    // What only building the gateway used to catch, and the billing sections.
+    let upstream = "[[upstreams]]\nname = \"x\"\nbase_url = \"https://x.example/v1\"\nkind = \"openai\"\nmodels = [\"gpt-4o*\"]\n";
+    for (text, expected) in [
+        (format!("{upstream}{upstream}"), "upstreams[1].name"),
+        (
+            upstream.replace("models", "ca_file = \"missing-ca.pem\"\nmodels"),
+            "upstreams[0].ca_file",
+        ),
+        (
+            format!(
+                "{upstream}[prices.\"gpt-4o\"]\ninput_per_mtok = -1.0\noutput_per_mtok = 1.0\n"
+            ),
+            "prices.\"gpt-4o\"",
+        ),
+        (
+            format!("{upstream}[billing]\nbatch_window = \"2m\"\n"),
+            "billing.batch_window",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let output = run(path.clone()).await;
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("check.toml") && stderr.contains(expected),
+            "{expected}: {stderr}"
+        );
+    }
 }

@@ -1,0 +1,82 @@
+//! Where requests go: `[timeouts]` and `[[upstreams]]`, with each upstream's provider
+//! key read from the environment. The URLs, patterns and CA files themselves are
+//! checked by `ProxyConfig::validate`.
+
+use std::path::Path;
+
+use anyhow::bail;
+use keygate_config::{RawKind, RawTimeouts, RawUpstream};
+use keygate_proxy::{ProviderKey, ProviderKind, UpstreamConfig, UpstreamTimeouts, defaults};
+
+use super::duration;
+
+/// The upstreams to use, and those skipped for want of a key.
+#[derive(Debug)]
+pub(super) struct Upstreams {
+    /// In routing order.
+    pub(super) upstreams: Vec<UpstreamConfig>,
+    /// Built-in upstreams left out because their key variable is unset, as messages.
+    pub(super) skipped: Vec<String>,
+}
+
+/// `[timeouts]` over the proxy's defaults.
+pub(super) fn timeouts(raw: Option<&RawTimeouts>) -> anyhow::Result<UpstreamTimeouts> {
+    Ok(UpstreamTimeouts {
+        connect: duration::parse(
+            "timeouts.connect",
+            raw.and_then(|t| t.connect.as_deref()),
+            defaults::CONNECT_TIMEOUT,
+        )?,
+        first_byte: duration::parse(
+            "timeouts.first_byte",
+            raw.and_then(|t| t.first_byte.as_deref()),
+            defaults::FIRST_BYTE_TIMEOUT,
+        )?,
+        idle: duration::parse(
+            "timeouts.idle",
+            raw.and_then(|t| t.idle.as_deref()),
+            defaults::IDLE_TIMEOUT,
+        )?,
+    })
+}
+
+/// `[[upstreams]]`, with `ca_file` relative to `base_dir` and provider keys from `env`.
+/// A `builtin` upstream whose key variable is unset is skipped; a configured one is
+/// an error.
+pub(super) fn upstreams(
+    raw: Vec<RawUpstream>,
+    env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &Path,
+    builtin: bool,
+) -> anyhow::Result<Upstreams> {
+    let mut upstreams = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, up) in raw.into_iter().enumerate() {
+        let field = format!("upstreams[{i}]");
+        let provider_key = match &up.api_key_env {
+            None => None,
+            Some(var) => match env(var).filter(|v| !v.is_empty()) {
+                Some(key) => Some(ProviderKey::new(key)),
+                None if builtin => {
+                    skipped.push(format!("{} skipped: set {var} to use it", up.name));
+                    continue;
+                }
+                None => bail!(
+                    "{field}.api_key_env: the environment variable {var} is not set; export the provider key as {var}, or remove api_key_env for an upstream that needs no key"
+                ),
+            },
+        };
+        upstreams.push(UpstreamConfig {
+            name: up.name,
+            base_url: up.base_url,
+            kind: match up.kind {
+                RawKind::Openai => ProviderKind::OpenAi,
+                RawKind::Anthropic => ProviderKind::Anthropic,
+            },
+            provider_key,
+            models: up.models,
+            ca_file: up.ca_file.map(|p| base_dir.join(p)),
+        });
+    }
+    Ok(Upstreams { upstreams, skipped })
+}

@@ -1,0 +1,291 @@
+//! `keygate.toml` as written: the raw file types, read with `deny_unknown_fields`
+//! and nothing else checked. The gateway (`bins/keygate`) validates every section
+//! into the proxy's typed settings; `keygate-admin --config` takes `database_url`
+//! and `key_prefix` from the same file. Both read it through [`read`], so a file
+//! one of them accepts the other parses too, and a misspelt field stops both.
+//!
+//! Field by field, the file is described in `docs/configuration.md`.
+//!
+//! ```
+//! let text = "database_url = \"sqlite://keygate.db\"\n[[upstreams]]\nname = \"openai\"\n\
+//!             base_url = \"https://api.openai.com/v1\"\nkind = \"openai\"\nmodels = [\"gpt-*\"]\n";
+//! let raw = keygate_config::parse(text, std::path::Path::new("keygate.toml")).unwrap();
+//! assert_eq!(raw.database_url.as_deref(), Some("sqlite://keygate.db"));
+//! assert_eq!(raw.key_prefix, None);
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The variable naming the config file, read by both binaries as `--config`.
+pub const CONFIG_ENV: &str = "KEYGATE_CONFIG";
+/// The variable that overrides the file's `database_url` in both binaries.
+pub const DATABASE_URL_ENV: &str = "KEYGATE_DATABASE_URL";
+/// The variable that overrides the file's `key_prefix` in both binaries.
+pub const KEY_PREFIX_ENV: &str = "KEYGATE_KEY_PREFIX";
+
+/// Reads and parses the file at `path`.
+pub fn read(path: &Path) -> Result<RawConfig, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses `text`, read from `path` (which errors name).
+pub fn parse(text: &str, path: &Path) -> Result<RawConfig, FileError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|span| {
+            text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1
+        });
+        FileError::Parse {
+            path: path.to_path_buf(),
+            line,
+            message: e.message().to_owned(),
+        }
+    })
+}
+
+/// The file could not be read or is not a keygate config.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Missing, unreadable or not UTF-8.
+    #[error("cannot read the config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or not the shape of `keygate.toml` (an unknown field, a wrong type).
+    #[error("{}{}: {message}", path.display(), line.map(|line| format!(" (line {line})")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The line the parser stopped at, when it knows.
+        line: Option<usize>,
+        /// The parser's message, which names the field.
+        message: String,
+    },
+}
+
+/// The whole file. Every field is optional; what is left out takes its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `listen`: address and port.
+    pub listen: Option<String>,
+    /// `database_url`: `sqlite://PATH` or `postgres://…`.
+    pub database_url: Option<String>,
+    /// `key_prefix`: the prefix keys are issued with.
+    pub key_prefix: Option<String>,
+    /// `key_query_param`: the query parameter that may carry a key; `""` turns it off.
+    pub key_query_param: Option<String>,
+    /// `max_body_bytes`: the largest request body.
+    pub max_body_bytes: Option<usize>,
+    /// `shutdown_grace`: a duration.
+    pub shutdown_grace: Option<String>,
+    /// `log_format`: `"text"` or `"json"`.
+    pub log_format: Option<String>,
+    /// `[tls]`.
+    pub tls: Option<RawTls>,
+    /// `[timeouts]`.
+    pub timeouts: Option<RawTimeouts>,
+    /// `[auth_cache]`.
+    pub auth_cache: Option<RawAuthCache>,
+    /// `[[upstreams]]`, in routing order.
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    /// `[prices."MODEL"]`.
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+    /// `[billing]`.
+    pub billing: Option<RawBilling>,
+    /// `[privacy]`.
+    pub privacy: Option<RawPrivacy>,
+}
+
+/// `[billing]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBilling {
+    /// Serve models without a price, free of charge.
+    pub allow_unpriced: Option<bool>,
+    /// Output tokens reserved for a request that sets no cap.
+    pub default_output_reserve: Option<u64>,
+    /// Days usage records are kept; `0` keeps them.
+    pub usage_retention_days: Option<u32>,
+    /// How long a reservation lives before the sweep may release it (a duration).
+    pub reservation_ttl: Option<String>,
+    /// How long a key's requests share one store reservation (a duration).
+    pub batch_window: Option<String>,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    /// Store the client address in usage records.
+    pub log_client_ip: Option<bool>,
+}
+
+/// `[tls]`: paths relative to the file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[timeouts]`: durations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP connect to an upstream.
+    pub connect: Option<String>,
+    /// From sending the request to the response headers.
+    pub first_byte: Option<String>,
+    /// Longest silence between two frames of a response body.
+    pub idle: Option<String>,
+}
+
+/// `[auth_cache]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthCache {
+    /// How long a found key stays cached (a duration).
+    pub ttl: Option<String>,
+    /// How long an unknown key stays cached (a duration).
+    pub negative_ttl: Option<String>,
+    /// Most keys cached.
+    pub capacity: Option<u64>,
+    /// How often the change feed is polled (a duration).
+    pub poll_interval: Option<String>,
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Unique name.
+    pub name: String,
+    /// Base URL including the API version.
+    pub base_url: String,
+    /// Provider API.
+    pub kind: RawKind,
+    /// The environment variable holding the provider key.
+    pub api_key_env: Option<String>,
+    /// Exact names and trailing-`*` patterns.
+    pub models: Vec<String>,
+    /// Extra PEM CA certificates, relative to the file's directory.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// An upstream's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawKind {
+    /// `"openai"`.
+    Openai,
+    /// `"anthropic"`.
+    Anthropic,
+}
+
+/// One `[prices."MODEL"]` entry, in credits per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// Input tokens.
+    pub input_per_mtok: f64,
+    /// Output tokens.
+    pub output_per_mtok: f64,
+    /// Cached input tokens, where the provider reports them.
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_field_names_the_file_and_the_line() {
+        let err = parse(
+            "listen = \"127.0.0.1:8080\"\nlisten_port = 1\n",
+            Path::new("k.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("k.toml (line 2): "), "{err}");
+        assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let err = read(&path).unwrap_err();
+        assert!(matches!(err, FileError::Read { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read the config file {}", path.display())
+        );
+    }
+
+    #[test]
+    fn every_section_parses() {
+        let text = r#"
+listen = "0.0.0.0:8080"
+database_url = "postgres://keygate@db/keygate"
+key_prefix = "acme"
+key_query_param = ""
+max_body_bytes = 1024
+shutdown_grace = "5s"
+log_format = "json"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+[timeouts]
+connect = "1s"
+first_byte = "2s"
+idle = "3s"
+[auth_cache]
+ttl = "1m"
+negative_ttl = "1s"
+capacity = 10
+poll_interval = "100ms"
+[[upstreams]]
+name = "a"
+base_url = "https://api.anthropic.com/v1"
+kind = "anthropic"
+api_key_env = "ANTHROPIC_API_KEY"
+models = ["claude-*"]
+ca_file = "ca.pem"
+[prices."claude-haiku-4-5"]
+input_per_mtok = 1.0
+output_per_mtok = 5.0
+[billing]
+allow_unpriced = true
+default_output_reserve = 10
+usage_retention_days = 0
+reservation_ttl = "1h"
+batch_window = "0s"
+[privacy]
+log_client_ip = true
+"#;
+        let raw = parse(text, Path::new("keygate.toml")).unwrap();
+        assert_eq!(raw.key_prefix.as_deref(), Some("acme"));
+        assert_eq!(raw.upstreams[0].kind, RawKind::Anthropic);
+        assert_eq!(raw.prices["claude-haiku-4-5"].output_per_mtok, 5.0);
+        assert_eq!(raw.privacy.and_then(|p| p.log_client_ip), Some(true));
+    }
+}
