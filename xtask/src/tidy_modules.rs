@@ -97,14 +97,14 @@ fn paths(code: &str) -> Vec<(Anchor, Vec<String>)> {
         let bare_use = line
             .split_once("use ")
             .filter(|(before, _)| matches!(before.trim(), "" | "pub" | "pub(crate)"))
-            .map(|(_, rest)| rest);
+            .map(|(_, rest)| rest)
+            .filter(|rest| {
+                !["crate::", "super::", "self::"]
+                    .iter()
+                    .any(|a| rest.starts_with(a))
+            });
         if let Some(rest) = bare_use {
-            if !rest.starts_with("crate::")
-                && !rest.starts_with("super::")
-                && !rest.starts_with("self::")
-            {
-                out.push((Anchor::SelfModule, segments(rest)));
-            }
+            out.push((Anchor::SelfModule, segments(rest)));
         }
         for (anchor, kind) in [
             ("crate::", Anchor::Crate),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use keygate_keys::KeyPrefix;
 
+use crate::error::ConfigError;
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
 
 /// Everything the proxy service needs besides the store.
@@ -77,7 +78,7 @@ impl ProxyConfig {
     pub fn new(key_prefix: KeyPrefix, upstreams: Vec<UpstreamConfig>) -> Self {
         Self {
             key_prefix,
-            query_param: Some("api-key".to_owned()),
+            query_param: Some(keygate_keys::DEFAULT_QUERY_PARAM.to_owned()),
             max_body_bytes: defaults::MAX_BODY_BYTES,
             upstreams,
             timeouts: UpstreamTimeouts {

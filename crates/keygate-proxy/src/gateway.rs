@@ -3,7 +3,6 @@
 //! tap point on forwarded responses, and its background tasks. The request path
 //! itself is in [`crate::pipeline`].
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
