@@ -6,6 +6,8 @@
 //!   with `up.sql` and `down.sql`;
 //! - every TEXT column in a migration is bounded by a CHECK, so no column can hold
 //!   a request or response body (the privacy invariant);
+//! - each `length(column) <= N` in a migration equals the `keygate_types::limits`
+//!   constant the Rust code checks that column with, so the two cannot drift;
 //! - every crate opts into the workspace lints;
 //! - no two modules of a crate import each other, directly or in a cycle
 //!   (`tidy_modules`).
@@ -17,12 +19,76 @@ use std::path::{Path, PathBuf};
 /// The folders that hold the workspace's members (the root `Cargo.toml`).
 const MEMBER_DIRS: [&str; 4] = ["crates", "bins", "examples", "xtask"];
 
+use keygate_types::limits;
+
+/// The Rust constant each length-bounded column must agree with, as
+/// `(table, column, constant's name, its value)`.
+const COLUMN_LIMITS: &[(&str, &str, &str, usize)] = &[
+    ("accounts", "id", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    ("accounts", "name", "MAX_NAME_LEN", limits::MAX_NAME_LEN),
+    ("accounts", "email", "MAX_EMAIL_LEN", limits::MAX_EMAIL_LEN),
+    ("api_keys", "id", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    ("api_keys", "name", "MAX_NAME_LEN", limits::MAX_NAME_LEN),
+    ("key_changes", "key_id", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    ("reservations", "id", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    (
+        "reservations",
+        "account_id",
+        "MAX_ID_LEN",
+        limits::MAX_ID_LEN,
+    ),
+    ("reservations", "key_id", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    ("usage_records", "key_id", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    (
+        "usage_records",
+        "account_id",
+        "MAX_ID_LEN",
+        limits::MAX_ID_LEN,
+    ),
+    (
+        "usage_records",
+        "model",
+        "MAX_MODEL_LEN",
+        limits::MAX_MODEL_LEN,
+    ),
+    (
+        "usage_records",
+        "upstream",
+        "MAX_UPSTREAM_NAME_LEN",
+        limits::MAX_UPSTREAM_NAME_LEN,
+    ),
+    (
+        "usage_records",
+        "client_name",
+        "MAX_CLIENT_NAME_LEN",
+        limits::MAX_CLIENT_NAME_LEN,
+    ),
+    (
+        "usage_records",
+        "client_ip",
+        "MAX_CLIENT_IP_LEN",
+        limits::MAX_CLIENT_IP_LEN,
+    ),
+];
+
+/// Length-bounded columns that no Rust check mirrors: JSON or comma lists built
+/// from values that are checked one by one, and the display start that
+/// `keygate-keys` makes. A new bounded column goes in [`COLUMN_LIMITS`] or here.
+const SCHEMA_ONLY_LIMITS: &[(&str, &str)] = &[
+    ("api_keys", "start"),
+    ("api_keys", "scopes"),
+    ("api_keys", "models"),
+    ("api_keys", "origins"),
+    ("api_keys", "metadata"),
+];
+
 /// Runs every check; returns each problem as one line.
 pub(crate) fn check(root: &Path) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     doc_lines(root, &mut problems);
     migrations_in_step(root, &mut problems);
     text_columns_bounded(root, &mut problems);
+    length_limits_match(root, &mut problems);
     workspace_lints(root, &mut problems);
     crate::tidy_modules::check(root, &mut problems);
     if problems.is_empty() {
@@ -144,6 +210,112 @@ fn text_columns_bounded(root: &Path, problems: &mut Vec<String>) {
     }
 }
 
+/// One `length(column) <= N` (or `BETWEEN … AND N`) found in a migration.
+#[derive(Debug, PartialEq, Eq)]
+struct LengthBound {
+    table: String,
+    column: String,
+    max: usize,
+    line: usize,
+}
+
+/// The length bounds in one migration file, each with the table it belongs to
+/// (the last `CREATE TABLE` or `ALTER TABLE` seen).
+fn length_bounds(sql: &str) -> Vec<LengthBound> {
+    let mut table = String::new();
+    let mut bounds = Vec::new();
+    for (number, line) in sql.lines().enumerate() {
+        let code = line.split("--").next().unwrap_or("").to_ascii_lowercase();
+        let words: Vec<&str> = code.split_whitespace().collect();
+        if let Some(at) = words
+            .windows(2)
+            .position(|pair| matches!(pair, ["create" | "alter", "table"]))
+        {
+            let name = words[at + 2..]
+                .iter()
+                .find(|word| !matches!(**word, "if" | "not" | "exists"))
+                .unwrap_or(&"");
+            table = name.trim_end_matches('(').to_owned();
+        }
+        let mut rest = code.as_str();
+        while let Some(start) = rest.find("length(") {
+            rest = &rest[start + "length(".len()..];
+            let Some((column, after)) = rest.split_once(')') else {
+                break;
+            };
+            let after = after.trim_start();
+            let max = match after.strip_prefix("<=") {
+                Some(bound) => leading_number(bound),
+                None => after
+                    .strip_prefix("between")
+                    .and_then(|range| range.split_once(" and "))
+                    .and_then(|(_, bound)| leading_number(bound)),
+            };
+            if let Some(max) = max {
+                bounds.push(LengthBound {
+                    table: table.clone(),
+                    column: column.trim().to_owned(),
+                    max,
+                    line: number + 1,
+                });
+            }
+            rest = after;
+        }
+    }
+    bounds
+}
+
+fn leading_number(text: &str) -> Option<usize> {
+    let text = text.trim_start();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    text[..digits].parse().ok()
+}
+
+fn length_limits_match(root: &Path, problems: &mut Vec<String>) {
+    for backend in ["sqlite", "postgres"] {
+        let mut sql = Vec::new();
+        files(&root.join("migrations").join(backend), "sql", &mut sql);
+        sql.sort();
+        let mut seen = BTreeSet::new();
+        for path in sql {
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            for bound in length_bounds(&text) {
+                let (table, column) = (bound.table.as_str(), bound.column.as_str());
+                let at = format!("{}:{}", relative(root, &path), bound.line);
+                let limit = COLUMN_LIMITS
+                    .iter()
+                    .find(|(t, c, _, _)| *t == table && *c == column);
+                match limit {
+                    Some((_, _, name, value)) => {
+                        seen.insert((table.to_owned(), column.to_owned()));
+                        if bound.max != *value {
+                            problems.push(format!(
+                                "{at}: {table}.{column} is bounded by {} but keygate_types::limits::{name} is {value}",
+                                bound.max
+                            ));
+                        }
+                    }
+                    None if SCHEMA_ONLY_LIMITS.contains(&(table, column)) => {}
+                    None => problems.push(format!(
+                        "{at}: {table}.{column} has a length bound that no keygate_types::limits constant \
+                         names; add one (and check it where the column is written) or list the \
+                         column in tidy's SCHEMA_ONLY_LIMITS"
+                    )),
+                }
+            }
+        }
+        for (table, column, name, _) in COLUMN_LIMITS {
+            if !seen.contains(&((*table).to_owned(), (*column).to_owned())) {
+                problems.push(format!(
+                    "migrations/{backend} has no length CHECK on {table}.{column} (keygate_types::limits::{name})"
+                ));
+            }
+        }
+    }
+}
+
 fn workspace_lints(root: &Path, problems: &mut Vec<String>) {
     let mut manifests = Vec::new();
     for dir in MEMBER_DIRS {
@@ -170,6 +342,65 @@ mod tests {
         if let Err(problems) = check(&crate::workspace_root()) {
             panic!("cargo xtask tidy found:\n{}", problems.join("\n"));
         }
+    }
+
+    #[test]
+    fn length_bounds_are_read_with_their_table() {
+        let sql = "CREATE TABLE t (\n    id TEXT NOT NULL CHECK (length(id) <= 40),\n    \
+                   name TEXT CHECK (LENGTH(name) BETWEEN 1 AND 200), -- length(x) <= 1\n    \
+                   hash TEXT CHECK (length(hash) = 64)\n);\n\
+                   ALTER TABLE u ADD COLUMN ip TEXT CHECK (ip IS NULL OR length(ip) <= 45);\n";
+        let found: Vec<(String, String, usize, usize)> = length_bounds(sql)
+            .into_iter()
+            .map(|b| (b.table, b.column, b.max, b.line))
+            .collect();
+        let expected = [
+            ("t", "id", 40, 2),
+            ("t", "name", 200, 3),
+            ("u", "ip", 45, 6),
+        ]
+        .map(|(t, c, max, line)| (t.to_owned(), c.to_owned(), max, line));
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn a_bound_that_disagrees_with_its_constant_is_caught() {
+        let dir = std::env::temp_dir().join(format!("kg-tidy-limits-{}", std::process::id()));
+        for backend in ["sqlite", "postgres"] {
+            let migration = dir.join("migrations").join(backend).join("m1");
+            fs::create_dir_all(&migration).unwrap();
+            fs::write(
+                migration.join("up.sql"),
+                "CREATE TABLE usage_records (\n    model TEXT CHECK (length(model) <= 255),\n    \
+                 note TEXT CHECK (length(note) <= 9)\n);\n",
+            )
+            .unwrap();
+        }
+        let mut problems = Vec::new();
+        length_limits_match(&dir, &mut problems);
+        let _ = fs::remove_dir_all(&dir);
+        let sqlite: Vec<&String> = problems
+            .iter()
+            .filter(|p| p.contains("migrations/sqlite"))
+            .collect();
+        assert!(
+            sqlite[0].contains("up.sql:2: usage_records.model is bounded by 255")
+                && sqlite[0].contains("MAX_MODEL_LEN is 256"),
+            "{problems:?}"
+        );
+        assert!(
+            sqlite[1].contains("up.sql:3: usage_records.note"),
+            "{problems:?}"
+        );
+        let missing = COLUMN_LIMITS.len() - 1;
+        assert_eq!(sqlite.len(), 2 + missing, "{problems:?}");
+        assert_eq!(problems.len(), 2 * (2 + missing), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("migrations/postgres has no length CHECK on accounts.id")),
+            "{problems:?}"
+        );
     }
 
     #[test]

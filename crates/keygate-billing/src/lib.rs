@@ -5,12 +5,38 @@
 //! integer micro-units and computes costs rounded up to the micro; bounds what to
 //! reserve before forwarding from the body size and its output cap; and asks an
 //! OpenAI stream for usage the client did not request (`stream_options`), then
-//! hides the extra usage chunk from that client. It does no HTTP serving and no IO.
+//! hides the extra usage chunk from that client. It does no HTTP serving and no IO,
+//! and needs no database: money is [`Micros`] and the usage source is
+//! [`UsageSource`], both from `keygate-types`.
+//!
+//! What an embedder writes: price a model, read the usage from a response body,
+//! and cost it.
+//!
+//! ```
+//! use keygate_billing::{ApiShape, Micros, Price, PriceTable, UsageSource, read_json};
+//!
+//! // 2.5 credits per million input tokens, 10 per million output tokens.
+//! let mut prices = PriceTable::new();
+//! prices.insert("gpt-4o", Price::from_credits(2.5, 10.0, None)?);
+//!
+//! let body = br#"{"id":"chatcmpl-1","choices":[],
+//!     "usage":{"prompt_tokens":1000,"completion_tokens":200,"total_tokens":1200}}"#;
+//! let usage = read_json(ApiShape::OpenAiCompletions, body);
+//! assert_eq!(usage.source, UsageSource::Reported);
+//! assert_eq!((usage.input_tokens, usage.output_tokens), (1000, 200));
+//!
+//! let cost = prices.get("gpt-4o").map(|price| price.cost(&usage));
+//! assert_eq!(cost, Some(Micros(4_500))); // 0.0025 + 0.002 credits
+//! assert_eq!(cost.map(|c| c.to_string()).as_deref(), Some("0.0045"));
+//! # Ok::<(), keygate_billing::PriceError>(())
+//! ```
 
 mod inject;
 mod price;
 mod sse;
 mod usage;
+
+pub use keygate_types::{Micros, UsageSource};
 
 pub use inject::{Injection, MAX_HELD_EVENT_BYTES, UsageChunkFilter, inject_include_usage};
 pub use price::{
@@ -19,6 +45,5 @@ pub use price::{
 };
 pub use sse::{MAX_EVENT_BYTES, SseEvent, SseParser};
 pub use usage::{
-    ApiShape, JSON_TAIL_BYTES, JsonUsage, MAX_JSON_BODY_BYTES, StreamUsage, Usage, UsageSource,
-    read_json,
+    ApiShape, JSON_TAIL_BYTES, JsonUsage, MAX_JSON_BODY_BYTES, StreamUsage, Usage, read_json,
 };

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use keygate_store::{MICROS_PER_CREDIT, Micros};
+use keygate_types::{MICROS_PER_CREDIT, Micros};
 use serde::Deserialize;
 
 use crate::inject::is_json_object;
@@ -272,7 +272,7 @@ fn ceil_micros(terms: &[(u64, Micros)]) -> Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::UsageSource;
+    use keygate_types::UsageSource;
     use proptest::prelude::*;
 
     fn usage(input: u64, cached: u64, output: u64) -> Usage {

@@ -11,30 +11,9 @@ use std::borrow::Cow;
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use keygate_types::UsageSource;
+
 use crate::sse::{SseEvent, SseParser};
-
-/// Where a usage figure came from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum UsageSource {
-    /// The upstream's own `usage`.
-    Reported,
-    /// Estimated by keygate (for example, a stream the client cut short).
-    Estimated,
-    /// No usage seen and none estimated.
-    #[default]
-    Unknown,
-}
-
-impl UsageSource {
-    /// The name stored in usage records.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Reported => "reported",
-            Self::Estimated => "estimated",
-            Self::Unknown => "unknown",
-        }
-    }
-}
 
 /// Tokens used by one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use keygate_store::limits::{MAX_CLIENT_NAME_LEN, MAX_MODEL_LEN};
 use serde::Deserialize;
 
 use crate::endpoint::{BodyFormat, Endpoint};
@@ -18,10 +19,6 @@ use crate::text::truncate;
 
 /// Largest total size of request header names and values accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Longest model name accepted.
-const MAX_MODEL_LEN: usize = 256;
-/// Longest client name kept in usage records.
-const MAX_CLIENT_NAME_LEN: usize = 100;
 
 /// A request body read whole, with what keygate peeked at in it.
 #[derive(Debug)]

@@ -14,6 +14,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use keygate_store::limits::MAX_UPSTREAM_NAME_LEN;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -115,8 +116,11 @@ impl Upstream {
     /// Checks `config` (`field` names it in errors): what building it needs.
     fn check(config: &UpstreamConfig, field: &str) -> Result<Checked, ConfigError> {
         let err = |sub: &str, message: String| ConfigError::new(format!("{field}.{sub}"), message);
-        if config.name.is_empty() || config.name.len() > 64 {
-            return Err(err("name", "must be 1 to 64 characters".into()));
+        if config.name.is_empty() || config.name.len() > MAX_UPSTREAM_NAME_LEN {
+            return Err(err(
+                "name",
+                format!("must be 1 to {MAX_UPSTREAM_NAME_LEN} characters"),
+            ));
         }
         let uri: Uri = config.base_url.parse().map_err(|_| {
             err(

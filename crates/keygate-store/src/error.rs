@@ -1,5 +1,7 @@
 //! `StoreError`: what a store operation can fail with. Messages never carry a key.
 
+use keygate_types::{AccountId, IdError, KeyId};
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +28,15 @@ pub enum StoreError {
     /// The database URL is not one this crate can open.
     #[error("unsupported database URL {0}: expected sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
+    /// The URL names a backend this build leaves out (see the crate's `sqlite` and
+    /// `postgres` features).
+    #[error("this build of keygate has no {backend} support; rebuild with the `{feature}` feature")]
+    BackendNotBuilt {
+        /// `SQLite` or `PostgreSQL`.
+        backend: &'static str,
+        /// The cargo feature that adds it.
+        feature: &'static str,
+    },
     /// The database cannot be reached.
     #[error("database unreachable: {0}")]
     Unavailable(String),
@@ -45,14 +56,14 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn account_not_found(id: &crate::AccountId) -> Self {
+    pub(crate) fn account_not_found(id: &AccountId) -> Self {
         StoreError::NotFound {
             entity: "account",
             id: id.to_string(),
         }
     }
 
-    pub(crate) fn key_not_found(id: &crate::KeyId) -> Self {
+    pub(crate) fn key_not_found(id: &KeyId) -> Self {
         StoreError::NotFound {
             entity: "key",
             id: id.to_string(),
@@ -62,6 +73,13 @@ impl StoreError {
     /// Whether the failure is the store being unreachable (as opposed to a bad request).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// An id that does not parse is invalid input, like any other field.
+impl From<IdError> for StoreError {
+    fn from(error: IdError) -> Self {
+        StoreError::invalid("id", error.reason())
     }
 }
 

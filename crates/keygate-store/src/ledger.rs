@@ -12,9 +12,9 @@
 
 use chrono::{DateTime, Utc};
 
+use keygate_types::{AccountId, KeyId, Micros, ReservationId, UsageSource};
+
 use crate::error::{Result, StoreError};
-use crate::money::Micros;
-use crate::types::{AccountId, KeyId, ReservationId};
 
 /// Input to reserve money for a request.
 #[derive(Clone, Debug)]
@@ -64,38 +64,6 @@ pub struct KeySpend {
     pub reserved: Micros,
 }
 
-/// Where a usage record's token counts came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UsageSource {
-    /// The upstream's own `usage`.
-    Reported,
-    /// Estimated by keygate.
-    Estimated,
-    /// Not known.
-    Unknown,
-}
-
-impl UsageSource {
-    /// The stored name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Reported => "reported",
-            Self::Estimated => "estimated",
-            Self::Unknown => "unknown",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "reported" => Some(Self::Reported),
-            "estimated" => Some(Self::Estimated),
-            "unknown" => Some(Self::Unknown),
-            _ => None,
-        }
-    }
-}
-
 /// One request's usage: metadata only, never content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageRecord {
@@ -105,9 +73,11 @@ pub struct UsageRecord {
     pub key_id: KeyId,
     /// The paying account.
     pub account_id: AccountId,
-    /// The requested model (at most 256 bytes).
+    /// The requested model (at most [`keygate_types::limits::MAX_MODEL_LEN`]
+    /// bytes).
     pub model: String,
-    /// The upstream that served it.
+    /// The upstream that served it (at most
+    /// [`keygate_types::limits::MAX_UPSTREAM_NAME_LEN`] bytes).
     pub upstream: String,
     /// Input tokens, cached included.
     pub input_tokens: u64,
@@ -125,11 +95,13 @@ pub struct UsageRecord {
     pub stream: bool,
     /// The status sent to the client.
     pub status: u16,
-    /// `X-Client-Name` or similar, truncated to 100 bytes.
+    /// `X-Client-Name` or similar, truncated to
+    /// [`keygate_types::limits::MAX_CLIENT_NAME_LEN`] bytes.
     pub client_name: Option<String>,
     /// Where the token counts came from.
     pub usage_source: UsageSource,
-    /// The client address, only when the operator turned it on.
+    /// The client address, only when the operator turned it on (at most
+    /// [`keygate_types::limits::MAX_CLIENT_IP_LEN`] bytes).
     pub client_ip: Option<String>,
 }
 
@@ -247,51 +219,4 @@ pub(crate) fn day_label(day: i64) -> Result<String> {
         .and_then(DateTime::from_timestamp_millis)
         .map(|start| start.format("%Y-%m-%d").to_string())
         .ok_or_else(|| StoreError::Database(format!("usage day {day} is out of range")))
-}
-
-/// Checks a reservation's amount.
-pub(crate) fn check_reservation(new: &NewReservation) -> Result<()> {
-    if new.amount < Micros::ZERO {
-        return Err(StoreError::invalid(
-            "amount",
-            "a reservation cannot be negative",
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a usage record's bounded fields, so every backend refuses the same ones.
-pub(crate) fn check_usage_record(record: &UsageRecord) -> Result<()> {
-    let too_long = |field: &'static str, max: usize| {
-        StoreError::invalid(field, format!("at most {max} bytes"))
-    };
-    if record.model.len() > 256 {
-        return Err(too_long("model", 256));
-    }
-    if record.upstream.len() > 64 {
-        return Err(too_long("upstream", 64));
-    }
-    if record.client_name.as_ref().is_some_and(|c| c.len() > 100) {
-        return Err(too_long("client_name", 100));
-    }
-    if record.client_ip.as_ref().is_some_and(|c| c.len() > 45) {
-        return Err(too_long("client_ip", 45));
-    }
-    let fits = |n: u64| i64::try_from(n).is_ok();
-    if ![
-        record.input_tokens,
-        record.output_tokens,
-        record.cached_tokens,
-        record.latency_ms,
-        record.ttfb_ms,
-    ]
-    .into_iter()
-    .all(fits)
-    {
-        return Err(StoreError::invalid(
-            "tokens",
-            "a count does not fit in 63 bits",
-        ));
-    }
-    Ok(())
 }

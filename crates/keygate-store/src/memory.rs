@@ -7,17 +7,16 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use keygate_keys::KeyHash;
 
+use keygate_types::{AccountId, KeyId, Micros, ReservationId};
+
 use crate::error::{Result, StoreError};
 use crate::ledger::{
     KeySpend, Ledger, MILLIS_PER_DAY, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery,
-    UsageRecord, UsageTotals, check_reservation, check_usage_record, day_label,
+    UsageRecord, UsageTotals, day_label,
 };
-use crate::money::Micros;
-use crate::store::{CredentialStore, check_rotatable, check_top_up};
-use crate::types::{
-    Account, AccountId, ApiKey, KeyChange, KeyId, KeyUpdate, NewAccount, NewApiKey, ReplacementKey,
-    ReservationId,
-};
+use crate::store::CredentialStore;
+use crate::types::{Account, ApiKey, KeyChange, KeyUpdate, NewAccount, NewApiKey, ReplacementKey};
+use crate::validate::{check_reservation, check_rotatable, check_top_up, check_usage_record};
 
 /// An in-memory [`CredentialStore`].
 #[derive(Debug, Default)]

@@ -4,11 +4,10 @@
 use chrono::{DateTime, Utc};
 use keygate_keys::KeyHash;
 
+use keygate_types::{AccountId, KeyId, Micros};
+
 use crate::error::Result;
-use crate::money::Micros;
-use crate::types::{
-    Account, AccountId, ApiKey, KeyChange, KeyId, KeyUpdate, NewAccount, NewApiKey, ReplacementKey,
-};
+use crate::types::{Account, ApiKey, KeyChange, KeyUpdate, NewAccount, NewApiKey, ReplacementKey};
 
 /// Accounts, keys and the key change feed.
 ///
@@ -75,33 +74,4 @@ pub trait CredentialStore: Send + Sync + std::fmt::Debug {
     /// The newest change's `seq`, or 0 when there is none. A cache starts
     /// following the feed from here.
     async fn latest_key_change(&self) -> Result<u64>;
-}
-
-pub(crate) fn check_top_up(amount: Micros) -> Result<()> {
-    if amount <= Micros::ZERO || amount > crate::types::MAX_TOP_UP {
-        return Err(crate::StoreError::invalid(
-            "amount",
-            format!(
-                "a top-up must be more than 0 and at most {} credits",
-                crate::types::MAX_TOP_UP
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// A key can be rotated while it is usable: not revoked and not expired (its
-/// replacement would copy the past expiry).
-pub(crate) fn check_rotatable(key: &crate::ApiKey, now: DateTime<Utc>) -> Result<()> {
-    match key.status(now) {
-        crate::KeyStatus::Active => Ok(()),
-        crate::KeyStatus::Revoked => Err(crate::StoreError::Conflict(format!(
-            "key {} is revoked and cannot be rotated",
-            key.id
-        ))),
-        crate::KeyStatus::Expired => Err(crate::StoreError::Conflict(format!(
-            "key {} has expired and cannot be rotated; create a new key instead",
-            key.id
-        ))),
-    }
 }

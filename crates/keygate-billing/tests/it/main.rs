@@ -10,11 +10,11 @@
     reason = "tests"
 )]
 
+use keygate_billing::Micros;
 use keygate_billing::{
     ApiShape, Injection, Price, ReservationRule, StreamUsage, Usage, UsageChunkFilter, UsageSource,
     inject_include_usage, max_output_tokens, read_json, reserve_upper_bound,
 };
-use keygate_store::Micros;
 use proptest::prelude::*;
 
 const CHAT_STREAM: &str = concat!(

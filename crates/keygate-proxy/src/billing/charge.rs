@@ -12,7 +12,7 @@ use http::{StatusCode, header, response};
 use keygate_billing::{
     ApiShape, JsonUsage, Price, StreamUsage, Usage, UsageChunkFilter, UsageSource,
 };
-use keygate_store::{Micros, UsageRecord, UsageSource as StoredSource};
+use keygate_store::{Micros, UsageRecord};
 
 use super::leases::LeaseHold;
 use super::metrics::bump;
@@ -193,12 +193,10 @@ impl BodyObserver for Charge {
             record.input_tokens = usage.input_tokens;
             record.output_tokens = usage.output_tokens;
             record.cached_tokens = usage.cached_input_tokens;
-            record.usage_source = match usage.source {
-                UsageSource::Reported => StoredSource::Reported,
-                UsageSource::Estimated => {
-                    bump(&metrics.usage_estimated);
-                    StoredSource::Estimated
-                }
+            record.usage_source = usage.source;
+            match usage.source {
+                UsageSource::Reported => {}
+                UsageSource::Estimated => bump(&metrics.usage_estimated),
                 UsageSource::Unknown => {
                     bump(&metrics.usage_unknown);
                     tracing::warn!(
@@ -206,9 +204,8 @@ impl BodyObserver for Charge {
                         upstream = record.upstream.as_str(),
                         "billing: the upstream reported no usage; nothing charged"
                     );
-                    StoredSource::Unknown
                 }
-            };
+            }
         }
         record.cost = cost;
         record.latency_ms = millis(self.started.elapsed());

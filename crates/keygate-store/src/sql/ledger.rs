@@ -8,18 +8,23 @@ use chrono::{DateTime, Utc};
 use diesel::dsl;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+#[cfg(feature = "postgres")]
+use diesel_async::AsyncPgConnection;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use keygate_types::{AccountId, KeyId, Micros, ReservationId, UsageSource};
 
+use super::DbStore;
+use super::pool::Conn;
+#[cfg(feature = "sqlite")]
+use super::pool::SqliteConn;
 use super::rows::millis;
 use super::schema::{accounts, api_keys, reservations, usage_records};
-use super::{Conn, DbStore, SqliteConn};
 use crate::error::{Result, StoreError};
 use crate::ledger::{
     KeySpend, Ledger, MILLIS_PER_DAY, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery,
-    UsageRecord, UsageSource, UsageTotals, check_reservation, check_usage_record, day_label,
+    UsageRecord, UsageTotals, day_label,
 };
-use crate::money::Micros;
-use crate::types::{AccountId, KeyId, ReservationId};
+use crate::validate::{check_reservation, check_usage_record};
 
 #[derive(Insertable, Queryable, Selectable, Debug)]
 #[diesel(table_name = reservations)]
@@ -106,6 +111,7 @@ fn usage_row(r: &UsageRecord) -> NewUsageRow<'_> {
 /// Usage records on SQLite: every row in one transaction in one blocking call.
 /// The async wrapper hands each statement to a blocking thread of its own; for
 /// a batch of hundreds of rows, those hand-offs cost more than the inserts.
+#[cfg(feature = "sqlite")]
 async fn record_usage_sqlite(c: &mut SqliteConn, records: &[UsageRecord]) -> Result<()> {
     use diesel::connection::Connection as _;
     let records = records.to_vec();
@@ -126,6 +132,7 @@ async fn record_usage_sqlite(c: &mut SqliteConn, records: &[UsageRecord]) -> Res
 
 /// Usage records on PostgreSQL: multi-row inserts (1,000 rows, 16,000 bind
 /// parameters each, under PostgreSQL's 65,535) in one transaction.
+#[cfg(feature = "postgres")]
 async fn record_usage_pg(c: &mut AsyncPgConnection, records: &[UsageRecord]) -> Result<()> {
     let rows: Vec<NewUsageRow<'_>> = records.iter().map(usage_row).collect();
     c.transaction::<_, StoreError, _>(async move |c| {
@@ -500,38 +507,43 @@ fn by_day(mut rows: Vec<TotalsRow<i64>>) -> Result<Vec<UsageTotals>> {
         .collect()
 }
 
+#[cfg(feature = "sqlite")]
 ledger_ops!(sqlite_ledger, SqliteConn);
+#[cfg(feature = "postgres")]
 ledger_ops!(pg_ledger, AsyncPgConnection);
-
-macro_rules! dispatch_ledger {
-    ($conn:expr, $op:ident($($arg:expr),*)) => {
-        match $conn {
-            Conn::Sqlite(mut c) => sqlite_ledger::$op(&mut c, $($arg),*).await,
-            Conn::Postgres(mut c) => pg_ledger::$op(&mut c, $($arg),*).await,
-        }
-    };
-}
 
 #[async_trait::async_trait]
 impl Ledger for DbStore {
     async fn reserve(&self, new: NewReservation) -> Result<Reserve> {
-        dispatch_ledger!(self.write().await?, reserve(new))
+        dispatch!(self.write().await?, sqlite_ledger | pg_ledger, reserve(new))
     }
 
     async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()> {
-        dispatch_ledger!(self.write().await?, finish(reservation, cost))
+        dispatch!(
+            self.write().await?,
+            sqlite_ledger | pg_ledger,
+            finish(reservation, cost)
+        )
     }
 
     async fn release(&self, reservation: &Reservation) -> Result<()> {
-        dispatch_ledger!(self.write().await?, finish(reservation, Micros::ZERO))
+        dispatch!(
+            self.write().await?,
+            sqlite_ledger | pg_ledger,
+            finish(reservation, Micros::ZERO)
+        )
     }
 
     async fn sweep_reservations(&self, now: DateTime<Utc>) -> Result<u64> {
-        dispatch_ledger!(self.write().await?, sweep(now))
+        dispatch!(self.write().await?, sqlite_ledger | pg_ledger, sweep(now))
     }
 
     async fn key_spend(&self, key: &KeyId) -> Result<KeySpend> {
-        dispatch_ledger!(self.read().await?, key_spend(key))
+        dispatch!(
+            self.read().await?,
+            sqlite_ledger | pg_ledger,
+            key_spend(key)
+        )
     }
 
     async fn record_usage(&self, records: &[UsageRecord]) -> Result<()> {
@@ -542,7 +554,9 @@ impl Ledger for DbStore {
             return Ok(());
         }
         match self.write().await? {
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite(mut c) => record_usage_sqlite(&mut c, records).await,
+            #[cfg(feature = "postgres")]
             Conn::Postgres(mut c) => record_usage_pg(&mut c, records).await,
         }
     }
@@ -552,14 +566,26 @@ impl Ledger for DbStore {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>> {
-        dispatch_ledger!(self.read().await?, usage_between(since, until))
+        dispatch!(
+            self.read().await?,
+            sqlite_ledger | pg_ledger,
+            usage_between(since, until)
+        )
     }
 
     async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageTotals>> {
-        dispatch_ledger!(self.read().await?, usage_report(query))
+        dispatch!(
+            self.read().await?,
+            sqlite_ledger | pg_ledger,
+            usage_report(query)
+        )
     }
 
     async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64> {
-        dispatch_ledger!(self.write().await?, purge_usage(before))
+        dispatch!(
+            self.write().await?,
+            sqlite_ledger | pg_ledger,
+            purge_usage(before)
+        )
     }
 }

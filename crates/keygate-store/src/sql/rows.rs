@@ -4,10 +4,10 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use keygate_keys::KeyHash;
+use keygate_types::Micros;
 
 use super::schema::{accounts, api_keys, key_changes};
 use crate::error::{Result, StoreError};
-use crate::money::Micros;
 use crate::types::{Account, ApiKey, KeyChange, KeySettings};
 
 #[derive(Queryable, Selectable, Insertable, Debug)]

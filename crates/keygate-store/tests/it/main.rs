@@ -1,5 +1,6 @@
 //! The store suite: one set of tests written against `CredentialStore` and run on
 //! every backend (memory, SQLite, PostgreSQL when `KEYGATE_TEST_POSTGRES_URL` is set).
+//! A backend whose cargo feature is off is not tested.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,7 +13,10 @@ mod suite;
 
 use std::sync::Arc;
 
-use keygate_store::{CredentialStore, DbStore, Ledger, MemoryStore};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use keygate_store::DbStore;
+use keygate_store::{CredentialStore, Ledger, MemoryStore};
+#[cfg(feature = "postgres")]
 use keygate_test_utils::TestPostgres;
 
 /// A store plus whatever must live as long as it (a temp dir, a test database).
@@ -40,6 +44,7 @@ async fn memory() -> Option<Backend> {
     })
 }
 
+#[cfg(feature = "sqlite")]
 async fn sqlite() -> Option<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
@@ -56,6 +61,7 @@ async fn sqlite() -> Option<Backend> {
     })
 }
 
+#[cfg(feature = "postgres")]
 async fn postgres(test: &str) -> Option<Backend> {
     let db = TestPostgres::create(test).await?;
     let store = DbStore::connect(db.url()).await.unwrap();
@@ -85,6 +91,7 @@ macro_rules! backend_suite {
                 }
             )*
         }
+        #[cfg(feature = "sqlite")]
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread")]
@@ -94,6 +101,7 @@ macro_rules! backend_suite {
                 }
             )*
         }
+        #[cfg(feature = "postgres")]
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread")]
@@ -145,6 +153,7 @@ backend_suite!(
     usage_report_refuses_totals_past_63_bits,
 );
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_postgres_is_reported_as_unavailable() {
     let err = DbStore::connect("postgres://nobody:secret@127.0.0.1:1/none")
@@ -154,6 +163,7 @@ async fn unreachable_postgres_is_reported_as_unavailable() {
     assert!(!err.to_string().contains("secret"), "{err}");
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_in_a_missing_directory_is_reported_as_unavailable() {
     let err = DbStore::connect("sqlite:///nonexistent-dir/for/sure/keygate.db")
@@ -162,6 +172,7 @@ async fn sqlite_in_a_missing_directory_is_reported_as_unavailable() {
     assert!(err.is_unavailable(), "{err}");
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread")]
 async fn migrations_report_pending_then_apply_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,6 +196,7 @@ async fn migrations_report_pending_then_apply_once() {
 /// already read N+1. A competing writer holds an uncommitted change here (a plain
 /// insert, taking no lock of its own); the store's key change must wait for it, and
 /// the feed must show both, in order.
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_feed_never_skips_a_change_that_commits_late() {
     use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
