@@ -8,7 +8,47 @@
 //! forwarding, reads usage from the response as it streams past and settles the
 //! actual cost when it ends.
 //!
-//! It does no SQL: the store is a `dyn CredentialStore` and a `dyn Ledger`.
+//! It does no SQL: the store is a `dyn CredentialStore` and a `dyn Ledger`, so it
+//! builds no database driver; pick the store's backends with `keygate-store`'s
+//! `sqlite` and `postgres` features.
+//!
+//! Embedding the gateway in a service of your own takes a store, a config with the
+//! upstreams, and a listener:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use keygate_keys::KeyPrefix;
+//! use keygate_proxy::{
+//!     Gateway, ProviderKey, ProviderKind, ProxyConfig, ServerOptions, UpstreamConfig,
+//! };
+//! use keygate_store::{CredentialStore, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() {
+//! let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
+//! let openai = UpstreamConfig {
+//!     name: "openai".into(),
+//!     base_url: "https://api.openai.com/v1".into(),
+//!     kind: ProviderKind::OpenAi,
+//!     provider_key: Some(ProviderKey::new("sk-your-provider-key".into())),
+//!     models: vec!["gpt-4o*".into()],
+//!     ca_file: None,
+//! };
+//! let config = ProxyConfig::new(KeyPrefix::default(), vec![openai]);
+//! config.validate().unwrap(); // what `keygate --check` runs
+//! let gateway = Arc::new(Gateway::new(config, store).unwrap());
+//! // Billing: `gateway.with_billing(Arc::new(Billing::new(BillingConfig::new(prices), ledger)))`.
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let options = ServerOptions { tls: None, grace: Duration::from_secs(30) };
+//! // Serves until the shutdown future resolves (here at once), then drains.
+//! let stop = async {};
+//! keygate_proxy::serve(listener, gateway, options, stop).await;
+//! # }
+//! ```
+
 
 mod access_log;
 mod auth;
