@@ -49,7 +49,6 @@
 //! # }
 //! ```
 
-
 mod access_log;
 mod auth;
 mod backoff;
