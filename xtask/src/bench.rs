@@ -22,10 +22,10 @@ use keygate_test_utils::{
 };
 use serde_json::{Value, json};
 
+use crate::admin_cli::{admin_json, json_str};
 use crate::bench_load::{self, Latency, OpenLoop, Streaming, Target, Throughput};
 use crate::bench_report::{self, ARMS, Arm, Meta, Results, Rss};
 use crate::bench_serve::{self, Cpu, GatewayChild, ServerChild, rss_kib};
-use crate::demo::{admin_json, json_str};
 
 /// What `cargo xtask bench` was asked to do.
 #[derive(Debug, Default)]

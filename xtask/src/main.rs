@@ -8,6 +8,7 @@
     reason = "xtask reports on the terminal"
 )]
 
+mod admin_cli;
 mod bench;
 mod bench_load;
 mod bench_report;

@@ -9,6 +9,8 @@
 //! - each `length(column) <= N` in a migration equals the `keygate_types::limits`
 //!   constant the Rust code checks that column with, so the two cannot drift;
 //! - every crate opts into the workspace lints;
+//! - no source file (under a member's `src/`) is over 700 lines; tests and
+//!   benches are exempt;
 //! - no two modules of a crate import each other, directly or in a cycle
 //!   (`tidy_modules`).
 
@@ -18,6 +20,13 @@ use std::path::{Path, PathBuf};
 
 /// The folders that hold the workspace's members (the root `Cargo.toml`).
 const MEMBER_DIRS: [&str; 4] = ["crates", "bins", "examples", "xtask"];
+
+/// The folders whose `.rs` files [`file_lengths`] bounds, `*` standing for each
+/// member. A member's `tests/` and `benches/` lie beside them.
+const SOURCE_DIRS: [&str; 4] = ["crates/*/src", "bins/*/src", "examples/*/src", "xtask/src"];
+
+/// The most lines a source file may have; a longer one is split by concern.
+const MAX_FILE_LINES: usize = 700;
 
 use keygate_types::limits;
 
@@ -90,6 +99,7 @@ pub(crate) fn check(root: &Path) -> Result<(), Vec<String>> {
     text_columns_bounded(root, &mut problems);
     length_limits_match(root, &mut problems);
     workspace_lints(root, &mut problems);
+    file_lengths(root, &mut problems);
     crate::tidy_modules::check(root, &mut problems);
     if problems.is_empty() {
         Ok(())
@@ -333,6 +343,49 @@ fn workspace_lints(root: &Path, problems: &mut Vec<String>) {
     }
 }
 
+/// [`SOURCE_DIRS`] under `root`, each `*` expanded to every folder it matches.
+fn source_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for pattern in SOURCE_DIRS {
+        let Some((parent, child)) = pattern.split_once("/*/") else {
+            dirs.push(root.join(pattern));
+            continue;
+        };
+        let Ok(entries) = fs::read_dir(root.join(parent)) else {
+            continue;
+        };
+        let mut members: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        members.sort();
+        dirs.extend(members.into_iter().map(|member| member.join(child)));
+    }
+    dirs
+}
+
+fn file_lengths(root: &Path, problems: &mut Vec<String>) {
+    for dir in source_dirs(root) {
+        let mut rs = Vec::new();
+        files(&dir, "rs", &mut rs);
+        rs.sort();
+        for path in rs {
+            // Unit tests kept in a folder of their own (`src/…/tests/`) are
+            // exempt too.
+            let in_tests = path
+                .strip_prefix(&dir)
+                .is_ok_and(|rel| rel.components().any(|c| c.as_os_str() == "tests"));
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let lines = text.lines().count();
+            if !in_tests && lines > MAX_FILE_LINES {
+                problems.push(format!(
+                    "{} has {lines} lines, more than {MAX_FILE_LINES}; split it by concern",
+                    relative(root, &path)
+                ));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +476,41 @@ mod tests {
             problems
                 .iter()
                 .any(|p| p.contains("not in migrations/postgres"))
+        );
+    }
+
+    #[test]
+    fn a_source_file_over_the_limit_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write = |path: &str, lines: usize| {
+            let path = root.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, "//! x\n".repeat(lines)).unwrap();
+        };
+        write("crates/a/src/long.rs", MAX_FILE_LINES + 1);
+        write("crates/a/src/deep/ok.rs", MAX_FILE_LINES);
+        write("crates/a/tests/it/main.rs", MAX_FILE_LINES * 2);
+        write("crates/a/benches/bench.rs", MAX_FILE_LINES * 2);
+        write("crates/a/src/unit/tests/big.rs", MAX_FILE_LINES * 2);
+        write("bins/b/src/deep/long.rs", MAX_FILE_LINES + 5);
+        write("examples/e/src/main.rs", MAX_FILE_LINES + 1);
+        write("crates/tests/src/lib.rs", MAX_FILE_LINES + 2);
+        write("xtask/src/long.rs", MAX_FILE_LINES * 3);
+        let mut problems = Vec::new();
+        file_lengths(root, &mut problems);
+        let long = |path: &str, lines: usize| {
+            format!("{path} has {lines} lines, more than 700; split it by concern")
+        };
+        assert_eq!(
+            problems,
+            [
+                long("crates/a/src/long.rs", 701),
+                long("crates/tests/src/lib.rs", 702),
+                long("bins/b/src/deep/long.rs", 705),
+                long("examples/e/src/main.rs", 701),
+                long("xtask/src/long.rs", 2100),
+            ]
         );
     }
 }

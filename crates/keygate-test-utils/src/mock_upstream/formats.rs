@@ -1,8 +1,8 @@
 //! The mock upstream's wire formats: OpenAI and Anthropic JSON bodies, SSE events,
 //! error shapes, token (word) counting and deterministic embeddings.
 //!
-//! Everything here is a pure function of its inputs; the server in the parent
-//! module decides which one answers a request.
+//! Everything here is a pure function of its inputs; `routes` decides which one
+//! answers a request.
 
 use base64::Engine as _;
 use bytes::Bytes;

@@ -1,0 +1,98 @@
+//! The mock upstream's server: the accept loop, one HTTP/1.1-or-HTTP/2
+//! connection per accepted socket (plain or TLS), and an executor whose
+//! HTTP/2 stream tasks end when the mock stops.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::routes::handle;
+use super::state::Shared;
+
+/// Accepts connections until `stopped`'s sender is dropped, then aborts every
+/// connection task it started.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<()>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // The sender is only ever dropped, which ends `changed` with an error.
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                if shared.nodelay.load(Ordering::Relaxed) {
+                    let _ = stream.set_nodelay(true);
+                }
+                connections.spawn(serve_connection(
+                    stream,
+                    tls.clone(),
+                    Arc::clone(&shared),
+                    stopped.clone(),
+                ));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    stopped: watch::Receiver<()>,
+) {
+    let builder = auto::Builder::new(StoppableExecutor { stopped });
+    let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+    match tls {
+        None => {
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+        Some(acceptor) => {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    }
+}
+
+/// Runs hyper's HTTP/2 stream tasks until they finish or the mock stops.
+#[derive(Clone)]
+struct StoppableExecutor {
+    stopped: watch::Receiver<()>,
+}
+
+impl<F> hyper::rt::Executor<F> for StoppableExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let mut stopped = self.stopped.clone();
+        // Who waits: nobody; the task ends with its HTTP/2 stream, or when the
+        // mock's stop sender is dropped.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = future => {}
+                _ = stopped.changed() => {}
+            }
+        });
+    }
+}

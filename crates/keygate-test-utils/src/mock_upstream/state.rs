@@ -1,0 +1,107 @@
+//! What the mock upstream shares between its handle and its connections: the
+//! behaviour the test asked for, the requests it recorded and its stream
+//! counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Version};
+
+/// The reply text until [`MockUpstream::set_reply`](super::MockUpstream::set_reply)
+/// changes it.
+const DEFAULT_REPLY: &str = "The quick brown fox jumps over the lazy dog.";
+
+/// One request as the mock received it, body included.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// The request method.
+    pub method: Method,
+    /// The path, without the query.
+    pub path: String,
+    /// The query string, without the `?`.
+    pub query: Option<String>,
+    /// Every request header.
+    pub headers: HeaderMap,
+    /// The full request body.
+    pub body: Bytes,
+    /// The HTTP version the request came in on.
+    pub version: Version,
+}
+
+/// State shared by the handle and every connection.
+pub(super) struct Shared {
+    behaviour: Mutex<Behaviour>,
+    pub(super) requests: Mutex<Vec<RecordedRequest>>,
+    /// Off after `set_recording(false)`: requests are no longer pushed.
+    pub(super) recording: AtomicBool,
+    /// On after `set_nodelay(true)`: accepted sockets set `TCP_NODELAY`.
+    pub(super) nodelay: AtomicBool,
+    pub(super) cancelled: AtomicUsize,
+    pub(super) completed: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            behaviour: Mutex::default(),
+            requests: Mutex::default(),
+            recording: AtomicBool::new(true),
+            nodelay: AtomicBool::new(false),
+            cancelled: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shared {
+    pub(super) fn behaviour(&self) -> MutexGuard<'_, Behaviour> {
+        lock(&self.behaviour)
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// What the test asked the mock to do; each request works on a snapshot.
+#[derive(Clone)]
+pub(super) struct Behaviour {
+    pub(super) key: Option<String>,
+    pub(super) reply: String,
+    pub(super) latency: Duration,
+    pub(super) chunk_delay: Duration,
+    pub(super) failure: Option<Failure>,
+    pub(super) cached_tokens: usize,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            key: None,
+            reply: DEFAULT_REPLY.to_owned(),
+            latency: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            failure: None,
+            cached_tokens: 0,
+        }
+    }
+}
+
+/// How every following request fails, until the test clears it.
+#[derive(Clone)]
+pub(super) enum Failure {
+    /// Answer with this status and JSON body.
+    Status(StatusCode, Bytes),
+    /// Never send response headers.
+    Hang,
+}
+
+/// Locks a mutex, ignoring poisoning: a panicking test must not hide the state
+/// from the next assertion.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
