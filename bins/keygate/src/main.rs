@@ -91,6 +91,13 @@ fn check(config: &Config) -> ExitCode {
     });
     match checked {
         Ok(()) => {
+            for (i, upstream) in config.proxy.upstreams.iter().enumerate() {
+                if upstream.sends_key_in_clear() {
+                    eprintln!(
+                        "keygate: warning: upstreams[{i}].base_url uses http:// to a host that is not loopback: the provider key travels unencrypted"
+                    );
+                }
+            }
             eprintln!(
                 "keygate: {} is valid ({} upstreams)",
                 config.source,

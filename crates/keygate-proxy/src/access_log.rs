@@ -34,7 +34,8 @@ impl LogFields {
         }
     }
 
-    /// The fields so far, leaving this value with the method and start only.
+    /// The fields so far, leaving this value with the method, start and route
+    /// only.
     pub(crate) fn take(&mut self) -> Self {
         Self {
             method: self.method.clone(),

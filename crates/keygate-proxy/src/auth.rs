@@ -181,11 +181,6 @@ impl Authenticator {
         }
     }
 
-    /// The query parameter that may carry a key.
-    pub fn query_param(&self) -> Option<&str> {
-        self.query_param.as_deref()
-    }
-
     /// Finds and checks the key a request presents. Malformed keys are refused
     /// before any lookup; expiry and revocation are checked against `now` on every
     /// call, cached or not.
@@ -281,7 +276,7 @@ impl Authenticator {
     /// `last_used_at` writer (every `flush`). Who waits for them: the gateway's
     /// `Background::stop` aborts both, then calls [`Authenticator::flush_key_uses`]
     /// for the last batch.
-    pub async fn start_background(
+    pub(crate) async fn start_background(
         self: &Arc<Self>,
         poll: Duration,
         flush: Duration,

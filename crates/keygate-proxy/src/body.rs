@@ -42,7 +42,7 @@ pub trait BodyObserver: Send + 'static {
 
 /// A rewrite of the bytes on their way to the client (billing removes the usage
 /// chunk it asked for). It may hold bytes back until a later frame.
-pub trait BodyFilter: Send + 'static {
+pub(crate) trait BodyFilter: Send + 'static {
     /// What of `data` (with anything held back before) goes on now.
     fn push(&mut self, data: &[u8]) -> Vec<u8>;
     /// What is still held back, at the end of the body; called at most once.
@@ -139,8 +139,10 @@ impl GatewayBody {
     }
 
     /// Adds an observer that sees the bytes as the stages added before it leave
-    /// them. A body keygate produced itself has no stages: nothing is observed.
-    pub fn observe(mut self, observer: Box<dyn BodyObserver>) -> Self {
+    /// them. Only a streamed body has stages: keygate never observes the bodies
+    /// it makes itself.
+    pub(crate) fn observe(mut self, observer: Box<dyn BodyObserver>) -> Self {
+        debug_assert!(matches!(self.inner, Inner::Stream(_)));
         if let Inner::Stream(stream) = &mut self.inner {
             stream.stages.push(Stage::Observe(observer));
         }
@@ -149,7 +151,7 @@ impl GatewayBody {
 
     /// Passes the bytes through `filter` after the stages added before it. The
     /// body's length is then unknown: remove any `Content-Length` it had.
-    pub fn filter(mut self, filter: Box<dyn BodyFilter>) -> Self {
+    pub(crate) fn filter(mut self, filter: Box<dyn BodyFilter>) -> Self {
         if let Inner::Stream(stream) = &mut self.inner {
             stream.stages.push(Stage::Filter(filter));
             stream.filtered = true;

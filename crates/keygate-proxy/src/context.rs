@@ -55,7 +55,15 @@ impl RequestContext {
     /// the error as an OpenAI-shaped response.
     pub(crate) fn fail(&mut self, error: ProxyError) -> Response<GatewayBody> {
         let kind = error.kind();
-        if kind.status.is_server_error() {
+        if kind.status == http::StatusCode::INTERNAL_SERVER_ERROR {
+            // Something keygate did not expect: the cause is logged here, once.
+            tracing::error!(
+                route = self.log.route,
+                code = kind.code,
+                cause = %crate::error::error_chain(&error),
+                "request failed"
+            );
+        } else if kind.status.is_server_error() {
             tracing::warn!(
                 route = self.log.route,
                 code = kind.code,
@@ -69,12 +77,12 @@ impl RequestContext {
         }
         self.log.log_error(kind);
         let mut response = error.into_response();
-        self.finish(response.headers_mut());
+        self.add_cors(response.headers_mut());
         response
     }
 
-    /// Headers every answer carries: CORS for an allowed origin.
-    pub(crate) fn finish(&self, headers: &mut HeaderMap) {
+    /// The CORS headers every answer to an allowed origin carries.
+    pub(crate) fn add_cors(&self, headers: &mut HeaderMap) {
         if let Some(origin) = &self.cors {
             allow_origin(headers, origin.clone());
         }

@@ -58,6 +58,7 @@ pub struct Gateway {
     pub(crate) max_body_bytes: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) taps: Vec<Arc<dyn ResponseTap>>,
+    pub(crate) billing: Option<Arc<Billing>>,
     poll_interval: Duration,
     last_used_flush: Duration,
 }
@@ -104,6 +105,7 @@ impl Gateway {
             max_body_bytes: config.max_body_bytes,
             idle_timeout: config.timeouts.idle,
             taps: Vec::new(),
+            billing: None,
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
         })
@@ -117,13 +119,14 @@ impl Gateway {
 
     /// Bills every forwarded request through `billing`.
     pub fn with_billing(mut self, billing: Arc<Billing>) -> Self {
-        self.local.billing = Some(billing);
+        self.local.billing = Some(Arc::clone(&billing));
+        self.billing = Some(billing);
         self
     }
 
     /// The billing layer, when on.
     pub fn billing(&self) -> Option<&Arc<Billing>> {
-        self.local.billing.as_ref()
+        self.billing.as_ref()
     }
 
     /// The routing table.

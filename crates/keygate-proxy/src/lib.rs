@@ -76,7 +76,7 @@ pub use billing::{
     Billing, BillingConfig, BillingMetrics, BillingSnapshot, ESTIMATE_BYTES_PER_TOKEN,
     WriterSettings,
 };
-pub use body::{BodyEnd, BodyError, BodyFilter, BodyObserver, GatewayBody, IdleTimeout};
+pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody, IdleTimeout};
 pub use config::{AuthSettings, ProxyConfig, defaults};
 pub use context::PeerAddr;
 pub use endpoint::{BodyFormat, Endpoint, ProviderKind};

@@ -143,18 +143,21 @@ impl Models {
         }
     }
 
-    /// The answer, when `endpoint` is one keygate serves itself.
+    /// Whether keygate answers `endpoint` itself.
+    pub(crate) fn serves(endpoint: Endpoint) -> bool {
+        matches!(endpoint, Endpoint::ListModels | Endpoint::GetModel)
+    }
+
+    /// The answer for an endpoint [`Models::serves`]: the list, or one model.
     pub(crate) fn answer(
         &self,
         router: &Router,
-        endpoint: Endpoint,
         model_id: Option<&str>,
         key: &ApiKey,
-    ) -> Option<Result<Response<GatewayBody>, ProxyError>> {
-        match endpoint {
-            Endpoint::ListModels => Some(Ok(self.list_models(router, key))),
-            Endpoint::GetModel => Some(self.get_model(router, key, model_id.unwrap_or_default())),
-            _ => None,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        match model_id {
+            None => Ok(self.list_models(router, key)),
+            Some(id) => self.get_model(router, key, id),
         }
     }
 

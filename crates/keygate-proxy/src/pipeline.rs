@@ -13,6 +13,7 @@ use crate::context::{PeerAddr, RequestContext};
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::gateway::{Exchange, Gateway};
+use crate::local::Models;
 use crate::policy;
 use crate::probe::{self, Probed};
 use crate::upstream::Upstream;
@@ -26,7 +27,7 @@ impl Gateway {
         let mut ctx = RequestContext::new(request.method().clone());
         match self.serve(request, &mut ctx).await {
             Ok(mut response) => {
-                ctx.finish(response.headers_mut());
+                ctx.add_cors(response.headers_mut());
                 response
             }
             Err(error) => ctx.fail(error),
@@ -48,8 +49,8 @@ impl Gateway {
         let key = &authed.key.key;
         ctx.log.key_id = Some(key.id.as_str().to_owned());
         policy::admit_key(&authed.key, endpoint, request.headers(), ctx)?;
-        if let Some(answer) = self.models.answer(&self.router, endpoint, model_id, key) {
-            let mut response = answer?;
+        if Models::serves(endpoint) {
+            let mut response = self.models.answer(&self.router, model_id, key)?;
             ctx.rate_headers(response.headers_mut());
             return Ok(response);
         }
@@ -60,8 +61,8 @@ impl Gateway {
         policy::allow_model(key, &probed.model)?;
         let upstream = self.router.route(endpoint.provider(), &probed.model)?;
         ctx.log.upstream = Some(upstream.name().to_owned());
-        let mut probed = probed;
-        self.admit(ctx, endpoint, upstream, key, &parts, &mut probed)
+        let probed = self
+            .admit(ctx, endpoint, upstream, key, &parts, probed)
             .await?;
         let Probed {
             body,
@@ -84,7 +85,8 @@ impl Gateway {
     }
 
     /// Admits the request for billing, when billing is on: the charge goes in
-    /// `ctx`, and the body may be rewritten to ask the upstream for usage.
+    /// `ctx`, and the body comes back rewritten where the upstream must be asked
+    /// for usage.
     async fn admit(
         &self,
         ctx: &mut RequestContext,
@@ -92,26 +94,35 @@ impl Gateway {
         upstream: &Upstream,
         key: &ApiKey,
         parts: &request::Parts,
-        probed: &mut Probed,
-    ) -> Result<(), ProxyError> {
+        probed: Probed,
+    ) -> Result<Probed, ProxyError> {
         let Some(billing) = self.billing() else {
-            return Ok(());
+            return Ok(probed);
         };
+        let Probed {
+            body,
+            model,
+            stream,
+        } = probed;
         let admission = Admission {
             endpoint,
             provider: upstream.kind(),
             key,
-            model: &probed.model,
+            model: &model,
             upstream: upstream.name(),
-            stream: probed.stream,
+            stream,
             client_name: probe::client_name(&parts.headers),
             client_ip: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
         };
-        let charge = billing
-            .admit(admission, &mut probed.body, ctx.now, ctx.started())
+        let (charge, body) = billing
+            .admit(admission, body, ctx.now, ctx.started())
             .await?;
         ctx.charge = Some(charge);
-        Ok(())
+        Ok(Probed {
+            body,
+            model,
+            stream,
+        })
     }
 
     /// The upstream's answer on its way to the client: the charge attached
@@ -131,7 +142,7 @@ impl Gateway {
         ctx.rate_headers(&mut head.headers);
         let mut body = GatewayBody::stream(body, Some(self.idle_timeout));
         if let Some(charge) = ctx.charge.take() {
-            body = charge.attach(&mut head, body);
+            body = charge.attach(&mut head, body, first_byte);
         }
         for observer in taps {
             body = body.observe(observer);

@@ -110,6 +110,19 @@ impl UpstreamConfig {
     pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
         Upstream::check(self, field).map(|_| ())
     }
+
+    /// Whether the provider key would travel unencrypted: `http://` to a host
+    /// that is not loopback. Allowed, but worth a warning at start and in
+    /// `keygate --check`.
+    pub fn sends_key_in_clear(&self) -> bool {
+        let Ok(uri) = self.base_url.parse::<Uri>() else {
+            return false;
+        };
+        let host = uri.host().unwrap_or_default();
+        let loopback =
+            matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") || host.starts_with("127.");
+        uri.scheme() == Some(&Scheme::HTTP) && self.provider_key.is_some() && !loopback
+    }
 }
 
 impl Upstream {
@@ -205,9 +218,7 @@ impl Upstream {
             models,
             roots,
         } = Self::check(config, field)?;
-        let loopback = matches!(authority.host(), "localhost" | "127.0.0.1" | "[::1]")
-            || authority.host().starts_with("127.");
-        if scheme == Scheme::HTTP && config.provider_key.is_some() && !loopback {
+        if config.sends_key_in_clear() {
             tracing::warn!(
                 upstream = %config.name,
                 "base_url uses http:// to a host that is not loopback: the provider key travels unencrypted"

@@ -86,7 +86,12 @@ impl Charge {
     /// not ask for usage) removes the usage chunk from what follows it, and
     /// settles when the body ends. Add it before any other stage, so they see
     /// what the client gets.
-    pub(crate) fn attach(mut self, head: &mut response::Parts, body: GatewayBody) -> GatewayBody {
+    pub(crate) fn attach(
+        mut self,
+        head: &mut response::Parts,
+        body: GatewayBody,
+        first_byte: Duration,
+    ) -> GatewayBody {
         let event_stream = head
             .headers
             .get(header::CONTENT_TYPE)
@@ -98,7 +103,7 @@ impl Charge {
         });
         if let Some(record) = &mut self.record {
             record.status = head.status.as_u16();
-            record.ttfb_ms = millis(self.started.elapsed());
+            record.ttfb_ms = millis(first_byte);
         }
         let filter = self.filter_usage_chunk && event_stream && head.status.is_success();
         let body = body.observe(Box::new(self));

@@ -160,15 +160,15 @@ impl Billing {
     }
 
     /// Admits a request: prices it, reserves the upper bound of its cost and
-    /// decides how to read its usage. `body` may be rewritten to ask the upstream
-    /// for usage.
+    /// decides how to read its usage. The body comes back rewritten where the
+    /// upstream must be asked for usage.
     pub(crate) async fn admit(
         &self,
         request: Admission<'_>,
-        body: &mut Bytes,
+        mut body: Bytes,
         started_at: DateTime<Utc>,
         started: Instant,
-    ) -> Result<Charge, ProxyError> {
+    ) -> Result<(Charge, Bytes), ProxyError> {
         let price = match self.config.prices.get(request.model) {
             Some(price) => Some(*price),
             None if self.config.allow_unpriced => None,
@@ -182,8 +182,8 @@ impl Billing {
                 Endpoint::ChatCompletions | Endpoint::Completions
             )
         {
-            if let Injection::Rewritten(rewritten) = inject_include_usage(body) {
-                *body = Bytes::from(rewritten);
+            if let Injection::Rewritten(rewritten) = inject_include_usage(&body) {
+                body = Bytes::from(rewritten);
                 filter_usage_chunk = true;
             }
         }
@@ -199,7 +199,7 @@ impl Billing {
                 let amount = reserve_upper_bound(
                     price,
                     body.len(),
-                    max_output_tokens(body),
+                    max_output_tokens(&body),
                     &self.config.rule,
                 );
                 if amount > Micros::ZERO {
@@ -231,7 +231,7 @@ impl Billing {
                 .filter(|_| self.config.log_client_ip)
                 .map(|ip| ip.to_string()),
         };
-        Ok(Charge::new(
+        let charge = Charge::new(
             Arc::clone(&self.writer),
             ChargeParts {
                 hold,
@@ -242,7 +242,8 @@ impl Billing {
                 started,
                 record,
             },
-        ))
+        );
+        Ok((charge, body))
     }
 
     async fn reserve(&self, key: &ApiKey, amount: Micros) -> Result<LeaseHold, ProxyError> {
@@ -271,7 +272,7 @@ impl Billing {
     /// starts the task that does both periodically and renews leases past their
     /// batch window. Who waits for it: the gateway's `Background::stop` aborts
     /// it, then calls [`Billing::shutdown`].
-    pub async fn start_background(self: &Arc<Self>) -> JoinHandle<()> {
+    pub(crate) async fn start_background(self: &Arc<Self>) -> JoinHandle<()> {
         self.sweep().await;
         self.purge().await;
         let billing = Arc::clone(self);
