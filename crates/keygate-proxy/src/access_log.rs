@@ -104,7 +104,10 @@ impl BodyObserver for AccessLog {
 
     fn on_end(&mut self, end: BodyEnd) {
         let (outcome, fault) = match end {
+            // The upstream's own error answer, passed through.
+            BodyEnd::Complete if self.status.is_server_error() => ("complete", "upstream"),
             BodyEnd::Complete => ("complete", "-"),
+            // The client went away, or shutdown's grace ran out.
             BodyEnd::Cancelled => ("client_cancelled", "client"),
             BodyEnd::Failed => ("upstream_broke", "upstream"),
         };
