@@ -10,6 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use keygate_store::{Scope, StoreError};
 
 use crate::body::GatewayBody;
+use crate::text::{model_phrase, shown_method};
 
 /// A boxed cause, kept on an error for the log line.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -93,8 +94,9 @@ pub enum ProxyError {
     /// A public key on a route that only private keys may use.
     #[error("public API keys may only call chat completions and models; use a secret key")]
     PublicKeyNotAllowed,
-    /// The model is not in the key's allowed list.
-    #[error("API key is not allowed to use model '{0}'")]
+    /// The model is not in the key's allowed list. The model is named only when
+    /// short and printable (`text::shown_model`).
+    #[error("API key is not allowed to use {}", model_phrase(.0))]
     ModelNotAllowed(String),
     /// A public key used from an origin it does not list.
     #[error("origin not allowed for this API key")]
@@ -104,24 +106,23 @@ pub enum ProxyError {
     ModelNotFound(String),
     /// The model has no price and the gateway bills every request.
     #[error(
-        "the model '{0}' has no price on this gateway, so it cannot be used; the operator must add a [prices] entry for it"
+        "{} has no price on this gateway, so it cannot be used; the operator must add a [prices] entry for it",
+        model_phrase(.0)
     )]
     ModelNotPriced(String),
-    /// No such route.
-    #[error("unknown route {method} {path}")]
-    UnknownRoute {
-        /// Method.
-        method: http::Method,
-        /// Path without the query string.
-        path: String,
-    },
+    /// No such route. Nothing of the path is repeated: it may hold anything,
+    /// a pasted key included.
+    #[error(
+        "unknown route: keygate serves the OpenAI and Anthropic API paths, such as /v1/chat/completions and /v1/messages"
+    )]
+    UnknownRoute,
     /// Known route, wrong method.
-    #[error("{method} is not allowed on {path}")]
+    #[error("{} is not allowed on {path}", shown_method(.method))]
     MethodNotAllowed {
         /// Method.
         method: http::Method,
-        /// Path without the query string.
-        path: String,
+        /// The endpoint's canonical route.
+        path: &'static str,
     },
     /// The body is larger than the configured limit.
     #[error("request body is larger than the {limit} byte limit")]

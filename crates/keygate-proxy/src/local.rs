@@ -18,7 +18,7 @@ use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::models::key_allows_model;
 use crate::routing::Router;
-use crate::text::truncate;
+use crate::text::model_phrase;
 
 /// The answers that need no key: health, readiness, metrics and preflights.
 #[derive(Debug)]
@@ -230,8 +230,8 @@ impl Models {
                 self.model_object(id, upstream.name()).to_string(),
             )),
             None => Err(ProxyError::ModelNotFound(format!(
-                "the model '{}' does not exist or you do not have access to it",
-                truncate(id, 100)
+                "{} does not exist or you do not have access to it",
+                model_phrase(id)
             ))),
         }
     }

@@ -16,6 +16,7 @@ use crate::gateway::{Exchange, Gateway};
 use crate::local::Models;
 use crate::policy;
 use crate::probe::{self, Probed};
+use crate::text::shown_model;
 use crate::upstream::Upstream;
 
 impl Gateway {
@@ -57,7 +58,7 @@ impl Gateway {
 
         let (parts, body) = request.into_parts();
         let probed = probe::read(endpoint, &parts.headers, body, self.max_body_bytes).await?;
-        ctx.log.model = Some(probed.model.clone());
+        ctx.log.model = shown_model(&probed.model).map(str::to_owned);
         policy::allow_model(key, &probed.model)?;
         let upstream = self.router.route(endpoint.provider(), &probed.model)?;
         ctx.log.upstream = Some(upstream.name().to_owned());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::endpoint::ProviderKind;
 use crate::error::ProxyError;
-use crate::text::truncate;
+use crate::text::model_phrase;
 use crate::upstream::Upstream;
 
 /// The routing table: upstreams in configuration order.
@@ -29,15 +29,13 @@ impl Router {
         {
             return Ok(upstream);
         }
-        let shown = truncate(model, 100);
+        let shown = model_phrase(model);
         let message = match self.upstreams.iter().find(|u| u.serves(model)) {
             Some(other) if other.kind() == ProviderKind::Anthropic => {
-                format!("the model '{shown}' is an Anthropic model: call it through /v1/messages")
+                format!("{shown} is an Anthropic model: call it through /v1/messages")
             }
-            Some(_) => {
-                format!("the model '{shown}' is served through the OpenAI API, not /v1/messages")
-            }
-            None => format!("the model '{shown}' does not exist or you do not have access to it"),
+            Some(_) => format!("{shown} is served through the OpenAI API, not /v1/messages"),
+            None => format!("{shown} does not exist or you do not have access to it"),
         };
         Err(ProxyError::ModelNotFound(message))
     }

@@ -886,3 +886,57 @@ async fn a_silent_upstream_stream_is_cut_after_the_idle_timeout() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Error bodies repeat no path segment, no client method name and no model name
+/// that is long or unprintable: a key pasted as a path or a model is never echoed.
+#[tokio::test]
+async fn error_bodies_echo_no_path_and_no_long_model() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock).await;
+    let key = gw.key().await;
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str())];
+
+    let reply = send(request(
+        Method::GET,
+        &gw.url(&format!("/v1/{key}")),
+        &headers,
+        "",
+    ))
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.json()["error"]["code"], "unknown_route");
+    let models = format!("/v1/models/{key}");
+    let lookup = send(request(Method::GET, &gw.url(&models), &headers, "")).await;
+    assert_eq!(lookup.status, StatusCode::NOT_FOUND);
+    assert_eq!(lookup.json()["error"]["code"], "model_not_found");
+    let custom = Method::from_bytes(b"SECRETMETHOD").unwrap();
+    let odd = send(request(
+        custom,
+        &gw.url("/v1/chat/completions"),
+        &headers,
+        "",
+    ))
+    .await;
+    assert_eq!(odd.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(String::from_utf8_lossy(&odd.body).contains("this method is not allowed"));
+
+    let long = "m".repeat(200);
+    let url = gw.url("/v1/chat/completions");
+    let mut echoed = Vec::new();
+    for model in [key.as_str(), long.as_str(), "bad\u{7}model"] {
+        let reply = post(&url, &key, &chat(model, false)).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{model}");
+        assert_eq!(reply.json()["error"]["code"], "model_not_found");
+        echoed.push(reply);
+    }
+    for reply in [&reply, &lookup, &odd].into_iter().chain(&echoed) {
+        let body = String::from_utf8_lossy(&reply.body);
+        for secret in [key.as_str(), long.as_str(), "SECRETMETHOD", "bad"] {
+            assert!(!body.contains(secret), "{body}");
+        }
+    }
+    let short = post(&url, &key, &chat("no-such-model", false)).await;
+    assert!(String::from_utf8_lossy(&short.body).contains("'no-such-model'"));
+    assert!(mock.requests().is_empty());
+}
