@@ -68,6 +68,7 @@ impl Gateway {
             body,
             model,
             stream,
+            ..
         } = probed;
         let answer = self
             .forwarder
@@ -103,6 +104,7 @@ impl Gateway {
             body,
             model,
             stream,
+            demand,
         } = probed;
         let admission = Admission {
             endpoint,
@@ -111,6 +113,7 @@ impl Gateway {
             model: &model,
             upstream: upstream.name(),
             stream,
+            demand,
             client_name: probe::client_name(&parts.headers),
             client_ip: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
         };
@@ -122,6 +125,7 @@ impl Gateway {
             body,
             model,
             stream,
+            demand,
         })
     }
 
