@@ -3,9 +3,10 @@
 //! completions, embeddings and Responses, Anthropic messages — from a complete
 //! JSON body or an SSE stream split anywhere across frames; prices models in
 //! integer micro-units and computes costs rounded up to the micro; bounds what to
-//! reserve before forwarding from the body size and its output cap; and asks an
-//! OpenAI stream for usage the client did not request (`stream_options`), then
-//! hides the extra usage chunk from that client. It does no HTTP serving and no IO,
+//! reserve before forwarding from the body size, its output cap and `n`, read
+//! strictly ([`BillingInputs`]: a duplicated or malformed field is refused);
+//! and asks an OpenAI stream for usage the client did not request
+//! (`stream_options`), then hides the extra usage chunk from that client. It does no HTTP serving and no IO,
 //! and needs no database: money is [`Micros`] and the usage source is
 //! [`UsageSource`], both from `keygate-types`.
 //!
@@ -32,6 +33,7 @@
 //! ```
 
 mod inject;
+mod inputs;
 mod price;
 mod sse;
 mod usage;
@@ -39,9 +41,12 @@ mod usage;
 pub use keygate_types::{Micros, UsageSource};
 
 pub use inject::{Injection, MAX_HELD_EVENT_BYTES, UsageChunkFilter, inject_include_usage};
+pub use inputs::{
+    BillingInputs, BodyError, InputError, InputReason, MAX_N, MAX_OUTPUT_CAP, parse_n,
+};
 pub use price::{
-    DEFAULT_OUTPUT_RESERVE, MAX_PRICE_CREDITS, MAX_PRICE_PER_MTOK, Price, PriceError, PriceTable,
-    ReservationRule, max_output_tokens, reserve_upper_bound,
+    DEFAULT_OUTPUT_RESERVE, Demand, MAX_PRICE_CREDITS, MAX_PRICE_PER_MTOK, Price, PriceError,
+    PriceTable, ReservationRule, UPLOAD_INPUT_RESERVE, reserve_upper_bound,
 };
 pub use sse::{MAX_EVENT_BYTES, SseEvent, SseParser};
 pub use usage::{

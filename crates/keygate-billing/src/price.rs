@@ -7,11 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use keygate_types::{MICROS_PER_CREDIT, Micros};
-use serde::Deserialize;
-
-use crate::inject::is_json_object;
+use crate::inputs::BillingInputs;
 use crate::usage::Usage;
+use keygate_types::{MICROS_PER_CREDIT, Micros};
 
 /// Tokens per "million tokens", the unit prices are given in.
 const TOKENS_PER_MTOK: u128 = 1_000_000;
@@ -187,58 +185,72 @@ impl Default for ReservationRule {
     }
 }
 
-/// The amount to reserve for a request of `body_len` bytes, rounded up to the
-/// micro-unit and saturating at `i64::MAX`.
+/// Input tokens reserved for each file a multipart request uploads (an image to
+/// edit, audio to transcribe), instead of its bytes: a compressed file's size
+/// says little about the tokens it is billed as, which follow its pixels or its
+/// duration, and counting a 20 MB upload byte for byte would refuse any account
+/// that could well pay for it.
+pub const UPLOAD_INPUT_RESERVE: u64 = 32_768;
+
+/// What a request asks for, as far as its cost goes: the input tokens it can
+/// bring at most, and the output it allows per choice and how many choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Demand {
+    /// An upper bound of the input tokens.
+    pub input_tokens: u64,
+    /// The output cap per choice (see [`BillingInputs::output_cap`]); `None`
+    /// reserves the rule's `default_output_reserve`.
+    pub output_cap: Option<u64>,
+    /// Choices (or images) asked for; 0 counts as 1.
+    pub n: u64,
+}
+
+impl Demand {
+    /// A JSON request of `body_len` bytes: every byte counts as one input token.
+    /// A token is at least one byte of the text it encodes, and the JSON around
+    /// the text only adds bytes, so the body length bounds the tokens the body
+    /// spells out. It does not bound input the body only points to (an image
+    /// URL, a file id, a Responses `previous_response_id`), nor tokens the
+    /// provider adds around each message.
+    pub fn json(body_len: usize, inputs: &BillingInputs) -> Demand {
+        Demand {
+            input_tokens: u64::try_from(body_len).unwrap_or(u64::MAX),
+            output_cap: inputs.output_cap,
+            n: inputs.n,
+        }
+    }
+
+    /// A multipart form whose text fields hold `text_bytes` bytes and which
+    /// uploads `files` files, each counted as [`UPLOAD_INPUT_RESERVE`] input
+    /// tokens, asking for `n` results.
+    pub fn multipart(text_bytes: u64, files: u64, n: u64) -> Demand {
+        Demand {
+            input_tokens: text_bytes.saturating_add(files.saturating_mul(UPLOAD_INPUT_RESERVE)),
+            output_cap: None,
+            n,
+        }
+    }
+}
+
+/// The amount to reserve for a request, rounded up to the micro-unit and
+/// saturating at `i64::MAX`.
 ///
-/// Input: every body byte is counted as one input token, at the higher of the
-/// input and cached input prices. A token is at least one byte of the text it
-/// encodes, and the JSON around the text only adds bytes, so the body length
-/// bounds the tokens the body spells out. It does not bound input the body only
-/// points to (an image URL, a file id, a Responses `previous_response_id`), nor
-/// tokens the provider adds around each message; settling charges the actual
-/// cost either way.
-///
-/// Output: `max_output_tokens` (see [`max_output_tokens`]) or, when the request
-/// sets none, the rule's `default_output_reserve`, at the output price.
-pub fn reserve_upper_bound(
-    price: &Price,
-    body_len: usize,
-    max_output_tokens: Option<u64>,
-    rule: &ReservationRule,
-) -> Micros {
-    let input_tokens = u64::try_from(body_len).unwrap_or(u64::MAX);
+/// Input: the demand's input tokens, at the higher of the input and cached
+/// input prices. Output: the output cap or, when the request sets none, the
+/// rule's `default_output_reserve`, times `n`, at the output price. Settling
+/// charges the actual cost.
+pub fn reserve_upper_bound(price: &Price, demand: &Demand, rule: &ReservationRule) -> Micros {
     let input_price = price
         .input_per_mtok
         .max(price.cached_input_per_mtok.unwrap_or(price.input_per_mtok));
-    let output_tokens = max_output_tokens.unwrap_or(rule.default_output_reserve);
+    let output_tokens = demand
+        .output_cap
+        .unwrap_or(rule.default_output_reserve)
+        .saturating_mul(demand.n.max(1));
     ceil_micros(&[
-        (input_tokens, input_price),
+        (demand.input_tokens, input_price),
         (output_tokens, price.output_per_mtok),
     ])
-}
-
-/// The output cap a request body sets: the largest of `max_tokens`,
-/// `max_completion_tokens` (OpenAI chat) and `max_output_tokens` (Responses).
-/// `None` when it sets none, or is not a JSON object whose caps are whole numbers.
-pub fn max_output_tokens(body: &[u8]) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct OutputCaps {
-        max_tokens: Option<u64>,
-        max_completion_tokens: Option<u64>,
-        max_output_tokens: Option<u64>,
-    }
-    if !is_json_object(body) {
-        return None;
-    }
-    let caps: OutputCaps = serde_json::from_slice(body).ok()?;
-    [
-        caps.max_tokens,
-        caps.max_completion_tokens,
-        caps.max_output_tokens,
-    ]
-    .into_iter()
-    .flatten()
-    .max()
 }
 
 fn credits_to_micros(field: &'static str, credits: f64) -> Result<Micros, PriceError> {
@@ -272,6 +284,7 @@ fn ceil_micros(terms: &[(u64, Micros)]) -> Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inputs::MAX_N;
     use keygate_types::UsageSource;
     use proptest::prelude::*;
 
@@ -281,6 +294,14 @@ mod tests {
             output_tokens: output,
             cached_input_tokens: cached,
             source: UsageSource::Reported,
+        }
+    }
+
+    fn demand(input_tokens: u64, output_cap: Option<u64>, n: u64) -> Demand {
+        Demand {
+            input_tokens,
+            output_cap,
+            n,
         }
     }
 
@@ -398,7 +419,11 @@ mod tests {
         let free = price(0, 0, Some(0));
         assert_eq!(free.cost(&usage(u64::MAX, 7, u64::MAX)), Micros(0));
         assert_eq!(
-            reserve_upper_bound(&free, usize::MAX, None, &ReservationRule::default()),
+            reserve_upper_bound(
+                &free,
+                &demand(u64::MAX, None, MAX_N),
+                &ReservationRule::default()
+            ),
             Micros(0)
         );
     }
@@ -410,8 +435,7 @@ mod tests {
         assert_eq!(
             reserve_upper_bound(
                 &top,
-                usize::MAX,
-                Some(u64::MAX),
+                &demand(u64::MAX, Some(u64::MAX), MAX_N),
                 &ReservationRule::default()
             ),
             Micros(i64::MAX)
@@ -427,61 +451,67 @@ mod tests {
         let rule = ReservationRule::default();
         // 1000 × 2.5 + 100 × 10 credits per Mtok.
         assert_eq!(
-            reserve_upper_bound(&gpt4o, 1000, Some(100), &rule),
+            reserve_upper_bound(&gpt4o, &demand(1000, Some(100), 1), &rule),
             Micros(3500)
         );
         // 1000 × 2.5 + 4096 × 10.
         assert_eq!(
-            reserve_upper_bound(&gpt4o, 1000, None, &rule),
+            reserve_upper_bound(&gpt4o, &demand(1000, None, 1), &rule),
             Micros(43_460)
         );
         let rule = ReservationRule {
             default_output_reserve: 0,
         };
-        assert_eq!(reserve_upper_bound(&gpt4o, 1, None, &rule), Micros(3));
+        assert_eq!(
+            reserve_upper_bound(&gpt4o, &demand(1, None, 1), &rule),
+            Micros(3)
+        );
         // A cached price above the input price is the bound.
         let odd = price(1_000_000, 0, Some(3_000_000));
-        assert_eq!(reserve_upper_bound(&odd, 10, None, &rule), Micros(30));
+        assert_eq!(
+            reserve_upper_bound(&odd, &demand(10, None, 1), &rule),
+            Micros(30)
+        );
     }
 
     #[test]
-    fn reads_output_caps() {
+    fn reserve_multiplies_the_output_by_n() {
+        let gpt4o = price(2_500_000, 10_000_000, None);
+        let rule = ReservationRule::default();
+        // 1000 × 2.5 + 3 × 100 × 10 credits per Mtok; the input is sent once.
         assert_eq!(
-            max_output_tokens(br#"{"model":"m","max_tokens":256,"messages":[]}"#),
-            Some(256)
+            reserve_upper_bound(&gpt4o, &demand(1000, Some(100), 3), &rule),
+            Micros(5500)
+        );
+        // 3 × 4096 × 10 without a cap.
+        assert_eq!(
+            reserve_upper_bound(&gpt4o, &demand(0, None, 3), &rule),
+            Micros(122_880)
+        );
+        // 0 counts as 1.
+        assert_eq!(
+            reserve_upper_bound(&gpt4o, &demand(0, Some(100), 0), &rule),
+            reserve_upper_bound(&gpt4o, &demand(0, Some(100), 1), &rule)
+        );
+    }
+
+    #[test]
+    fn demand_of_json_and_multipart_requests() {
+        let inputs = BillingInputs {
+            output_cap: Some(64),
+            n: 2,
+            ..BillingInputs::default()
+        };
+        assert_eq!(Demand::json(500, &inputs), demand(500, Some(64), 2));
+        // Uploads count a fixed allowance each, whatever their size.
+        assert_eq!(
+            Demand::multipart(40, 2, 4),
+            demand(40 + 2 * UPLOAD_INPUT_RESERVE, None, 4)
         );
         assert_eq!(
-            max_output_tokens(
-                br#"{"max_completion_tokens":1000,"messages":[{"content":"max_tokens"}]}"#
-            ),
-            Some(1000)
+            Demand::multipart(u64::MAX, u64::MAX, 1).input_tokens,
+            u64::MAX
         );
-        assert_eq!(
-            max_output_tokens(br#" {"input":"hi","max_output_tokens":64}"#),
-            Some(64)
-        );
-        assert_eq!(
-            max_output_tokens(br#"{"max_tokens":10,"max_completion_tokens":20}"#),
-            Some(20)
-        );
-        for none in [
-            &br#"{"model":"m"}"#[..],
-            br#"{"max_tokens":null}"#,
-            br#"{"max_tokens":-1}"#,
-            br#"{"max_tokens":1.5}"#,
-            br#"{"max_tokens":"10"}"#,
-            br#"{"max_tokens":1,"max_tokens":2}"#,
-            br#"[5, 6, 7]"#,
-            b"not json",
-            b"",
-        ] {
-            assert_eq!(
-                max_output_tokens(none),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(none)
-            );
-        }
     }
 
     #[test]

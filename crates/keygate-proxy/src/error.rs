@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use keygate_billing::{BodyError, InputError};
 use keygate_store::{Scope, StoreError};
 
 use crate::body::GatewayBody;
@@ -66,6 +67,11 @@ pub enum ProxyError {
     /// The body is not JSON, or a field has the wrong type.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A field keygate reads to route or bill the request (`model`, `stream`,
+    /// an output cap, `n`, `stream_options`) is duplicated or malformed. Names
+    /// the parameter, never its value.
+    #[error("{0}")]
+    InvalidParam(InputError),
     /// The body has no `model`.
     #[error("you must provide a model parameter")]
     ModelRequired,
@@ -159,6 +165,23 @@ pub enum ProxyError {
     Internal(#[source] BoxError),
 }
 
+impl From<BodyError> for ProxyError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::Input(error) => Self::InvalidParam(error),
+            BodyError::NotAnObject | BodyError::NotJson { .. } => {
+                Self::InvalidRequest(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<InputError> for ProxyError {
+    fn from(error: InputError) -> Self {
+        Self::InvalidParam(error)
+    }
+}
+
 impl From<StoreError> for ProxyError {
     fn from(error: StoreError) -> Self {
         Self::Store(Arc::new(error))
@@ -195,7 +218,9 @@ impl ProxyError {
     pub fn kind(&self) -> ErrorKind {
         use ErrorSource::{Client, Gateway, Upstream};
         let (status, kind, code, source) = match self {
-            Self::InvalidRequest(_) => (400, "invalid_request_error", "invalid_request", Client),
+            Self::InvalidRequest(_) | Self::InvalidParam(_) => {
+                (400, "invalid_request_error", "invalid_request", Client)
+            }
             Self::ModelRequired => (400, "invalid_request_error", "model_required", Client),
             Self::MissingApiKey => (401, "authentication_error", "missing_api_key", Client),
             Self::InvalidApiKey => (401, "authentication_error", "invalid_api_key", Client),
@@ -246,6 +271,7 @@ impl ProxyError {
             | Self::ModelNotAllowed(_)
             | Self::ModelNotFound(_)
             | Self::ModelNotPriced(_) => Some("model"),
+            Self::InvalidParam(error) => Some(error.param),
             _ => None,
         }
     }
@@ -336,6 +362,22 @@ mod tests {
                 .get(header::RETRY_AFTER)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_malformed_field_is_400_naming_the_param() {
+        let error = ProxyError::from(
+            keygate_billing::BillingInputs::read(br#"{"max_tokens":"secret"}"#).unwrap_err(),
+        );
+        assert_eq!(error.kind().status, StatusCode::BAD_REQUEST);
+        let body: serde_json::Value = serde_json::from_slice(&error.body()).unwrap();
+        assert_eq!(body["error"]["param"], "max_tokens");
+        assert_eq!(body["error"]["code"], "invalid_request");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(!body.to_string().contains("secret"));
+        let not_json = ProxyError::from(BodyError::NotAnObject);
+        assert!(matches!(not_json, ProxyError::InvalidRequest(_)));
+        assert_eq!(not_json.param(), None);
     }
 
     #[test]

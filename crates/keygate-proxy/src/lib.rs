@@ -95,6 +95,6 @@ pub mod bench {
 
     /// The gateway's peek at `model` and `stream` in a JSON request body.
     pub fn probe_json(body: &[u8]) -> Result<(String, bool), ProxyError> {
-        crate::probe::probe_json(body)
+        crate::probe::probe_model_and_stream(body)
     }
 }

@@ -69,6 +69,7 @@ impl Gateway {
             body,
             model,
             stream,
+            ..
         } = probed;
         let answer = self
             .forwarder
@@ -104,6 +105,7 @@ impl Gateway {
             body,
             model,
             stream,
+            demand,
         } = probed;
         let admission = Admission {
             endpoint,
@@ -112,6 +114,7 @@ impl Gateway {
             model: &model,
             upstream: upstream.name(),
             stream,
+            demand,
             client_name: probe::client_name(&parts.headers),
             client_ip: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
         };
@@ -123,6 +126,7 @@ impl Gateway {
             body,
             model,
             stream,
+            demand,
         })
     }
 

@@ -12,8 +12,8 @@
 
 use keygate_billing::Micros;
 use keygate_billing::{
-    ApiShape, Injection, Price, ReservationRule, StreamUsage, Usage, UsageChunkFilter, UsageSource,
-    inject_include_usage, max_output_tokens, read_json, reserve_upper_bound,
+    ApiShape, BillingInputs, Demand, Injection, Price, ReservationRule, StreamUsage, Usage,
+    UsageChunkFilter, UsageSource, inject_include_usage, read_json, reserve_upper_bound,
 };
 use proptest::prelude::*;
 
@@ -242,9 +242,10 @@ fn costs_of_every_shape_worked_by_hand() {
 #[test]
 fn the_reservation_covers_the_cost() {
     let body = br#"{"model":"gpt-4o","stream":true,"max_completion_tokens":2,"messages":[{"role":"user","content":"Say hello."}]}"#;
-    let cap = max_output_tokens(body);
-    assert_eq!(cap, Some(2));
-    let reserved = reserve_upper_bound(&gpt_4o(), body.len(), cap, &ReservationRule::default());
+    let inputs = BillingInputs::read(body).unwrap();
+    assert_eq!(inputs.output_cap, Some(2));
+    let demand = Demand::json(body.len(), &inputs);
+    let reserved = reserve_upper_bound(&gpt_4o(), &demand, &ReservationRule::default());
     // body.len() × 2.5 + 2 × 10, rounded up.
     let expected = (body.len() as u64 * 2_500_000 + 20_000_000).div_ceil(1_000_000);
     assert_eq!(reserved, Micros(expected as i64));

@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use keygate_billing::{
-    Injection, Price, inject_include_usage, max_output_tokens, reserve_upper_bound,
-};
+use keygate_billing::{Demand, Injection, Price, inject_include_usage, reserve_upper_bound};
 use keygate_store::{ApiKey, Ledger, Micros, UsageRecord, UsageSource};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -66,6 +64,8 @@ pub(crate) struct Admission<'a> {
     pub(crate) model: &'a str,
     pub(crate) upstream: &'a str,
     pub(crate) stream: bool,
+    /// What the request asks for, read strictly by the probe.
+    pub(crate) demand: Demand,
     pub(crate) client_name: Option<String>,
     /// The client's address; kept only when the operator turned that on.
     pub(crate) client_ip: Option<std::net::IpAddr>,
@@ -159,8 +159,9 @@ impl Billing {
         }
     }
 
-    /// Admits a request: prices it, reserves the upper bound of its cost and
-    /// decides how to read its usage. The body comes back rewritten where the
+    /// Admits a request: prices it, reserves the upper bound of its cost (its
+    /// input, and its output cap or the default reserve times `n`, as the probe
+    /// read them strictly) and decides how to read its usage. The body comes back rewritten where the
     /// upstream must be asked for usage.
     pub(crate) async fn admit(
         &self,
@@ -174,6 +175,7 @@ impl Billing {
             None if self.config.allow_unpriced => None,
             None => return Err(ProxyError::ModelNotPriced(request.model.to_owned())),
         };
+        let mut demand = request.demand;
         let mut filter_usage_chunk = false;
         if request.stream
             && request.provider == ProviderKind::OpenAi
@@ -185,6 +187,8 @@ impl Billing {
             if let Injection::Rewritten(rewritten) = inject_include_usage(&body) {
                 body = Bytes::from(rewritten);
                 filter_usage_chunk = true;
+                // The forwarded body is the longer one: its bytes bound the input.
+                demand.input_tokens = body.len() as u64;
             }
         }
         let input_bytes = body.len() as u64;
@@ -194,14 +198,9 @@ impl Billing {
                 && price.cached_input_per_mtok().unwrap_or(Micros::ZERO) == Micros::ZERO
         };
         let hold = match &price {
-            // A free model holds nothing: no need to read the body's output cap.
+            // A free model holds nothing.
             Some(price) if !free(price) => {
-                let amount = reserve_upper_bound(
-                    price,
-                    body.len(),
-                    max_output_tokens(&body),
-                    &self.config.rule,
-                );
+                let amount = reserve_upper_bound(price, &demand, &self.config.rule);
                 if amount > Micros::ZERO {
                     Some(self.reserve(request.key, amount).await?)
                 } else {

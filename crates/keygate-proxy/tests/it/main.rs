@@ -12,5 +12,6 @@
 mod billing;
 mod faults;
 mod harness;
+mod inputs;
 mod proxy;
 mod tls;
