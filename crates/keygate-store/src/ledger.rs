@@ -176,9 +176,14 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// which one it does not fit.
     async fn reserve(&self, new: NewReservation) -> Result<Reserve>;
 
-    /// Charges `cost` for a reservation and releases it, in one transaction. A
-    /// reservation already swept is charged all the same.
-    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()>;
+    /// Charges `cost` for a reservation and releases it, in one transaction, and
+    /// returns what was charged. A reservation already swept is charged all the
+    /// same. The charge saturates at what can be paid: it never takes the
+    /// balance below what the account's other reservations hold (nor below
+    /// zero), nor the key's spend past its limit less its other reservations. A
+    /// reservation settled before is charged nothing (and `Micros::ZERO` is
+    /// returned).
+    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<Micros>;
 
     /// Releases a reservation without charging. Releasing twice is harmless.
     async fn release(&self, reservation: &Reservation) -> Result<()>;
@@ -207,6 +212,24 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 
     /// Deletes usage records older than `before`; returns how many.
     async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// What a settlement charges of `cost`, once its reservation is returned: at most
+/// what the account has beyond its other reservations (`balance -
+/// account_reserved`), and, for a key with a spend limit (`limit, spent,
+/// key_reserved`), at most what the limit leaves beyond the key's spend and its
+/// other reservations; never below zero. Every step saturates.
+pub(crate) fn payable(
+    cost: i64,
+    balance: i64,
+    account_reserved: i64,
+    limit: Option<(i64, i64, i64)>,
+) -> i64 {
+    let on_account = balance.saturating_sub(account_reserved);
+    let on_key = limit.map_or(i64::MAX, |(limit, spent, key_reserved)| {
+        limit.saturating_sub(spent).saturating_sub(key_reserved)
+    });
+    cost.min(on_account).min(on_key).max(0)
 }
 
 /// Milliseconds in a day; a day group is `at` (Unix milliseconds) divided by this,

@@ -163,7 +163,7 @@ impl Ledger for FaultyStore {
         stall(&self.reserve_reply_delay_ms).await;
         reserved
     }
-    async fn settle(&self, r: &Reservation, cost: Micros) -> keygate_store::Result<()> {
+    async fn settle(&self, r: &Reservation, cost: Micros) -> keygate_store::Result<Micros> {
         self.inner.settle(r, cost).await
     }
     async fn release(&self, r: &Reservation) -> keygate_store::Result<()> {
