@@ -216,17 +216,19 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 
 /// What a settlement charges of `cost`, once its reservation is returned: at most
 /// what the account has beyond its other reservations (`balance -
-/// account_reserved`), and, for a key with a spend limit (`limit, spent,
-/// key_reserved`), at most what the limit leaves beyond the key's spend and its
-/// other reservations; never below zero. Every step saturates.
+/// account_reserved`), at most what keeps the key's `spent` within 63 bits, and,
+/// for a key with a spend limit (`limit, key_reserved`), at most what the limit
+/// leaves beyond the key's spend and its other reservations; never below zero.
+/// Every step saturates.
 pub(crate) fn payable(
     cost: i64,
     balance: i64,
     account_reserved: i64,
-    limit: Option<(i64, i64, i64)>,
+    spent: i64,
+    limit: Option<(i64, i64)>,
 ) -> i64 {
     let on_account = balance.saturating_sub(account_reserved);
-    let on_key = limit.map_or(i64::MAX, |(limit, spent, key_reserved)| {
+    let on_key = limit.map_or(i64::MAX.saturating_sub(spent), |(limit, key_reserved)| {
         limit.saturating_sub(spent).saturating_sub(key_reserved)
     });
     cost.min(on_account).min(on_key).max(0)
@@ -242,4 +244,23 @@ pub(crate) fn day_label(day: i64) -> Result<String> {
         .and_then(DateTime::from_timestamp_millis)
         .map(|start| start.format("%Y-%m-%d").to_string())
         .ok_or_else(|| StoreError::Database(format!("usage day {day} is out of range")))
+}
+
+#[cfg(test)]
+mod payable_tests {
+    use super::payable;
+
+    #[test]
+    fn a_charge_stops_at_the_account_the_limit_and_63_bits() {
+        assert_eq!(payable(50, 100, 0, 0, None), 50);
+        assert_eq!(payable(500, 100, 30, 0, None), 70);
+        assert_eq!(payable(500, 100, 0, 10, Some((40, 5))), 25);
+        assert_eq!(payable(i64::MAX, i64::MAX, 0, i64::MAX - 3, None), 3);
+        assert_eq!(payable(10, -5, 0, 0, None), 0);
+        assert_eq!(payable(-10, 100, 0, 0, None), 0);
+        assert_eq!(
+            payable(10, i64::MIN, i64::MAX, 0, Some((i64::MIN, i64::MAX))),
+            0
+        );
+    }
 }

@@ -319,7 +319,8 @@ impl Ledger for MemoryStore {
             cost.0,
             account.balance.0,
             account.reserved.0,
-            limit.map(|limit| (limit.0, spend.spent.0, spend.reserved.0)),
+            spend.spent.0,
+            limit.map(|limit| (limit.0, spend.reserved.0)),
         );
         account.balance = Micros(account.balance.0.saturating_sub(charged));
         let entry = state.spend.entry(reservation.key_id.clone()).or_default();

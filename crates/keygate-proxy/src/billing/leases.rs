@@ -619,6 +619,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_is_charged_at_most_its_hold_unless_allowed_more() {
+        for (beyond, charged) in [(false, 100), (true, 1_000_000)] {
+            let (store, account, key) = setup(1_000_000).await;
+            let settled = Arc::new(Recorded::default());
+            let leases = Arc::new(Leases::new(
+                store.clone(),
+                settled.clone(),
+                Duration::ZERO,
+                Duration::from_secs(60),
+                tokio_util::task::TaskTracker::new(),
+                beyond,
+            ));
+            let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+            assert_eq!(a.settle(Micros(1_000_000)), Micros(charged), "{beyond}");
+            assert_eq!(lock(&settled.0)[0].1, Micros(charged), "{beyond}");
+            let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+            assert_eq!(b.settle(Micros(-5)), Micros::ZERO, "a negative cost");
+        }
+    }
+
+    #[tokio::test]
     async fn old_leases_are_renewed() {
         let (store, account, key) = setup(1_000_000).await;
         let settled = Arc::new(Recorded::default());

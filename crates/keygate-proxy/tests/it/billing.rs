@@ -794,6 +794,57 @@ async fn shutdown_flushes_queued_usage_records() {
     assert_eq!(billing.metrics().records_dropped, 0);
 }
 
+/// A usage record the store refuses is kept and retried, never dropped: the
+/// records beside it in its batch are written at once, and it is written once
+/// the store takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_usage_record_is_retried_not_dropped() {
+    let mock = MockUpstream::start().await;
+    let gw = billed(&mock, Backend::Sqlite)
+        .billing(|billing| billing.writer.flush_interval = Duration::from_millis(50))
+        .faulty()
+        .start()
+        .await;
+    gw.faults().set_usage_refused_for(Some("gpt-4o-mini"));
+    let key = gw.key().await;
+    for model in ["gpt-4o", "gpt-4o-mini", "gpt-4o"] {
+        let reply = gw.chat(&key, model).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let written = gw.records(2).await;
+    assert!(written.iter().all(|r| r.model == "gpt-4o"), "{written:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.billing().metrics().records_written, 2);
+    assert_eq!(gw.billing().metrics().records_dropped, 0);
+    gw.faults().set_usage_refused_for(None);
+    let written = gw.records(3).await;
+    assert_eq!(written.len(), 3);
+    assert_eq!(gw.billing().metrics().records_dropped, 0);
+}
+
+/// Records the store still refuses at shutdown are counted exactly as dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_counts_exactly_the_records_it_could_not_write() {
+    let mock = MockUpstream::start().await;
+    let gw = billed(&mock, Backend::Memory)
+        .billing(|billing| billing.writer.flush_interval = Duration::from_millis(50))
+        .faulty()
+        .start()
+        .await;
+    gw.faults().set_usage_refused_for(Some("gpt-4o-mini"));
+    let key = gw.key().await;
+    for model in ["gpt-4o-mini", "gpt-4o", "gpt-4o-mini", "gpt-4o-mini"] {
+        let reply = gw.chat(&key, model).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    gw.records(1).await;
+    let billing = Arc::clone(gw.billing());
+    assert_eq!(billing.metrics().records_dropped, 0);
+    assert_eq!(gw.shutdown().await, Shutdown::Drained);
+    let metrics = billing.metrics();
+    assert_eq!((metrics.records_written, metrics.records_dropped), (1, 3));
+}
+
 /// Usage records name the client (`X-Client-Name`, else `User-Agent`) and keep
 /// its address only when the operator turns that on.
 #[tokio::test(flavor = "multi_thread")]

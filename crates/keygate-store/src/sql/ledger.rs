@@ -285,7 +285,8 @@ macro_rules! ledger_ops {
                     cost,
                     balance,
                     account_reserved,
-                    limit.map(|limit| (limit, spent, key_reserved)),
+                    spent,
+                    limit.map(|limit| (limit, key_reserved)),
                 );
                 if charged == 0 {
                     return Ok(Micros::ZERO);
