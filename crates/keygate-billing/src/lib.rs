@@ -50,5 +50,6 @@ pub use price::{
 };
 pub use sse::{MAX_EVENT_BYTES, SseEvent, SseParser};
 pub use usage::{
-    ApiShape, JSON_TAIL_BYTES, JsonUsage, MAX_JSON_BODY_BYTES, StreamUsage, Usage, read_json,
+    ApiShape, JSON_TAIL_BYTES, JsonUsage, MAX_JSON_BODY_BYTES, MAX_REPORTED_TOKENS, StreamUsage,
+    Usage, read_json,
 };

@@ -5,10 +5,16 @@
 //! Input tokens are normalised to include cached ones (as OpenAI reports them):
 //! for Anthropic, `input_tokens + cache_read_input_tokens +
 //! cache_creation_input_tokens`; `cached_input_tokens` is the cache-read part.
+//!
+//! A count is trusted only as far as it is a non-negative integer of at most
+//! [`MAX_REPORTED_TOKENS`]: anything else (a negative number, a fraction, a
+//! string, a number past the bound or past 64 bits) is clamped into range and the
+//! usage's source is [`UsageSource::Capped`], so a hostile or broken upstream
+//! cannot make a count, or its cost, run away.
 
 use std::borrow::Cow;
 
-use serde::de::{SeqAccess, Visitor};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use keygate_types::UsageSource;
@@ -41,47 +47,199 @@ pub enum ApiShape {
     AnthropicMessages,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The largest token count believed from an upstream, per count: ten billion
+/// tokens, far past any real request (the largest context windows hold a few
+/// million). A count past it is clamped to it and the usage is
+/// [`UsageSource::Capped`].
+pub const MAX_REPORTED_TOKENS: u64 = 10_000_000_000;
+
+/// One token count as the upstream wrote it, clamped into
+/// `0..=MAX_REPORTED_TOKENS`. `clamped` says the upstream's value was not a
+/// non-negative integer in that range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Count {
+    tokens: u64,
+    clamped: bool,
+}
+
+impl Count {
+    fn new(tokens: u64) -> Self {
+        if tokens > MAX_REPORTED_TOKENS {
+            return Count {
+                tokens: MAX_REPORTED_TOKENS,
+                clamped: true,
+            };
+        }
+        Count {
+            tokens,
+            clamped: false,
+        }
+    }
+
+    fn clamped(tokens: u64) -> Self {
+        Count {
+            tokens: tokens.min(MAX_REPORTED_TOKENS),
+            clamped: true,
+        }
+    }
+
+    /// The sum, clamped like one count.
+    fn plus(self, other: Count) -> Count {
+        let sum = Count::new(self.tokens.saturating_add(other.tokens));
+        Count {
+            tokens: sum.tokens,
+            clamped: sum.clamped || self.clamped || other.clamped,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    /// Never fails on a well-formed JSON value: a number is rounded up and
+    /// clamped into range, anything else counts as zero; both are flagged.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CountVisitor;
+        impl<'de> Visitor<'de> for CountVisitor {
+            type Value = Count;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token count")
+            }
+
+            fn visit_u64<E>(self, v: u64) -> Result<Count, E> {
+                Ok(Count::new(v))
+            }
+
+            fn visit_i64<E>(self, v: i64) -> Result<Count, E> {
+                Ok(match u64::try_from(v) {
+                    Ok(v) => Count::new(v),
+                    Err(_) => Count::clamped(0),
+                })
+            }
+
+            fn visit_u128<E>(self, _: u128) -> Result<Count, E> {
+                Ok(Count::clamped(u64::MAX))
+            }
+
+            fn visit_i128<E>(self, v: i128) -> Result<Count, E> {
+                Ok(Count::clamped(if v > 0 { u64::MAX } else { 0 }))
+            }
+
+            fn visit_f64<E>(self, v: f64) -> Result<Count, E> {
+                if v.is_nan() || v <= 0.0 {
+                    return Ok(Count::clamped(0));
+                }
+                // A fraction is rounded up; anything at or past the bound is the
+                // bound (the bound is exact in a double).
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss,
+                    reason = "positive and at most MAX_REPORTED_TOKENS, which a double holds exactly"
+                )]
+                let tokens = if v >= MAX_REPORTED_TOKENS as f64 {
+                    MAX_REPORTED_TOKENS
+                } else {
+                    v.ceil() as u64
+                };
+                Ok(Count::clamped(tokens))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count::clamped(0))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                Ok(Count::clamped(0))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Count::clamped(0))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Count::clamped(0))
+            }
+        }
+        deserializer.deserialize_any(CountVisitor)
+    }
+}
+
+/// A `*_details` object; one of the wrong type counts as absent.
+#[derive(Debug, Default)]
 struct Details {
-    cached_tokens: Option<u64>,
+    cached_tokens: Option<Count>,
+}
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            cached_tokens: Option<Count>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Fields(Fields),
+            Other(IgnoredAny),
+        }
+        Ok(match Either::deserialize(deserializer)? {
+            Either::Fields(fields) => Details {
+                cached_tokens: fields.cached_tokens,
+            },
+            Either::Other(_) => Details::default(),
+        })
+    }
 }
 
 /// Every provider's usage fields in one struct; each shape fills some.
 #[derive(Debug, Default, Deserialize)]
 struct RawUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
+    prompt_tokens: Option<Count>,
+    completion_tokens: Option<Count>,
+    input_tokens: Option<Count>,
+    output_tokens: Option<Count>,
     prompt_tokens_details: Option<Details>,
     input_tokens_details: Option<Details>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<Count>,
+    cache_creation_input_tokens: Option<Count>,
 }
 
 impl RawUsage {
     fn into_usage(self, shape: ApiShape) -> Usage {
-        let (input_tokens, cached_input_tokens) = match shape {
+        let (input, cached) = match shape {
             ApiShape::AnthropicMessages => {
-                let cached = self.cache_read_input_tokens.unwrap_or(0);
-                let input = self.input_tokens.unwrap_or(0)
-                    + cached
-                    + self.cache_creation_input_tokens.unwrap_or(0);
+                let cached = self.cache_read_input_tokens.unwrap_or_default();
+                let input = self
+                    .input_tokens
+                    .unwrap_or_default()
+                    .plus(cached)
+                    .plus(self.cache_creation_input_tokens.unwrap_or_default());
                 (input, cached)
             }
             _ => {
                 let details = self.prompt_tokens_details.or(self.input_tokens_details);
                 (
-                    self.prompt_tokens.or(self.input_tokens).unwrap_or(0),
-                    details.and_then(|d| d.cached_tokens).unwrap_or(0),
+                    self.prompt_tokens.or(self.input_tokens).unwrap_or_default(),
+                    details.and_then(|d| d.cached_tokens).unwrap_or_default(),
                 )
             }
         };
+        let output = self
+            .completion_tokens
+            .or(self.output_tokens)
+            .unwrap_or_default();
+        let clamped = input.clamped || cached.clamped || output.clamped;
         Usage {
-            input_tokens,
-            output_tokens: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
-            cached_input_tokens,
-            source: UsageSource::Reported,
+            input_tokens: input.tokens,
+            output_tokens: output.tokens,
+            cached_input_tokens: cached.tokens,
+            source: if clamped {
+                UsageSource::Capped
+            } else {
+                UsageSource::Reported
+            },
         }
     }
 }
@@ -178,6 +336,8 @@ struct StreamState {
     usage: Usage,
     /// Anthropic: `message_start` seen (input known); `message_delta` completes it.
     anthropic_started: bool,
+    /// Anthropic: `message_start`'s counts were clamped.
+    anthropic_input_clamped: bool,
     content_events: u64,
 }
 
@@ -190,6 +350,7 @@ impl StreamUsage {
                 shape,
                 usage: Usage::default(),
                 anthropic_started: false,
+                anthropic_input_clamped: false,
                 content_events: 0,
             },
         }
@@ -225,14 +386,16 @@ impl StreamState {
         match self.shape {
             ApiShape::OpenAiCompletions | ApiShape::OpenAiEmbeddings => {
                 if parsed.choices.is_some_and(|c| c.0) {
-                    self.content_events += 1;
+                    self.content_events = self.content_events.saturating_add(1);
                 }
                 if let Some(raw) = parsed.usage {
                     self.usage = raw.into_usage(self.shape);
                 }
             }
             ApiShape::OpenAiResponses => match kind {
-                "response.output_text.delta" => self.content_events += 1,
+                "response.output_text.delta" => {
+                    self.content_events = self.content_events.saturating_add(1)
+                }
                 "response.completed" => {
                     if let Some(raw) = parsed.response.and_then(|r| r.usage) {
                         self.usage = raw.into_usage(self.shape);
@@ -246,16 +409,23 @@ impl StreamState {
                         let start = raw.into_usage(self.shape);
                         self.usage.input_tokens = start.input_tokens;
                         self.usage.cached_input_tokens = start.cached_input_tokens;
+                        self.anthropic_input_clamped = start.source == UsageSource::Capped;
                         self.anthropic_started = true;
                     }
                 }
-                "content_block_delta" => self.content_events += 1,
+                "content_block_delta" => {
+                    self.content_events = self.content_events.saturating_add(1)
+                }
                 "message_delta" => {
                     if let Some(output) = parsed.usage.and_then(|u| u.output_tokens) {
                         // Cumulative: the last one is the total.
-                        self.usage.output_tokens = output;
+                        self.usage.output_tokens = output.tokens;
                         if self.anthropic_started {
-                            self.usage.source = UsageSource::Reported;
+                            self.usage.source = if output.clamped || self.anthropic_input_clamped {
+                                UsageSource::Capped
+                            } else {
+                                UsageSource::Reported
+                            };
                         }
                     }
                 }

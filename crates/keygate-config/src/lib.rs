@@ -127,6 +127,8 @@ pub struct RawBilling {
     pub reservation_ttl: Option<String>,
     /// How long a key's requests share one store reservation (a duration).
     pub batch_window: Option<String>,
+    /// Charge a request its full cost even past what its reservation held.
+    pub charge_beyond_reservation: Option<bool>,
 }
 
 /// `[privacy]`.
@@ -279,6 +281,7 @@ default_output_reserve = 10
 usage_retention_days = 0
 reservation_ttl = "1h"
 batch_window = "0s"
+charge_beyond_reservation = true
 [privacy]
 log_client_ip = true
 "#;
@@ -287,5 +290,9 @@ log_client_ip = true
         assert_eq!(raw.upstreams[0].kind, RawKind::Anthropic);
         assert_eq!(raw.prices["claude-haiku-4-5"].output_per_mtok, 5.0);
         assert_eq!(raw.privacy.and_then(|p| p.log_client_ip), Some(true));
+        assert_eq!(
+            raw.billing.and_then(|b| b.charge_beyond_reservation),
+            Some(true)
+        );
     }
 }

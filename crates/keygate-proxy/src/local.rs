@@ -90,6 +90,16 @@ impl Local {
                     "Answers with no usage reported.",
                     m.usage_unknown,
                 ),
+                (
+                    "keygate_usage_capped_total",
+                    "Answers charged less than the upstream's figures would cost (clamped counts, or cut to the reservation).",
+                    m.usage_capped,
+                ),
+                (
+                    "keygate_settlements_capped_total",
+                    "Lease settlements cut to what the account and key could pay.",
+                    m.settlements_capped,
+                ),
             ] {
                 out.push_str(&format!(
                     "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"

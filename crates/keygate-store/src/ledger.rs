@@ -176,9 +176,14 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// which one it does not fit.
     async fn reserve(&self, new: NewReservation) -> Result<Reserve>;
 
-    /// Charges `cost` for a reservation and releases it, in one transaction. A
-    /// reservation already swept is charged all the same.
-    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()>;
+    /// Charges `cost` for a reservation and releases it, in one transaction, and
+    /// returns what was charged. A reservation already swept is charged all the
+    /// same. The charge saturates at what can be paid: it never takes the
+    /// balance below what the account's other reservations hold (nor below
+    /// zero), nor the key's spend past its limit less its other reservations. A
+    /// reservation settled before is charged nothing (and `Micros::ZERO` is
+    /// returned).
+    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<Micros>;
 
     /// Releases a reservation without charging. Releasing twice is harmless.
     async fn release(&self, reservation: &Reservation) -> Result<()>;
@@ -209,6 +214,26 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     async fn purge_usage(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
+/// What a settlement charges of `cost`, once its reservation is returned: at most
+/// what the account has beyond its other reservations (`balance -
+/// account_reserved`), at most what keeps the key's `spent` within 63 bits, and,
+/// for a key with a spend limit (`limit, key_reserved`), at most what the limit
+/// leaves beyond the key's spend and its other reservations; never below zero.
+/// Every step saturates.
+pub(crate) fn payable(
+    cost: i64,
+    balance: i64,
+    account_reserved: i64,
+    spent: i64,
+    limit: Option<(i64, i64)>,
+) -> i64 {
+    let on_account = balance.saturating_sub(account_reserved);
+    let on_key = limit.map_or(i64::MAX.saturating_sub(spent), |(limit, key_reserved)| {
+        limit.saturating_sub(spent).saturating_sub(key_reserved)
+    });
+    cost.min(on_account).min(on_key).max(0)
+}
+
 /// Milliseconds in a day; a day group is `at` (Unix milliseconds) divided by this,
 /// rounded down.
 pub(crate) const MILLIS_PER_DAY: i64 = 86_400_000;
@@ -219,4 +244,23 @@ pub(crate) fn day_label(day: i64) -> Result<String> {
         .and_then(DateTime::from_timestamp_millis)
         .map(|start| start.format("%Y-%m-%d").to_string())
         .ok_or_else(|| StoreError::Database(format!("usage day {day} is out of range")))
+}
+
+#[cfg(test)]
+mod payable_tests {
+    use super::payable;
+
+    #[test]
+    fn a_charge_stops_at_the_account_the_limit_and_63_bits() {
+        assert_eq!(payable(50, 100, 0, 0, None), 50);
+        assert_eq!(payable(500, 100, 30, 0, None), 70);
+        assert_eq!(payable(500, 100, 0, 10, Some((40, 5))), 25);
+        assert_eq!(payable(i64::MAX, i64::MAX, 0, i64::MAX - 3, None), 3);
+        assert_eq!(payable(10, -5, 0, 0, None), 0);
+        assert_eq!(payable(-10, 100, 0, 0, None), 0);
+        assert_eq!(
+            payable(10, i64::MIN, i64::MAX, 0, Some((i64::MIN, i64::MAX))),
+            0
+        );
+    }
 }

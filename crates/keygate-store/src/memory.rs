@@ -12,11 +12,13 @@ use keygate_types::{AccountId, KeyId, Micros, ReservationId};
 use crate::error::{Result, StoreError};
 use crate::ledger::{
     KeySpend, Ledger, MILLIS_PER_DAY, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery,
-    UsageRecord, UsageTotals, day_label,
+    UsageRecord, UsageTotals, day_label, payable,
 };
 use crate::store::CredentialStore;
 use crate::types::{Account, ApiKey, KeyChange, KeyUpdate, NewAccount, NewApiKey, ReplacementKey};
-use crate::validate::{check_reservation, check_rotatable, check_top_up, check_usage_record};
+use crate::validate::{
+    check_reservation, check_rotatable, check_top_up, check_usage_record, stored_usage_record,
+};
 
 /// An in-memory [`CredentialStore`].
 #[derive(Debug, Default)]
@@ -282,9 +284,9 @@ impl Ledger for MemoryStore {
         }) {
             return Ok(Reserve::SpendLimitExceeded);
         }
-        account.reserved = Micros(account.reserved.0 + new.amount.0);
+        account.reserved = Micros(account.reserved.0.saturating_add(new.amount.0));
         let entry = state.spend.entry(new.key_id.clone()).or_default();
-        entry.reserved = Micros(entry.reserved.0 + new.amount.0);
+        entry.reserved = Micros(entry.reserved.0.saturating_add(new.amount.0));
         let reservation = Reservation {
             id: ReservationId::generate(),
             account_id: new.account_id,
@@ -298,19 +300,32 @@ impl Ledger for MemoryStore {
         Ok(Reserve::Held(reservation))
     }
 
-    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()> {
+    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<Micros> {
         let mut state = self.state();
         let held = state.release(&reservation.id).is_some();
         let swept = state.swept.remove(&reservation.id);
         if !held && !swept {
             // Settled before: settling again changes nothing.
-            return Ok(());
+            return Ok(Micros::ZERO);
         }
+        let limit = state.keys[state.key_index(&reservation.key_id)?].spend_limit;
+        let spend = state
+            .spend
+            .get(&reservation.key_id)
+            .copied()
+            .unwrap_or_default();
         let account = state.account_mut(&reservation.account_id)?;
-        account.balance = Micros(account.balance.0.saturating_sub(cost.0));
+        let charged = payable(
+            cost.0,
+            account.balance.0,
+            account.reserved.0,
+            spend.spent.0,
+            limit.map(|limit| (limit.0, spend.reserved.0)),
+        );
+        account.balance = Micros(account.balance.0.saturating_sub(charged));
         let entry = state.spend.entry(reservation.key_id.clone()).or_default();
-        entry.spent = Micros(entry.spent.0.saturating_add(cost.0));
-        Ok(())
+        entry.spent = Micros(entry.spent.0.saturating_add(charged));
+        Ok(Micros(charged))
     }
 
     async fn release(&self, reservation: &Reservation) -> Result<()> {
@@ -345,7 +360,9 @@ impl Ledger for MemoryStore {
         for record in records {
             check_usage_record(record)?;
         }
-        self.state().usage.extend(records.iter().cloned());
+        self.state()
+            .usage
+            .extend(records.iter().map(stored_usage_record));
         Ok(())
     }
 

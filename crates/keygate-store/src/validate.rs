@@ -218,7 +218,8 @@ pub(crate) fn check_reservation(new: &NewReservation) -> Result<()> {
     Ok(())
 }
 
-/// Checks a usage record's bounded fields, so every backend refuses the same ones.
+/// Checks a usage record's bounded text fields, so every backend refuses the
+/// same ones. Its numbers are never refused (see [`stored_usage_record`]).
 pub(crate) fn check_usage_record(record: &UsageRecord) -> Result<()> {
     let too_long = |field: &'static str, max: usize| {
         StoreError::invalid(field, format!("at most {max} bytes"))
@@ -243,23 +244,22 @@ pub(crate) fn check_usage_record(record: &UsageRecord) -> Result<()> {
     {
         return Err(too_long("client_ip", MAX_CLIENT_IP_LEN));
     }
-    let fits = |n: u64| i64::try_from(n).is_ok();
-    if ![
-        record.input_tokens,
-        record.output_tokens,
-        record.cached_tokens,
-        record.latency_ms,
-        record.ttfb_ms,
-    ]
-    .into_iter()
-    .all(fits)
-    {
-        return Err(StoreError::invalid(
-            "tokens",
-            "a count does not fit in 63 bits",
-        ));
-    }
     Ok(())
+}
+
+/// A usage record as every backend stores it: its counts (tokens, latencies)
+/// clamped to `i64::MAX`, the most a `BIGINT` column holds. A usage record is
+/// never refused for its numbers.
+pub(crate) fn stored_usage_record(record: &UsageRecord) -> UsageRecord {
+    let clamp = |n: u64| n.min(i64::MAX.unsigned_abs());
+    UsageRecord {
+        input_tokens: clamp(record.input_tokens),
+        output_tokens: clamp(record.output_tokens),
+        cached_tokens: clamp(record.cached_tokens),
+        latency_ms: clamp(record.latency_ms),
+        ttfb_ms: clamp(record.ttfb_ms),
+        ..record.clone()
+    }
 }
 
 fn validate_name(field: &'static str, name: &str, may_be_empty: bool) -> Result<()> {

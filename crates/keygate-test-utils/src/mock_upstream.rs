@@ -141,6 +141,20 @@ impl MockUpstream {
         self.shared.behaviour().cached_tokens = n;
     }
 
+    /// Reports `prompt` and `completion` as every following answer's input and
+    /// output token counts, raw JSON values written as given (a number past
+    /// `i64`, a negative one, a string): `prompt_tokens`/`completion_tokens`,
+    /// Responses' `input_tokens`/`output_tokens` and Anthropic's
+    /// `input_tokens`/`output_tokens`, in JSON and streamed answers alike.
+    pub fn set_usage(&self, prompt: serde_json::Value, completion: serde_json::Value) {
+        self.shared.behaviour().reported_usage = Some((prompt, completion));
+    }
+
+    /// Reports the real counts again after [`MockUpstream::set_usage`].
+    pub fn clear_usage(&self) {
+        self.shared.behaviour().reported_usage = None;
+    }
+
     /// Delays every following response's headers by `d`.
     pub fn set_latency(&self, d: Duration) {
         self.shared.behaviour().latency = d;

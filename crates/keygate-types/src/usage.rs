@@ -11,18 +11,26 @@ pub enum UsageSource {
     /// No usage seen and none estimated.
     #[default]
     Unknown,
+    /// Charged less than the upstream's figures would cost: a count was not a
+    /// non-negative integer or was past billing's bound and was clamped, or the
+    /// cost was past what the request's reservation held and was cut to it. The
+    /// record's tokens are the clamped counts and its cost is what was charged.
+    Capped,
 }
 
 impl UsageSource {
     /// Every source, in the order of the schema's CHECK list.
-    pub const ALL: [UsageSource; 3] = [Self::Reported, Self::Estimated, Self::Unknown];
+    pub const ALL: [UsageSource; 4] =
+        [Self::Reported, Self::Estimated, Self::Unknown, Self::Capped];
 
-    /// The name stored in usage records: `reported`, `estimated` or `unknown`.
+    /// The name stored in usage records: `reported`, `estimated`, `unknown` or
+    /// `capped`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Reported => "reported",
             Self::Estimated => "estimated",
             Self::Unknown => "unknown",
+            Self::Capped => "capped",
         }
     }
 

@@ -941,7 +941,7 @@ fn usage_reports_and_purge(db: &WithStore) {
             .to_string()
     };
     const HOUR: i64 = 3_600_000;
-    let records = vec![
+    let mut records = vec![
         usage(at(0, -1), a1, "gpt-4o", (1, 1, 1), 1),
         usage(at(0, 0), a1, "gpt-4o", (100, 10, 50), 1_000),
         usage(at(0, 24 * HOUR - 1), a2, "gpt-4o", (200, 20, 0), 2_000),
@@ -953,6 +953,8 @@ fn usage_reports_and_purge(db: &WithStore) {
         usage(now - TimeDelta::days(8), a2, "o3", (9, 9, 9), 9),
         usage(now - TimeDelta::days(100), b, "gpt-4o", (5, 5, 5), 5),
     ];
+    // A record whose charge was capped counts like any other.
+    records[3].usage_source = UsageSource::Capped;
     db.runtime
         .block_on(db.store.record_usage(&records))
         .unwrap();

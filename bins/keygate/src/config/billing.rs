@@ -60,6 +60,9 @@ pub(super) fn billing(
             timeouts.first_byte.as_secs()
         );
     }
+    billing.charge_beyond_reservation = raw_billing
+        .and_then(|b| b.charge_beyond_reservation)
+        .unwrap_or(false);
     billing.log_client_ip = raw_privacy.and_then(|p| p.log_client_ip).unwrap_or(false);
     Ok(billing)
 }

@@ -12,8 +12,9 @@
 
 use keygate_billing::Micros;
 use keygate_billing::{
-    ApiShape, BillingInputs, Demand, Injection, Price, ReservationRule, StreamUsage, Usage,
-    UsageChunkFilter, UsageSource, inject_include_usage, read_json, reserve_upper_bound,
+    ApiShape, BillingInputs, Demand, Injection, MAX_PRICE_PER_MTOK, MAX_REPORTED_TOKENS, Price,
+    ReservationRule, StreamUsage, Usage, UsageChunkFilter, UsageSource, inject_include_usage,
+    read_json, reserve_upper_bound,
 };
 use proptest::prelude::*;
 
@@ -335,6 +336,256 @@ proptest! {
         }
         for text in [ANTHROPIC_STREAM, RESPONSES_STREAM] {
             prop_assert_eq!(filter(&split_at(text, &cuts)), text.as_bytes());
+        }
+    }
+}
+
+fn capped(input: u64, output: u64, cached: u64) -> Usage {
+    Usage {
+        source: UsageSource::Capped,
+        ..reported(input, output, cached)
+    }
+}
+
+/// A usage object of `shape` whose input, cached and output counts are the given
+/// JSON texts, as a complete body and as an event stream.
+fn bodies_with_counts(
+    shape: ApiShape,
+    input: &str,
+    cached: &str,
+    output: &str,
+) -> (String, String) {
+    match shape {
+        ApiShape::OpenAiCompletions | ApiShape::OpenAiEmbeddings => {
+            let usage = format!(
+                r#"{{"prompt_tokens":{input},"completion_tokens":{output},"prompt_tokens_details":{{"cached_tokens":{cached}}}}}"#
+            );
+            (
+                format!(r#"{{"id":"x","choices":[],"usage":{usage}}}"#),
+                format!(
+                    "data: {{\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]}}\n\ndata: {{\"choices\":[],\"usage\":{usage}}}\n\ndata: [DONE]\n\n"
+                ),
+            )
+        }
+        ApiShape::OpenAiResponses => {
+            let usage = format!(
+                r#"{{"input_tokens":{input},"input_tokens_details":{{"cached_tokens":{cached}}},"output_tokens":{output}}}"#
+            );
+            (
+                format!(r#"{{"id":"r","usage":{usage}}}"#),
+                format!(
+                    "event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"usage\":{usage}}}}}\n\n"
+                ),
+            )
+        }
+        ApiShape::AnthropicMessages => (
+            format!(
+                r#"{{"id":"m","usage":{{"input_tokens":{input},"cache_read_input_tokens":{cached},"output_tokens":{output}}}}}"#
+            ),
+            format!(
+                "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":{input},\"cache_read_input_tokens\":{cached}}}}}}}\n\nevent: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{output}}}}}\n\n"
+            ),
+        ),
+    }
+}
+
+const SHAPES: [ApiShape; 4] = [
+    ApiShape::OpenAiCompletions,
+    ApiShape::OpenAiEmbeddings,
+    ApiShape::OpenAiResponses,
+    ApiShape::AnthropicMessages,
+];
+
+/// Both readers of `shape` on the given counts.
+fn read_both(shape: ApiShape, input: &str, cached: &str, output: &str) -> [Usage; 2] {
+    let (json, sse) = bodies_with_counts(shape, input, cached, output);
+    [
+        read_json(shape, json.as_bytes()),
+        stream(shape, &[sse.as_bytes()]).usage(),
+    ]
+}
+
+/// What a shape reports as input for `input` uncached-or-total and `cached`
+/// cache-read tokens: Anthropic adds the cache reads to the input.
+fn input_of(shape: ApiShape, input: u64, cached: u64) -> u64 {
+    match shape {
+        ApiShape::AnthropicMessages => input.saturating_add(cached).min(MAX_REPORTED_TOKENS),
+        _ => input,
+    }
+}
+
+#[test]
+fn counts_past_the_bound_are_clamped_and_flagged_in_every_shape() {
+    let max = MAX_REPORTED_TOKENS;
+    for shape in SHAPES {
+        for usage in read_both(shape, "18446744073709551615", "0", "1000000000") {
+            assert_eq!(usage, capped(max, 1_000_000_000, 0), "{shape:?}");
+        }
+        // Past 64 bits, and past the bound by one.
+        for usage in read_both(shape, "5", "0", "184467440737095516150") {
+            assert_eq!(usage, capped(input_of(shape, 5, 0), max, 0), "{shape:?}");
+        }
+        for usage in read_both(shape, &(max + 1).to_string(), "0", "1") {
+            assert_eq!(usage, capped(max, 1, 0), "{shape:?}");
+        }
+        // At the bound exactly the figures are believed.
+        for usage in read_both(shape, &max.to_string(), "0", &max.to_string()) {
+            assert_eq!(usage, reported(max, max, 0), "{shape:?}");
+        }
+    }
+}
+
+#[test]
+fn counts_that_are_not_non_negative_integers_are_clamped_and_flagged() {
+    for shape in SHAPES {
+        for (input, expected) in [
+            ("-1", 0),
+            ("-9223372036854775808", 0),
+            ("1.5", 2),
+            ("2.0", 2),
+            ("1e3", 1000),
+            ("1e300", MAX_REPORTED_TOKENS),
+            ("-0.5", 0),
+            ("\"100\"", 0),
+            ("true", 0),
+            ("[1,2]", 0),
+            ("{\"a\":1}", 0),
+        ] {
+            for usage in read_both(shape, input, "1", "3") {
+                assert_eq!(
+                    usage,
+                    capped(input_of(shape, expected, 1), 3, 1),
+                    "{shape:?} {input}"
+                );
+            }
+        }
+        // A wrong-typed cached count is flagged too.
+        for usage in read_both(shape, "10", "-4", "3") {
+            assert_eq!(usage, capped(input_of(shape, 10, 0), 3, 0), "{shape:?}");
+        }
+        // Null is absent, as before: no flag.
+        for usage in read_both(shape, "7", "null", "3") {
+            assert_eq!(usage, reported(input_of(shape, 7, 0), 3, 0), "{shape:?}");
+        }
+    }
+}
+
+#[test]
+fn an_anthropic_sum_past_the_bound_is_clamped() {
+    let max = MAX_REPORTED_TOKENS;
+    let body = format!(
+        r#"{{"usage":{{"input_tokens":{max},"cache_read_input_tokens":{max},"cache_creation_input_tokens":{max},"output_tokens":1}}}}"#
+    );
+    assert_eq!(
+        read_json(ApiShape::AnthropicMessages, body.as_bytes()),
+        capped(max, 1, max)
+    );
+}
+
+#[test]
+fn the_cost_of_the_largest_counts_saturates_without_overflow() {
+    let top = Price::new(MAX_PRICE_PER_MTOK, MAX_PRICE_PER_MTOK, Some(Micros(0))).unwrap();
+    let max = MAX_REPORTED_TOKENS;
+    assert_eq!(top.cost(&capped(max, max, 0)), Micros(i64::MAX));
+    assert_eq!(top.cost(&capped(max, 0, max)), Micros(0));
+    assert_eq!(
+        top.cost(&capped(u64::MAX, u64::MAX, u64::MAX)),
+        Micros(i64::MAX)
+    );
+}
+
+/// `ceil(sum(tokens × price) / 1e6)`, the definition, in 128 bits.
+fn exact_cost(price: &Price, usage: &Usage) -> u128 {
+    let uncached = usage.input_tokens.saturating_sub(usage.cached_input_tokens);
+    let cached_price = price
+        .cached_input_per_mtok()
+        .unwrap_or(price.input_per_mtok());
+    let micros = |m: Micros| u128::try_from(m.0).unwrap();
+    let total = u128::from(uncached) * micros(price.input_per_mtok())
+        + u128::from(usage.cached_input_tokens) * micros(cached_price)
+        + u128::from(usage.output_tokens) * micros(price.output_per_mtok());
+    total.div_ceil(1_000_000)
+}
+
+fn any_price() -> impl Strategy<Value = Price> {
+    let micros = 0..=MAX_PRICE_PER_MTOK.0;
+    (micros.clone(), micros.clone(), proptest::option::of(micros)).prop_map(
+        |(input, output, cached)| {
+            Price::new(Micros(input), Micros(output), cached.map(Micros)).unwrap()
+        },
+    )
+}
+
+fn any_count() -> impl Strategy<Value = u64> {
+    prop_oneof![0..=MAX_REPORTED_TOKENS, any::<u64>(), Just(u64::MAX)]
+}
+
+/// A JSON text in a count's place: integers of every size and sign, fractions,
+/// and other types.
+fn any_count_json() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        (0..=MAX_REPORTED_TOKENS).prop_map(|n| n.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u128>().prop_map(|n| n.to_string()),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:e}")),
+        Just("\"12\"".to_owned()),
+        Just("null".to_owned()),
+        Just("false".to_owned()),
+        Just("[]".to_owned()),
+        Just("{}".to_owned()),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn cost_is_exact_or_saturated_and_never_overflows(
+        price in any_price(),
+        input in any_count(),
+        cached in any_count(),
+        output in any_count(),
+    ) {
+        let usage = reported(input, output, cached);
+        let cost = price.cost(&usage);
+        prop_assert!(cost >= Micros::ZERO);
+        let exact = exact_cost(&price, &usage);
+        prop_assert_eq!(cost.0, i64::try_from(exact).unwrap_or(i64::MAX));
+        // More tokens never cost less.
+        let more = reported(input.saturating_add(1), output.saturating_add(1), cached);
+        prop_assert!(price.cost(&more) >= cost);
+    }
+
+    #[test]
+    fn read_counts_are_within_the_bound_and_flagged_unless_believed(
+        input in any_count_json(),
+        cached in any_count_json(),
+        output in any_count_json(),
+    ) {
+        let believed = |text: &str| {
+            text == "null" || text.parse::<u64>().is_ok_and(|n| n <= MAX_REPORTED_TOKENS)
+        };
+        for shape in SHAPES {
+            for (streamed, usage) in read_both(shape, &input, &cached, &output).into_iter().enumerate() {
+                // An Anthropic stream whose `message_delta` has no output count
+                // never completes its usage.
+                if streamed == 1 && shape == ApiShape::AnthropicMessages && output == "null" {
+                    prop_assert_eq!(usage.source, UsageSource::Unknown);
+                    continue;
+                }
+                prop_assert!(usage.input_tokens <= MAX_REPORTED_TOKENS);
+                prop_assert!(usage.output_tokens <= MAX_REPORTED_TOKENS);
+                prop_assert!(usage.cached_input_tokens <= MAX_REPORTED_TOKENS);
+                let all_believed = believed(&input) && believed(&cached) && believed(&output);
+                let anthropic_sum_fits = shape != ApiShape::AnthropicMessages
+                    || usage.input_tokens < MAX_REPORTED_TOKENS;
+                if all_believed && anthropic_sum_fits {
+                    prop_assert_eq!(usage.source, UsageSource::Reported, "{:?} {} {} {}", shape, &input, &cached, &output);
+                } else if !all_believed {
+                    prop_assert_eq!(usage.source, UsageSource::Capped, "{:?} {} {} {}", shape, &input, &cached, &output);
+                }
+            }
         }
     }
 }

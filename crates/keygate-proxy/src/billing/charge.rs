@@ -146,7 +146,7 @@ impl Charge {
             Reader::Json(json) => (json.usage(), 0),
             Reader::Stream(stream) => (stream.usage(), stream.content_events()),
         };
-        if read.source == UsageSource::Reported {
+        if matches!(read.source, UsageSource::Reported | UsageSource::Capped) {
             return Some(read);
         }
         let estimate = || Usage {
@@ -193,15 +193,35 @@ impl BodyObserver for Charge {
             (Some(usage), Some(price)) if usage.source != UsageSource::Unknown => price.cost(usage),
             _ => Micros::ZERO,
         };
+        // What is charged: the cost, cut to the hold unless the operator lets
+        // requests be charged past it; nothing without a hold.
+        let charged = match self.hold.take() {
+            Some(hold) => hold.settle(cost),
+            None => Micros::ZERO,
+        };
         if let Some(usage) = &usage {
             let metrics = self.writer.metrics();
             record.input_tokens = usage.input_tokens;
             record.output_tokens = usage.output_tokens;
             record.cached_tokens = usage.cached_input_tokens;
-            record.usage_source = usage.source;
-            match usage.source {
+            record.usage_source = if charged < cost {
+                UsageSource::Capped
+            } else {
+                usage.source
+            };
+            match record.usage_source {
                 UsageSource::Reported => {}
                 UsageSource::Estimated => bump(&metrics.usage_estimated),
+                UsageSource::Capped => {
+                    bump(&metrics.usage_capped);
+                    tracing::warn!(
+                        model = record.model.as_str(),
+                        upstream = record.upstream.as_str(),
+                        cost_micros = cost.0,
+                        charged_micros = charged.0,
+                        "billing: the upstream's usage was out of bounds or past the reservation; charge capped"
+                    );
+                }
                 UsageSource::Unknown => {
                     bump(&metrics.usage_unknown);
                     tracing::warn!(
@@ -212,7 +232,7 @@ impl BodyObserver for Charge {
                 }
             }
         }
-        record.cost = cost;
+        record.cost = charged;
         record.latency_ms = millis(self.started.elapsed());
         if end != BodyEnd::Complete && success {
             // What the client got is not what the upstream meant to send.
@@ -220,9 +240,6 @@ impl BodyObserver for Charge {
                 BodyEnd::Cancelled => 499,
                 _ => 502,
             };
-        }
-        if let Some(hold) = self.hold.take() {
-            hold.settle(cost);
         }
         self.writer.push(record);
     }

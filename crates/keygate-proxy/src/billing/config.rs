@@ -16,6 +16,11 @@ pub struct BillingConfig {
     pub allow_unpriced: bool,
     /// How much to reserve before forwarding.
     pub rule: ReservationRule,
+    /// Charge a request its full cost even past what its reservation held.
+    /// Off (the default), a request is charged at most its reservation and the
+    /// rest is recorded as `capped`; on, the full cost is charged, still never
+    /// past what the account's balance and the key's spend limit can pay.
+    pub charge_beyond_reservation: bool,
     /// How long a reservation lives before a sweep may release it. Longer than
     /// any request should take: a request still running when its reservation is
     /// swept is charged all the same when it ends.
@@ -41,6 +46,7 @@ impl BillingConfig {
             prices,
             allow_unpriced: false,
             rule: ReservationRule::default(),
+            charge_beyond_reservation: false,
             reservation_ttl: Duration::from_secs(3600),
             batch_window: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(60),

@@ -64,6 +64,8 @@ pub(crate) struct Leases {
     tasks: tokio_util::task::TaskTracker,
     /// Shutdown began: a lease taken now is retired at once.
     closed: std::sync::atomic::AtomicBool,
+    /// Requests may be charged past what they held.
+    beyond_reservation: bool,
 }
 
 impl std::fmt::Debug for Leases {
@@ -87,6 +89,8 @@ struct KeyLeases {
 struct Lease {
     reservation: Reservation,
     born: Instant,
+    /// Requests may be charged past what they held.
+    beyond_reservation: bool,
     settler: Arc<dyn Settler>,
     state: Mutex<LeaseState>,
 }
@@ -127,12 +131,17 @@ impl Lease {
     /// Holds `amount` if the lease has room and is not retired.
     fn try_hold(self: &Arc<Self>, amount: i64) -> Option<LeaseHold> {
         let mut state = lock(&self.state);
-        let room = self.reservation.amount.0 - state.held - state.charged;
+        let room = self
+            .reservation
+            .amount
+            .0
+            .saturating_sub(state.held)
+            .saturating_sub(state.charged);
         if state.retired || room < amount {
             return None;
         }
-        state.held += amount;
-        state.in_flight += 1;
+        state.held = state.held.saturating_add(amount);
+        state.in_flight = state.in_flight.saturating_add(1);
         Some(LeaseHold {
             lease: Some(Arc::clone(self)),
             amount,
@@ -154,8 +163,8 @@ impl Lease {
         let state = lock(&self.state);
         let used = state.held.saturating_add(state.charged);
         let age = self.born.elapsed().max(Duration::from_millis(10));
-        let per_window = (i128::from(used) * window.as_nanos().max(1) as i128
-            / age.as_nanos().max(1) as i128)
+        let nanos = |d: Duration| i128::try_from(d.as_nanos().max(1)).unwrap_or(i128::MAX);
+        let per_window = (i128::from(used).saturating_mul(nanos(window)) / nanos(age))
             .min(i128::from(i64::MAX / 4));
         let per_window = i64::try_from(per_window).unwrap_or(i64::MAX / 4);
         per_window
@@ -173,7 +182,7 @@ impl Lease {
 
     fn end(&self, amount: i64, cost: i64) {
         let mut state = lock(&self.state);
-        state.held -= amount;
+        state.held = state.held.saturating_sub(amount);
         state.charged = state.charged.saturating_add(cost);
         state.in_flight = state.in_flight.saturating_sub(1);
         self.settle_if_done(&mut state);
@@ -189,11 +198,19 @@ impl Lease {
 }
 
 impl LeaseHold {
-    /// Ends the request, charging `cost` (which may exceed the amount held).
-    pub(crate) fn settle(mut self, cost: Micros) {
-        if let Some(lease) = self.lease.take() {
-            lease.end(self.amount, cost.0.max(0));
+    /// Ends the request, charging `cost` cut to the amount held (or, with
+    /// `charge_beyond_reservation`, all of it); returns what was charged to the
+    /// lease. A negative cost charges nothing.
+    pub(crate) fn settle(mut self, cost: Micros) -> Micros {
+        let Some(lease) = self.lease.take() else {
+            return Micros::ZERO;
+        };
+        let mut charged = cost.0.max(0);
+        if !lease.beyond_reservation {
+            charged = charged.min(self.amount);
         }
+        lease.end(self.amount, charged);
+        Micros(charged)
     }
 }
 
@@ -214,6 +231,7 @@ impl Leases {
         window: Duration,
         ttl: Duration,
         tasks: tokio_util::task::TaskTracker,
+        beyond_reservation: bool,
     ) -> Self {
         Self {
             ledger,
@@ -223,6 +241,7 @@ impl Leases {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             tasks,
             closed: std::sync::atomic::AtomicBool::new(false),
+            beyond_reservation,
         }
     }
 
@@ -379,6 +398,7 @@ impl Leases {
         let lease = Arc::new(Lease {
             reservation,
             born: Instant::now(),
+            beyond_reservation: self.beyond_reservation,
             settler: Arc::clone(&self.settler),
             state: Mutex::default(),
         });
@@ -479,6 +499,7 @@ mod tests {
             window,
             ttl,
             tokio_util::task::TaskTracker::new(),
+            false,
         ))
     }
 
@@ -595,6 +616,27 @@ mod tests {
         assert_eq!(lock(&settled.0)[0].1, Micros(25));
         leases.retire_all();
         assert_eq!(lock(&settled.0).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_is_charged_at_most_its_hold_unless_allowed_more() {
+        for (beyond, charged) in [(false, 100), (true, 1_000_000)] {
+            let (store, account, key) = setup(1_000_000).await;
+            let settled = Arc::new(Recorded::default());
+            let leases = Arc::new(Leases::new(
+                store.clone(),
+                settled.clone(),
+                Duration::ZERO,
+                Duration::from_secs(60),
+                tokio_util::task::TaskTracker::new(),
+                beyond,
+            ));
+            let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+            assert_eq!(a.settle(Micros(1_000_000)), Micros(charged), "{beyond}");
+            assert_eq!(lock(&settled.0)[0].1, Micros(charged), "{beyond}");
+            let b = held(leases.hold(&account, &key, Micros(100)).await.unwrap());
+            assert_eq!(b.settle(Micros(-5)), Micros::ZERO, "a negative cost");
+        }
     }
 
     #[tokio::test]

@@ -27,6 +27,14 @@ pub struct BillingMetrics {
     pub usage_estimated: AtomicU64,
     /// Successful responses with no usage reported or estimated.
     pub usage_unknown: AtomicU64,
+    /// Requests charged less than the upstream's figures would cost: a count
+    /// was clamped, or the cost was cut to the reservation (recorded as
+    /// `capped`).
+    pub usage_capped: AtomicU64,
+    /// Lease settlements the store charged less than asked: the account or the
+    /// key could not pay it all (only with `charge_beyond_reservation`), or a
+    /// retried settlement found its first attempt had gone through.
+    pub settlements_capped: AtomicU64,
 }
 
 /// A snapshot of [`BillingMetrics`].
@@ -52,6 +60,10 @@ pub struct BillingSnapshot {
     pub usage_estimated: u64,
     /// See [`BillingMetrics::usage_unknown`].
     pub usage_unknown: u64,
+    /// See [`BillingMetrics::usage_capped`].
+    pub usage_capped: u64,
+    /// See [`BillingMetrics::settlements_capped`].
+    pub settlements_capped: u64,
 }
 
 impl BillingMetrics {
@@ -69,6 +81,8 @@ impl BillingMetrics {
             records_dropped: get(&self.records_dropped),
             usage_estimated: get(&self.usage_estimated),
             usage_unknown: get(&self.usage_unknown),
+            usage_capped: get(&self.usage_capped),
+            settlements_capped: get(&self.settlements_capped),
         }
     }
 }

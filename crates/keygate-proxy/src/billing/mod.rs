@@ -94,6 +94,7 @@ impl Billing {
             config.batch_window,
             config.reservation_ttl,
             tasks.clone(),
+            config.charge_beyond_reservation,
         ));
         Self {
             config,

@@ -65,10 +65,21 @@ async fn settle(
         let done = if cost > Micros::ZERO {
             ledger.settle(reservation, cost).await
         } else {
-            ledger.release(reservation).await
+            ledger.release(reservation).await.map(|()| Micros::ZERO)
         };
         match done {
-            Ok(()) => {
+            Ok(charged) => {
+                if charged < cost {
+                    // Settled before (a retry whose first answer was lost), or
+                    // more than the account or the key could pay.
+                    bump(&metrics.settlements_capped);
+                    tracing::warn!(
+                        reservation = %reservation.id,
+                        cost_micros = cost.0,
+                        charged_micros = charged.0,
+                        "billing: the store charged less than the lease's cost"
+                    );
+                }
                 bump(if cost > Micros::ZERO {
                     &metrics.settled
                 } else {

@@ -1,7 +1,10 @@
 //! The usage writer: usage records leave the request path through a bounded
 //! queue and reach the store in batches, written when a batch is full or a flush
 //! interval passes, retried with backoff while the store is unreachable, and
-//! flushed at shutdown. A record that cannot be queued is counted as dropped.
+//! flushed at shutdown. A record that cannot be queued is counted as dropped. A
+//! record the store refuses (it never should: the store clamps every number) is
+//! kept and retried, less and less often; shutdown counts (and logs) exactly the
+//! records it could not write.
 //! Queuing a record takes a short lock and wakes nobody, except the record that
 //! fills a batch.
 
@@ -144,6 +147,90 @@ impl UsageWriter {
     }
 }
 
+/// Records the store refused, kept to be retried: at most a queue's worth, the
+/// first retry after [`REFUSED_RETRY_FIRST`], then less often, up to
+/// [`REFUSED_RETRY_MAX`] apart.
+#[derive(Debug)]
+struct Refused {
+    records: Vec<UsageRecord>,
+    capacity: usize,
+    next_retry: Instant,
+    interval: Duration,
+}
+
+const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(300);
+
+impl Refused {
+    fn new(capacity: usize) -> Self {
+        Self {
+            records: Vec::new(),
+            capacity,
+            next_retry: Instant::now(),
+            interval: REFUSED_RETRY_FIRST,
+        }
+    }
+
+    /// Keeps a refused record for a later retry, or counts it as dropped when a
+    /// queue's worth is already kept.
+    fn keep(&mut self, record: UsageRecord, metrics: &BillingMetrics) {
+        if self.records.is_empty() {
+            self.interval = REFUSED_RETRY_FIRST;
+            self.next_retry = Instant::now() + self.interval;
+        }
+        if self.records.len() < self.capacity {
+            let kept = self.records.len() + 1;
+            if kept.is_power_of_two() {
+                tracing::error!(
+                    model_len = record.model.len(),
+                    kept,
+                    "billing: the store refused a usage record; kept to retry"
+                );
+            }
+            self.records.push(record);
+            return;
+        }
+        let dropped = metrics.records_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if dropped.is_power_of_two() {
+            tracing::error!(
+                dropped,
+                "billing: usage record dropped; too many refused records are kept"
+            );
+        }
+    }
+
+    /// Writes the kept records one by one (when due, or whatever the time with
+    /// `always`); keeps those refused again. Returns false when the store
+    /// is unreachable.
+    async fn retry(&mut self, ledger: &dyn Ledger, metrics: &BillingMetrics, always: bool) -> bool {
+        if self.records.is_empty() || (!always && Instant::now() < self.next_retry) {
+            return true;
+        }
+        let mut kept = Vec::new();
+        let mut reachable = true;
+        for record in std::mem::take(&mut self.records) {
+            if !reachable {
+                kept.push(record);
+                continue;
+            }
+            match ledger.record_usage(std::slice::from_ref(&record)).await {
+                Ok(()) => {
+                    metrics.records_written.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(keygate_store::StoreError::Invalid { .. }) => kept.push(record),
+                Err(_) => {
+                    reachable = false;
+                    kept.push(record);
+                }
+            }
+        }
+        self.records = kept;
+        self.interval = self.interval.saturating_mul(2).min(REFUSED_RETRY_MAX);
+        self.next_retry = Instant::now() + self.interval;
+        reachable
+    }
+}
+
 async fn run(
     ledger: Arc<dyn Ledger>,
     queue: Arc<Queue>,
@@ -153,6 +240,7 @@ async fn run(
     let settings = queue.settings;
     // Records taken from the queue but not yet written (the store failed).
     let mut pending: Vec<UsageRecord> = Vec::new();
+    let mut refused = Refused::new(settings.queue_capacity);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut wait = settings.flush_interval;
     loop {
@@ -167,11 +255,16 @@ async fn run(
         if pending.len() < settings.queue_capacity {
             pending.append(&mut queue.take());
         }
-        if pending.is_empty() {
-            wait = settings.flush_interval;
-            continue;
-        }
-        if write(&*ledger, &mut pending, settings.batch_size, &metrics).await {
+        if write(
+            &*ledger,
+            &mut pending,
+            settings.batch_size,
+            &metrics,
+            &mut refused,
+        )
+        .await
+            && refused.retry(&*ledger, &metrics, false).await
+        {
             backoff.reset();
             wait = settings.flush_interval;
         } else {
@@ -183,29 +276,49 @@ async fn run(
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     while !pending.is_empty() {
-        if write(&*ledger, &mut pending, settings.batch_size, &metrics).await {
+        if write(
+            &*ledger,
+            &mut pending,
+            settings.batch_size,
+            &metrics,
+            &mut refused,
+        )
+        .await
+        {
             continue;
         }
         if Instant::now() + backoff.peek() > deadline {
-            let lost = pending.len() as u64;
-            metrics.records_dropped.fetch_add(lost, Ordering::Relaxed);
-            tracing::error!(
-                lost,
-                "billing: the store stayed unreachable at shutdown; usage records lost"
-            );
-            return;
+            break;
         }
         backoff.sleep().await;
+    }
+    // One last try for the refused ones; what is left now is lost, and counted.
+    if pending.is_empty() {
+        refused.retry(&*ledger, &metrics, true).await;
+    }
+    let lost = pending.len() + refused.records.len();
+    if lost > 0 {
+        metrics
+            .records_dropped
+            .fetch_add(lost as u64, Ordering::Relaxed);
+        tracing::error!(
+            lost,
+            unreachable = pending.len(),
+            refused = refused.records.len(),
+            "billing: usage records not written at shutdown; lost"
+        );
     }
 }
 
 /// Writes the batch in chunks; returns false (keeping what is unwritten) when
-/// the store fails.
+/// the store is unreachable. A chunk the store refuses is written record by
+/// record, and the records refused are kept in `refused` to be retried.
 async fn write(
     ledger: &dyn Ledger,
     batch: &mut Vec<UsageRecord>,
     chunk: usize,
     metrics: &BillingMetrics,
+    refused: &mut Refused,
 ) -> bool {
     while !batch.is_empty() {
         let n = batch.len().min(chunk);
@@ -217,22 +330,24 @@ async fn write(
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(keygate_store::StoreError::Invalid { .. }) => {
-                // A record the store refuses (it never should be): write the
-                // rest one by one and drop only the bad ones.
-                let rejected: Vec<UsageRecord> = batch.drain(..n).collect();
-                for record in rejected {
-                    if ledger
-                        .record_usage(std::slice::from_ref(&record))
-                        .await
-                        .is_ok()
-                    {
-                        metrics.records_written.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        metrics.records_dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(
-                            model_len = record.model.len(),
-                            "billing: the store refused a usage record; dropped"
-                        );
+                let chunk: Vec<UsageRecord> = batch.drain(..n).collect();
+                let mut rest = chunk.into_iter();
+                while let Some(record) = rest.next() {
+                    match ledger.record_usage(std::slice::from_ref(&record)).await {
+                        Ok(()) => {
+                            metrics.records_written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(keygate_store::StoreError::Invalid { .. }) => {
+                            refused.keep(record, metrics);
+                        }
+                        Err(e) => {
+                            // Unreachable mid-chunk: put the rest back in front.
+                            let unwritten: Vec<UsageRecord> =
+                                std::iter::once(record).chain(rest).collect();
+                            batch.splice(..0, unwritten);
+                            tracing::warn!(error = %e, pending = batch.len(), "billing: cannot write usage records; retrying");
+                            return false;
+                        }
                     }
                 }
             }

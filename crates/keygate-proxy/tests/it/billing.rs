@@ -794,6 +794,57 @@ async fn shutdown_flushes_queued_usage_records() {
     assert_eq!(billing.metrics().records_dropped, 0);
 }
 
+/// A usage record the store refuses is kept and retried, never dropped: the
+/// records beside it in its batch are written at once, and it is written once
+/// the store takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_usage_record_is_retried_not_dropped() {
+    let mock = MockUpstream::start().await;
+    let gw = billed(&mock, Backend::Sqlite)
+        .billing(|billing| billing.writer.flush_interval = Duration::from_millis(50))
+        .faulty()
+        .start()
+        .await;
+    gw.faults().set_usage_refused_for(Some("gpt-4o-mini"));
+    let key = gw.key().await;
+    for model in ["gpt-4o", "gpt-4o-mini", "gpt-4o"] {
+        let reply = gw.chat(&key, model).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let written = gw.records(2).await;
+    assert!(written.iter().all(|r| r.model == "gpt-4o"), "{written:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.billing().metrics().records_written, 2);
+    assert_eq!(gw.billing().metrics().records_dropped, 0);
+    gw.faults().set_usage_refused_for(None);
+    let written = gw.records(3).await;
+    assert_eq!(written.len(), 3);
+    assert_eq!(gw.billing().metrics().records_dropped, 0);
+}
+
+/// Records the store still refuses at shutdown are counted exactly as dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_counts_exactly_the_records_it_could_not_write() {
+    let mock = MockUpstream::start().await;
+    let gw = billed(&mock, Backend::Memory)
+        .billing(|billing| billing.writer.flush_interval = Duration::from_millis(50))
+        .faulty()
+        .start()
+        .await;
+    gw.faults().set_usage_refused_for(Some("gpt-4o-mini"));
+    let key = gw.key().await;
+    for model in ["gpt-4o-mini", "gpt-4o", "gpt-4o-mini", "gpt-4o-mini"] {
+        let reply = gw.chat(&key, model).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    gw.records(1).await;
+    let billing = Arc::clone(gw.billing());
+    assert_eq!(billing.metrics().records_dropped, 0);
+    assert_eq!(gw.shutdown().await, Shutdown::Drained);
+    let metrics = billing.metrics();
+    assert_eq!((metrics.records_written, metrics.records_dropped), (1, 3));
+}
+
 /// Usage records name the client (`X-Client-Name`, else `User-Agent`) and keep
 /// its address only when the operator turns that on.
 #[tokio::test(flavor = "multi_thread")]
@@ -897,4 +948,217 @@ async fn expired_reservations_are_swept_at_start_up() {
         (Micros(1000), Micros::ZERO)
     );
     background.stop().await;
+}
+
+/// What a hostile upstream reports for a `max_tokens: 64` chat completion.
+#[derive(Clone, Copy, Debug)]
+enum Hostile {
+    /// `prompt_tokens: 18446744073709551615`, past `i64` and past the bound.
+    PromptPastI64,
+    /// `completion_tokens: 10^9` for a request capped at 64 output tokens.
+    BillionCompletion,
+}
+
+impl Hostile {
+    fn usage(self) -> (serde_json::Value, serde_json::Value) {
+        match self {
+            Hostile::PromptPastI64 => (json!(u64::MAX), json!(5)),
+            Hostile::BillionCompletion => (json!(5), json!(1_000_000_000_u64)),
+        }
+    }
+}
+
+/// A `max_tokens: 64` chat completion on gpt-4o.
+fn capped_chat(stream: bool) -> serde_json::Value {
+    let mut body = chat("gpt-4o", stream);
+    body["max_tokens"] = json!(64);
+    body
+}
+
+/// The balance of an account that fits one request's reservation but not a
+/// lease of many.
+const POOR_BALANCE: Micros = Micros(5_000);
+
+/// Sends one `max_tokens: 64` chat completion (JSON or streamed) from a fresh
+/// account holding [`POOR_BALANCE`] while the upstream reports `hostile`;
+/// returns the charged record, the reservation the request held, and the
+/// account's balance once settled.
+async fn send_hostile(
+    gw: &TestGateway,
+    mock: &MockUpstream,
+    hostile: Hostile,
+    stream: bool,
+    records_before: usize,
+) -> (keygate_store::UsageRecord, Micros, Micros) {
+    let (prompt, completion) = hostile.usage();
+    mock.set_usage(prompt, completion);
+    let account = gw.account_with(POOR_BALANCE).await;
+    let (key, _) = gw
+        .key_for(&account, KeySettings::new(KeyKind::Private))
+        .await;
+    let reply = post(&gw.url("/v1/chat/completions"), &key, &capped_chat(stream)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{hostile:?}: {}",
+        reply.text()
+    );
+    mock.clear_usage();
+    // The reservation: the body as forwarded (with usage asked for, when
+    // streamed) and the 64-token output cap, at gpt-4o's price.
+    let forwarded = mock.requests().pop().unwrap().body;
+    let price = *prices().get("gpt-4o").unwrap();
+    let demand = keygate_billing::Demand {
+        input_tokens: forwarded.len() as u64,
+        output_cap: Some(64),
+        n: 1,
+    };
+    let reserved = keygate_billing::reserve_upper_bound(
+        &price,
+        &demand,
+        &keygate_billing::ReservationRule::default(),
+    );
+    assert!(reserved <= POOR_BALANCE, "the test's request must fit");
+    let balance = gw.settled(&account).await;
+    let record = gw.records(records_before + 1).await.pop().unwrap();
+    assert_eq!(record.account_id, account);
+    (record, reserved, balance)
+}
+
+/// An upstream that reports absurd usage (past `i64`, or a billion tokens for a
+/// 64-token cap), in a JSON or a streamed answer, is charged at most the
+/// request's reservation: the balance never goes below zero, the record is
+/// written as `capped` with the clamped tokens and what was charged, the metric
+/// counts it, and the next request is served as usual.
+async fn hostile_usage_is_capped_at_the_reservation(backend: Backend) {
+    let mock = MockUpstream::start().await;
+    mock.set_reply(REPLY);
+    let Some(gw) = billed(&mock, backend).try_start().await else {
+        return;
+    };
+    let mut records = 0;
+    for hostile in [Hostile::PromptPastI64, Hostile::BillionCompletion] {
+        for stream in [false, true] {
+            let case = format!("{hostile:?} stream={stream}");
+            let (record, reserved, balance) =
+                send_hostile(&gw, &mock, hostile, stream, records).await;
+            records += 1;
+            assert_eq!(record.usage_source, UsageSource::Capped, "{case}");
+            assert_eq!(record.cost, reserved, "{case}: charged all it held");
+            assert_eq!(balance, Micros(POOR_BALANCE.0 - reserved.0), "{case}");
+            assert!(balance >= Micros::ZERO, "{case}");
+            match hostile {
+                Hostile::PromptPastI64 => assert_eq!(
+                    (record.input_tokens, record.output_tokens),
+                    (keygate_billing::MAX_REPORTED_TOKENS, 5),
+                    "{case}"
+                ),
+                Hostile::BillionCompletion => assert_eq!(
+                    (record.input_tokens, record.output_tokens),
+                    (5, 1_000_000_000),
+                    "{case}"
+                ),
+            }
+            assert_eq!(record.status, 200, "{case}");
+        }
+    }
+    let metrics = gw.billing().metrics();
+    assert_eq!(metrics.usage_capped, 4);
+    assert_eq!(metrics.records_dropped, 0);
+    let text = metrics_text(&gw).await;
+    assert!(text.contains("keygate_usage_capped_total 4"), "{text}");
+
+    // The next request is served and billed as usual.
+    let key = gw.key().await;
+    let reply = post(&gw.url("/v1/chat/completions"), &key, &capped_chat(false)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let record = gw.records(records + 1).await.pop().unwrap();
+    assert_eq!(record.usage_source, UsageSource::Reported);
+    assert_eq!(
+        (record.input_tokens, record.output_tokens),
+        (PROMPT_WORDS, REPLY_WORDS)
+    );
+    assert_eq!(
+        record.cost,
+        cost(&[(PROMPT_WORDS, 2_500_000), (REPLY_WORDS, 10_000_000)])
+    );
+}
+
+/// The gateway's `/metrics` text.
+async fn metrics_text(gw: &TestGateway) -> String {
+    let request = http::Request::get(gw.url("/metrics"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    crate::harness::send(request).await.text()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_usage_is_capped_at_the_reservation_in_memory() {
+    hostile_usage_is_capped_at_the_reservation(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_usage_is_capped_at_the_reservation_on_sqlite() {
+    hostile_usage_is_capped_at_the_reservation(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_usage_is_capped_at_the_reservation_on_postgres() {
+    hostile_usage_is_capped_at_the_reservation(Backend::Postgres("hostile_usage_postgres")).await;
+}
+
+/// With `charge_beyond_reservation = true` the full cost is charged, but the
+/// store's settlement still stops at what the account can pay: the balance ends
+/// at exactly zero, never below, and the shortfall is counted.
+async fn charging_beyond_the_reservation_still_never_overdraws(backend: Backend) {
+    let mock = MockUpstream::start().await;
+    mock.set_reply(REPLY);
+    let Some(gw) = billed(&mock, backend)
+        .billing(|billing| billing.charge_beyond_reservation = true)
+        .try_start()
+        .await
+    else {
+        return;
+    };
+    let mut records = 0;
+    for hostile in [Hostile::PromptPastI64, Hostile::BillionCompletion] {
+        for stream in [false, true] {
+            let case = format!("{hostile:?} stream={stream}");
+            let (record, reserved, balance) =
+                send_hostile(&gw, &mock, hostile, stream, records).await;
+            records += 1;
+            assert_eq!(balance, Micros::ZERO, "{case}: all it could pay, no more");
+            assert!(record.cost > reserved, "{case}: the full cost");
+            let expected = match hostile {
+                Hostile::PromptPastI64 => UsageSource::Capped,
+                Hostile::BillionCompletion => UsageSource::Reported,
+            };
+            assert_eq!(record.usage_source, expected, "{case}");
+        }
+    }
+    let metrics = gw.billing().metrics();
+    assert_eq!(metrics.settlements_capped, 4);
+    assert_eq!(metrics.usage_capped, 2);
+    // The next request is served.
+    let key = gw.key().await;
+    let reply = gw.chat(&key, "gpt-4o").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn charging_beyond_the_reservation_still_never_overdraws_in_memory() {
+    charging_beyond_the_reservation_still_never_overdraws(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn charging_beyond_the_reservation_still_never_overdraws_on_sqlite() {
+    charging_beyond_the_reservation_still_never_overdraws(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn charging_beyond_the_reservation_still_never_overdraws_on_postgres() {
+    charging_beyond_the_reservation_still_never_overdraws(Backend::Postgres(
+        "beyond_reservation_postgres",
+    ))
+    .await;
 }

@@ -27,6 +27,8 @@ pub struct FaultyStore {
     keys_down: AtomicBool,
     /// Usage writes fail as unavailable.
     usage_down: AtomicBool,
+    /// Usage writes holding a record of this model are refused as invalid.
+    refused_model: std::sync::Mutex<Option<String>>,
     /// Sleep between reading a key and returning it, in milliseconds.
     lookup_delay_ms: AtomicU64,
     /// Answers a reservation this long after it committed, in milliseconds.
@@ -39,6 +41,7 @@ impl FaultyStore {
             inner,
             keys_down: AtomicBool::new(false),
             usage_down: AtomicBool::new(false),
+            refused_model: std::sync::Mutex::new(None),
             lookup_delay_ms: AtomicU64::new(0),
             reserve_reply_delay_ms: AtomicU64::new(0),
         }
@@ -52,6 +55,12 @@ impl FaultyStore {
     /// Makes usage writes fail (`true`) or succeed again.
     pub fn set_usage_down(&self, down: bool) {
         self.usage_down.store(down, Ordering::SeqCst);
+    }
+
+    /// Refuses (as invalid) every usage write holding a record of `model`, or
+    /// none again.
+    pub fn set_usage_refused_for(&self, model: Option<&str>) {
+        *self.refused_model.lock().unwrap() = model.map(str::to_owned);
     }
 
     /// Delays each key lookup's answer by `delay` after the key was read.
@@ -163,7 +172,7 @@ impl Ledger for FaultyStore {
         stall(&self.reserve_reply_delay_ms).await;
         reserved
     }
-    async fn settle(&self, r: &Reservation, cost: Micros) -> keygate_store::Result<()> {
+    async fn settle(&self, r: &Reservation, cost: Micros) -> keygate_store::Result<Micros> {
         self.inner.settle(r, cost).await
     }
     async fn release(&self, r: &Reservation) -> keygate_store::Result<()> {
@@ -178,6 +187,13 @@ impl Ledger for FaultyStore {
     async fn record_usage(&self, records: &[UsageRecord]) -> keygate_store::Result<()> {
         if self.usage_down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("test: store switched off".into()));
+        }
+        let refused = self.refused_model.lock().unwrap().clone();
+        if refused.is_some_and(|model| records.iter().any(|r| r.model == model)) {
+            return Err(StoreError::Invalid {
+                field: "model",
+                reason: "test: refused".into(),
+            });
         }
         self.inner.record_usage(records).await
     }

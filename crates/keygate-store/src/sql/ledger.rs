@@ -22,7 +22,7 @@ use super::schema::{accounts, api_keys, reservations, usage_records};
 use crate::error::{Result, StoreError};
 use crate::ledger::{
     KeySpend, Ledger, MILLIS_PER_DAY, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery,
-    UsageRecord, UsageTotals, day_label,
+    UsageRecord, UsageTotals, day_label, payable,
 };
 use crate::validate::{check_reservation, check_usage_record};
 
@@ -151,6 +151,7 @@ async fn record_usage_pg(c: &mut AsyncPgConnection, records: &[UsageRecord]) -> 
 /// longer than any request runs.
 const SWEPT_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// A count as stored: clamped to a `BIGINT`, never refused.
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -253,29 +254,52 @@ macro_rules! ledger_ops {
 
             type C = $conn;
 
-            /// Returns `held` to the key and the account, and charges `cost`.
+            /// Returns `held` to the key and the account, then charges `cost`, or
+            /// as much of it as the account and the key can pay (see
+            /// [`payable`]); returns what was charged. The key row is locked
+            /// before the account row, as everywhere.
             async fn move_money(
                 c: &mut C,
                 key: &KeyId,
                 account: &AccountId,
                 held: i64,
                 cost: i64,
-            ) -> Result<()> {
+            ) -> Result<Micros> {
+                let (spent, key_reserved, limit): (i64, i64, Option<i64>) =
+                    diesel::update(api_keys::table.find(key.as_str()))
+                        .set(api_keys::reserved_micros.eq(api_keys::reserved_micros - held))
+                        .returning((
+                            api_keys::spent_micros,
+                            api_keys::reserved_micros,
+                            api_keys::spend_limit_micros,
+                        ))
+                        .get_result(c)
+                        .await?;
+                let (balance, account_reserved): (i64, i64) =
+                    diesel::update(accounts::table.find(account.as_str()))
+                        .set(accounts::reserved_micros.eq(accounts::reserved_micros - held))
+                        .returning((accounts::balance_micros, accounts::reserved_micros))
+                        .get_result(c)
+                        .await?;
+                let charged = payable(
+                    cost,
+                    balance,
+                    account_reserved,
+                    spent,
+                    limit.map(|limit| (limit, key_reserved)),
+                );
+                if charged == 0 {
+                    return Ok(Micros::ZERO);
+                }
                 diesel::update(api_keys::table.find(key.as_str()))
-                    .set((
-                        api_keys::reserved_micros.eq(api_keys::reserved_micros - held),
-                        api_keys::spent_micros.eq(api_keys::spent_micros + cost),
-                    ))
+                    .set(api_keys::spent_micros.eq(api_keys::spent_micros + charged))
                     .execute(c)
                     .await?;
                 diesel::update(accounts::table.find(account.as_str()))
-                    .set((
-                        accounts::reserved_micros.eq(accounts::reserved_micros - held),
-                        accounts::balance_micros.eq(accounts::balance_micros - cost),
-                    ))
+                    .set(accounts::balance_micros.eq(accounts::balance_micros - charged))
                     .execute(c)
                     .await?;
-                Ok(())
+                Ok(Micros(charged))
             }
 
             pub(super) async fn reserve(c: &mut C, new: NewReservation) -> Result<Reserve> {
@@ -283,15 +307,18 @@ macro_rules! ledger_ops {
                 c.transaction::<_, StoreError, _>(async move |c| {
                     let amount = new.amount.0;
                     let key = new.key_id.as_str();
+                    // Written so that no sum can overflow: a key whose holds plus
+                    // this one pass 63 bits cannot be paid for by any account.
                     let on_key = diesel::update(api_keys::table.find(key))
                         .filter(api_keys::account_id.eq(new.account_id.as_str()))
+                        .filter(api_keys::reserved_micros.le(i64::MAX - amount))
                         .filter(
-                            api_keys::spend_limit_micros
-                                .is_null()
-                                .or(
-                                    (api_keys::spent_micros + api_keys::reserved_micros + amount)
-                                        .le(api_keys::spend_limit_micros.assume_not_null()),
-                                ),
+                            api_keys::spend_limit_micros.is_null().or(
+                                (api_keys::spend_limit_micros.assume_not_null()
+                                    - api_keys::spent_micros
+                                    - api_keys::reserved_micros)
+                                    .ge(amount),
+                            ),
                         )
                         .set(api_keys::reserved_micros.eq(api_keys::reserved_micros + amount))
                         .execute(c)
@@ -306,10 +333,18 @@ macro_rules! ledger_ops {
                         if exists == 0 {
                             return Err(StoreError::key_not_found(&new.key_id));
                         }
-                        return Ok(Reserve::SpendLimitExceeded);
+                        let limit: Option<i64> = api_keys::table
+                            .find(key)
+                            .select(api_keys::spend_limit_micros)
+                            .first(c)
+                            .await?;
+                        return Ok(match limit {
+                            Some(_) => Reserve::SpendLimitExceeded,
+                            None => Reserve::InsufficientBalance,
+                        });
                     }
                     let on_account = diesel::update(accounts::table.find(new.account_id.as_str()))
-                        .filter(accounts::balance_micros.ge(accounts::reserved_micros + amount))
+                        .filter((accounts::balance_micros - accounts::reserved_micros).ge(amount))
                         .set(accounts::reserved_micros.eq(accounts::reserved_micros + amount))
                         .execute(c)
                         .await?;
@@ -344,14 +379,15 @@ macro_rules! ledger_ops {
                 .await
             }
 
-            /// Deletes a reservation, charges `cost` and returns what it still
-            /// held (nothing once swept). A reservation already gone was settled
-            /// before: settling it again changes nothing.
+            /// Deletes a reservation, returns what it still held (nothing once
+            /// swept) and charges `cost`, saturating at what the account and the
+            /// key can pay; returns what was charged. A reservation already gone
+            /// was settled before: settling it again changes nothing.
             pub(super) async fn finish(
                 c: &mut C,
                 reservation: &Reservation,
                 cost: Micros,
-            ) -> Result<()> {
+            ) -> Result<Micros> {
                 let reservation = reservation.clone();
                 c.transaction::<_, StoreError, _>(async move |c| {
                     let swept: Option<Option<i64>> =
@@ -361,21 +397,21 @@ macro_rules! ledger_ops {
                             .await
                             .optional()?;
                     let held = match swept {
-                        None => return Ok(()),
+                        None => return Ok(Micros::ZERO),
                         Some(None) => reservation.amount.0,
                         Some(Some(_)) => 0,
                     };
-                    if held != 0 || cost.0 != 0 {
-                        move_money(
-                            c,
-                            &reservation.key_id,
-                            &reservation.account_id,
-                            held,
-                            cost.0,
-                        )
-                        .await?;
+                    if held == 0 && cost.0 <= 0 {
+                        return Ok(Micros::ZERO);
                     }
-                    Ok(())
+                    move_money(
+                        c,
+                        &reservation.key_id,
+                        &reservation.account_id,
+                        held,
+                        cost.0,
+                    )
+                    .await
                 })
                 .await
             }
@@ -518,7 +554,7 @@ impl Ledger for DbStore {
         dispatch!(self.write().await?, sqlite_ledger | pg_ledger, reserve(new))
     }
 
-    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<()> {
+    async fn settle(&self, reservation: &Reservation, cost: Micros) -> Result<Micros> {
         dispatch!(
             self.write().await?,
             sqlite_ledger | pg_ledger,
@@ -532,6 +568,7 @@ impl Ledger for DbStore {
             sqlite_ledger | pg_ledger,
             finish(reservation, Micros::ZERO)
         )
+        .map(drop)
     }
 
     async fn sweep_reservations(&self, now: DateTime<Utc>) -> Result<u64> {

@@ -823,6 +823,118 @@ pub(crate) async fn settling_twice_charges_once(backend: &Backend) {
     assert_eq!((spend.spent, spend.reserved), (credits(2), Micros::ZERO));
 }
 
+pub(crate) async fn settling_past_the_balance_saturates_at_what_can_be_paid(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 10, None).await;
+    let first = held(ledger.reserve(hold(&acct, &key, credits(3))).await.unwrap());
+    let other = held(ledger.reserve(hold(&acct, &key, credits(2))).await.unwrap());
+    // 3 held by `first` plus 5 free: 8 can be paid; `other`'s 2 stay covered.
+    assert_eq!(
+        ledger.settle(&first, Micros(i64::MAX)).await.unwrap(),
+        credits(8)
+    );
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!((shown.balance, shown.reserved), (credits(2), credits(2)));
+    assert_eq!(ledger.settle(&other, credits(5)).await.unwrap(), credits(2));
+    assert_eq!(
+        ledger.settle(&other, credits(5)).await.unwrap(),
+        Micros::ZERO
+    );
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!(
+        (shown.balance, shown.reserved),
+        (Micros::ZERO, Micros::ZERO)
+    );
+    assert_eq!(ledger.key_spend(&key.id).await.unwrap().spent, credits(10));
+    // A swept reservation settled late saturates too, at zero.
+    let mut stale = hold(&acct, &key, Micros::ZERO);
+    stale.expires_at = Utc::now() - TimeDelta::seconds(1);
+    let stale = held(ledger.reserve(stale).await.unwrap());
+    ledger.sweep_reservations(Utc::now()).await.unwrap();
+    assert_eq!(
+        ledger.settle(&stale, credits(1)).await.unwrap(),
+        Micros::ZERO
+    );
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!(shown.balance, Micros::ZERO);
+    // A reservation too large for any account is refused, not an overflow.
+    assert_eq!(
+        ledger
+            .reserve(hold(&acct, &key, Micros(i64::MAX)))
+            .await
+            .unwrap(),
+        Reserve::InsufficientBalance
+    );
+}
+
+pub(crate) async fn settling_past_the_spend_limit_saturates_at_the_limit(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 100, Some(5)).await;
+    let first = held(ledger.reserve(hold(&acct, &key, credits(1))).await.unwrap());
+    let other = held(ledger.reserve(hold(&acct, &key, credits(1))).await.unwrap());
+    // The limit leaves 5 - 1 (held by `other`) = 4.
+    assert_eq!(
+        ledger.settle(&first, credits(50)).await.unwrap(),
+        credits(4)
+    );
+    assert_eq!(
+        ledger.settle(&other, Micros(i64::MAX)).await.unwrap(),
+        credits(1)
+    );
+    let spend = ledger.key_spend(&key.id).await.unwrap();
+    assert_eq!((spend.spent, spend.reserved), (credits(5), Micros::ZERO));
+    let shown = backend.store.get_account(&acct.id).await.unwrap();
+    assert_eq!((shown.balance, shown.reserved), (credits(95), Micros::ZERO));
+    assert_eq!(
+        ledger.reserve(hold(&acct, &key, Micros(1))).await.unwrap(),
+        Reserve::SpendLimitExceeded
+    );
+}
+
+pub(crate) async fn usage_records_are_never_refused_for_their_numbers(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 1, None).await;
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let record = UsageRecord {
+        at: now,
+        key_id: key.id.clone(),
+        account_id: acct.id.clone(),
+        model: "m".into(),
+        upstream: "openai".into(),
+        input_tokens: u64::MAX,
+        output_tokens: i64::MAX as u64 + 1,
+        cached_tokens: u64::MAX,
+        cost: Micros(1),
+        latency_ms: u64::MAX,
+        ttfb_ms: u64::MAX,
+        stream: true,
+        status: 200,
+        client_name: None,
+        usage_source: UsageSource::Capped,
+        client_ip: None,
+    };
+    ledger
+        .record_usage(std::slice::from_ref(&record))
+        .await
+        .unwrap();
+    let found = ledger
+        .usage_between(now, now + TimeDelta::seconds(1))
+        .await
+        .unwrap();
+    let max = i64::MAX as u64;
+    assert_eq!(
+        found,
+        vec![UsageRecord {
+            input_tokens: max,
+            output_tokens: max,
+            cached_tokens: max,
+            latency_ms: max,
+            ttfb_ms: max,
+            ..record
+        }]
+    );
+}
+
 pub(crate) async fn usage_records_round_trip_and_purge(backend: &Backend) {
     let ledger = &*backend.ledger;
     let (acct, key) = funded(backend, 1, None).await;

@@ -32,6 +32,8 @@ pub(crate) struct Reply<'a> {
     /// How many prompt tokens to report as read from the provider's cache (at
     /// most `prompt_words`).
     pub(crate) cached: usize,
+    /// Prompt and completion counts to report instead of the real ones.
+    pub(crate) reported: Option<&'a (Value, Value)>,
 }
 
 impl Reply<'_> {
@@ -57,7 +59,18 @@ impl Reply<'_> {
             .collect()
     }
 
+    /// The output count to report.
+    fn output_tokens(&self) -> Value {
+        match self.reported {
+            Some((_, completion)) => completion.clone(),
+            None => json!(self.completion_words()),
+        }
+    }
+
     fn openai_usage(&self) -> Value {
+        if let Some((prompt, completion)) = self.reported {
+            return json!({"prompt_tokens": prompt, "completion_tokens": completion});
+        }
         let completion = self.completion_words();
         let mut usage = json!({
             "prompt_tokens": self.prompt_words,
@@ -72,7 +85,10 @@ impl Reply<'_> {
 
     /// Anthropic's input usage: `input_tokens` excludes cache reads, which come
     /// as `cache_read_input_tokens`.
-    fn anthropic_input(&self, output_tokens: usize) -> Value {
+    fn anthropic_input(&self, output_tokens: Value) -> Value {
+        if let Some((prompt, _)) = self.reported {
+            return json!({"input_tokens": prompt, "output_tokens": output_tokens});
+        }
         let cached = self.cached.min(self.prompt_words);
         let mut usage = json!({
             "input_tokens": self.prompt_words - cached,
@@ -356,7 +372,7 @@ pub(crate) fn message(reply: &Reply<'_>) -> Value {
         "content": [{"type": "text", "text": reply.text}],
         "stop_reason": "end_turn",
         "stop_sequence": null,
-        "usage": reply.anthropic_input(reply.completion_words()),
+        "usage": reply.anthropic_input(reply.output_tokens()),
     })
 }
 
@@ -376,7 +392,7 @@ pub(crate) fn message_stream(reply: &Reply<'_>) -> Vec<Bytes> {
                     "content": [],
                     "stop_reason": null,
                     "stop_sequence": null,
-                    "usage": reply.anthropic_input(1),
+                    "usage": reply.anthropic_input(json!(1)),
                 },
             }),
         ),
@@ -401,7 +417,7 @@ pub(crate) fn message_stream(reply: &Reply<'_>) -> Vec<Bytes> {
         json!({
             "type": "message_delta",
             "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-            "usage": {"output_tokens": reply.completion_words()},
+            "usage": {"output_tokens": reply.output_tokens()},
         }),
     ));
     events.push(event("message_stop", json!({"type": "message_stop"})));
@@ -429,12 +445,15 @@ pub(crate) fn response(reply: &Reply<'_>, message_id: &str) -> Value {
         "parallel_tool_calls": true,
         "tool_choice": "auto",
         "tools": [],
-        "usage": {
-            "input_tokens": reply.prompt_words,
-            "input_tokens_details": {"cached_tokens": reply.cached},
-            "output_tokens": output,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": reply.prompt_words + output,
+        "usage": match reply.reported {
+            Some((prompt, completion)) => json!({"input_tokens": prompt, "output_tokens": completion}),
+            None => json!({
+                "input_tokens": reply.prompt_words,
+                "input_tokens_details": {"cached_tokens": reply.cached},
+                "output_tokens": output,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": reply.prompt_words + output,
+            }),
         },
     })
 }
@@ -507,6 +526,7 @@ mod tests {
             text,
             prompt_words: 3,
             cached: 0,
+            reported: None,
         }
     }
 

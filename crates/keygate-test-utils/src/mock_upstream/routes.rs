@@ -221,6 +221,7 @@ impl Ctx<'_> {
             text: &self.behaviour.reply,
             prompt_words,
             cached: self.behaviour.cached_tokens.min(prompt_words),
+            reported: self.behaviour.reported_usage.as_ref(),
         }
     }
 

@@ -76,6 +76,9 @@ pub(super) struct Behaviour {
     pub(super) chunk_delay: Duration,
     pub(super) failure: Option<Failure>,
     pub(super) cached_tokens: usize,
+    /// Prompt and completion counts to report instead of the real ones, as
+    /// raw JSON values.
+    pub(super) reported_usage: Option<(serde_json::Value, serde_json::Value)>,
 }
 
 impl Default for Behaviour {
@@ -87,6 +90,7 @@ impl Default for Behaviour {
             chunk_delay: Duration::ZERO,
             failure: None,
             cached_tokens: 0,
+            reported_usage: None,
         }
     }
 }
