@@ -169,7 +169,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let options = ServerOptions {
         tls,
-        grace: config.shutdown_grace,
+        ..config.server
     };
     match keygate_proxy::serve(listener, Arc::new(gateway), options, shutdown_signal()).await {
         Shutdown::Drained => tracing::info!("shut down cleanly"),

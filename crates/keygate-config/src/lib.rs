@@ -97,6 +97,8 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     /// `[tls]`.
     pub tls: Option<RawTls>,
+    /// `[server]`: connection limits and client deadlines.
+    pub server: Option<RawServer>,
     /// `[timeouts]`.
     pub timeouts: Option<RawTimeouts>,
     /// `[auth_cache]`.
@@ -111,6 +113,27 @@ pub struct RawConfig {
     pub billing: Option<RawBilling>,
     /// `[privacy]`.
     pub privacy: Option<RawPrivacy>,
+}
+
+/// `[server]`: how many client connections are served at once and how long a
+/// client may take. Durations are humantime text (`"30s"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// `max_connections`: client connections served at once.
+    pub max_connections: Option<usize>,
+    /// `header_read_timeout`: time to send a request head.
+    pub header_read_timeout: Option<String>,
+    /// `body_read_timeout`: time to send a request body whole.
+    pub body_read_timeout: Option<String>,
+    /// `keepalive_timeout`: time an idle connection stays open.
+    pub keepalive_timeout: Option<String>,
+    /// `http2_max_concurrent_streams`: HTTP/2 streams open at once per connection.
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// `http2_keepalive_interval`: how often an idle HTTP/2 connection is pinged.
+    pub http2_keepalive_interval: Option<String>,
+    /// `http2_keepalive_timeout`: how long a ping may go unanswered.
+    pub http2_keepalive_timeout: Option<String>,
 }
 
 /// `[billing]`.

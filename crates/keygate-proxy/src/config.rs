@@ -18,6 +18,8 @@ pub struct ProxyConfig {
     pub query_param: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive whole; a slower one is 408.
+    pub body_read_timeout: Duration,
     /// Upstreams in routing order.
     pub upstreams: Vec<UpstreamConfig>,
     /// Upstream timeouts.
@@ -71,6 +73,22 @@ pub mod defaults {
     pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
     /// Longest silence between two frames of a streamed answer.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Connections served at once when the descriptor limit says nothing
+    /// smaller: each connection holds a descriptor, and a forwarded request a
+    /// second one, upstream.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// Time for a connection to send a request head.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Time for a request body to arrive whole: 10 MiB at about 175 KB/s.
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Time a connection with no request in flight stays open.
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// HTTP/2 streams open at once on one connection.
+    pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// How often an idle HTTP/2 connection is pinged.
+    pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    /// How long an HTTP/2 ping may go unanswered.
+    pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 }
 
 impl ProxyConfig {
@@ -80,6 +98,7 @@ impl ProxyConfig {
             key_prefix,
             query_param: Some(keygate_keys::DEFAULT_QUERY_PARAM.to_owned()),
             max_body_bytes: defaults::MAX_BODY_BYTES,
+            body_read_timeout: defaults::BODY_READ_TIMEOUT,
             upstreams,
             timeouts: UpstreamTimeouts {
                 connect: defaults::CONNECT_TIMEOUT,
@@ -107,6 +126,7 @@ impl ProxyConfig {
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.first_byte", self.timeouts.first_byte),
             ("timeouts.idle", self.timeouts.idle),
+            ("server.body_read_timeout", self.body_read_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(field, "must be more than zero"));

@@ -139,6 +139,12 @@ pub enum ProxyError {
     /// Request headers larger than the server accepts.
     #[error("request headers are too large")]
     HeadersTooLarge,
+    /// The body did not arrive within `[server] body_read_timeout`.
+    #[error("the request body did not arrive within {} ms", timeout.as_millis())]
+    BodyReadTimeout {
+        /// The deadline for the whole body.
+        timeout: std::time::Duration,
+    },
     /// The key's request rate limit was hit.
     #[error(
         "rate limit exceeded: this API key may send {rpm} requests per minute; retry after {} s",
@@ -246,6 +252,9 @@ impl ProxyError {
                 (413, "invalid_request_error", "request_too_large", Client)
             }
             Self::HeadersTooLarge => (431, "invalid_request_error", "headers_too_large", Client),
+            Self::BodyReadTimeout { .. } => {
+                (408, "invalid_request_error", "request_timeout", Client)
+            }
             Self::RateLimited { .. } => (429, "rate_limit_error", "rate_limit_exceeded", Client),
             Self::UpstreamUnavailable(_) => {
                 (502, "upstream_error", "upstream_unavailable", Upstream)

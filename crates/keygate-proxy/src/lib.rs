@@ -42,7 +42,7 @@
 //! // Billing: `gateway.with_billing(Arc::new(Billing::new(BillingConfig::new(prices), ledger)))`.
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-//! let options = ServerOptions { tls: None, grace: Duration::from_secs(30) };
+//! let options = ServerOptions { grace: Duration::from_secs(30), ..ServerOptions::new() };
 //! // Serves until the shutdown future resolves (here at once), then drains.
 //! let stop = async {};
 //! keygate_proxy::serve(listener, gateway, options, stop).await;
@@ -55,6 +55,7 @@ mod backoff;
 mod billing;
 mod body;
 mod config;
+mod conn;
 mod context;
 mod endpoint;
 mod error;

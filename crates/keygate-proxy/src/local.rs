@@ -13,6 +13,7 @@ use keygate_store::{ApiKey, CredentialStore};
 
 use crate::billing::Billing;
 use crate::body::GatewayBody;
+use crate::conn::ConnectionMetrics;
 use crate::context::allow_origin;
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
@@ -25,6 +26,8 @@ use crate::text::model_phrase;
 pub(crate) struct Local {
     pub(crate) store: Arc<dyn CredentialStore>,
     pub(crate) billing: Option<Arc<Billing>>,
+    /// Filled in by the server's accept loop.
+    pub(crate) connections: Arc<ConnectionMetrics>,
 }
 
 impl Local {
@@ -39,9 +42,20 @@ impl Local {
         })
     }
 
-    /// Prometheus text: billing counters, when billing is on.
+    /// Prometheus text: connection counts, and billing counters when billing
+    /// is on.
     fn metrics(&self) -> Response<GatewayBody> {
-        let mut out = String::new();
+        let c = &self.connections;
+        let mut out = format!(
+            "# HELP keygate_connections_open Client connections open.\n\
+             # TYPE keygate_connections_open gauge\n\
+             keygate_connections_open {}\n\
+             # HELP keygate_connections_waited_total Times accepting paused at max_connections.\n\
+             # TYPE keygate_connections_waited_total counter\n\
+             keygate_connections_waited_total {}\n",
+            c.open.load(std::sync::atomic::Ordering::Relaxed),
+            c.waited.load(std::sync::atomic::Ordering::Relaxed),
+        );
         if let Some(billing) = &self.billing {
             let m = billing.metrics();
             for (name, help, value) in [

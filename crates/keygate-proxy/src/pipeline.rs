@@ -9,6 +9,7 @@ use keygate_store::ApiKey;
 
 use crate::billing::Admission;
 use crate::body::GatewayBody;
+use crate::conn;
 use crate::context::{PeerAddr, RequestContext};
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
@@ -26,44 +27,56 @@ impl Gateway {
             return response;
         }
         let mut ctx = RequestContext::new(request.method().clone());
-        match self.serve(request, &mut ctx).await {
+        let (parts, mut body) = request.into_parts();
+        let mut response = match self.serve(&parts, &mut body, &mut ctx).await {
             Ok(mut response) => {
                 ctx.add_cors(response.headers_mut());
                 response
             }
             Err(error) => ctx.fail(error),
-        }
+        };
+        // An answer decided before the body was read whole (a 401, a 413):
+        // drained, or the connection closed once the client has read it.
+        conn::finish_body(&parts, body, response.headers_mut()).await;
+        response
     }
 
     async fn serve(
         &self,
-        request: Request<Incoming>,
+        parts: &request::Parts,
+        body: &mut Incoming,
         ctx: &mut RequestContext,
     ) -> Result<Response<GatewayBody>, ProxyError> {
-        probe::check_headers(request.headers())?;
-        let (endpoint, model_id) = Endpoint::resolve(request.method(), request.uri().path())?;
+        probe::check_headers(&parts.headers)?;
+        let (endpoint, model_id) = Endpoint::resolve(&parts.method, parts.uri.path())?;
         ctx.log.route = endpoint.route();
         let authed = self
             .auth
-            .authenticate(request.headers(), request.uri().query(), ctx.now)
+            .authenticate(&parts.headers, parts.uri.query(), ctx.now)
             .await?;
         let key = &authed.key.key;
         ctx.log.key_id = Some(key.id.as_str().to_owned());
-        policy::admit_key(&authed.key, endpoint, request.headers(), ctx)?;
+        policy::admit_key(&authed.key, endpoint, &parts.headers, ctx)?;
         if Models::serves(endpoint) {
             let mut response = self.models.answer(&self.router, model_id, key)?;
             ctx.rate_headers(response.headers_mut());
             return Ok(response);
         }
 
-        let (parts, body) = request.into_parts();
-        let probed = probe::read(endpoint, &parts.headers, body, self.max_body_bytes).await?;
+        let probed = probe::read(
+            endpoint,
+            &parts.headers,
+            body,
+            self.max_body_bytes,
+            self.body_read_timeout,
+        )
+        .await?;
         ctx.log.model = shown_model(&probed.model).map(str::to_owned);
         policy::allow_model(key, &probed.model)?;
         let upstream = self.router.route(endpoint.provider(), &probed.model)?;
         ctx.log.upstream = Some(upstream.name().to_owned());
         let probed = self
-            .admit(ctx, endpoint, upstream, key, &parts, probed)
+            .admit(ctx, endpoint, upstream, key, parts, probed)
             .await?;
         let Probed {
             body,
@@ -71,10 +84,7 @@ impl Gateway {
             stream,
             ..
         } = probed;
-        let answer = self
-            .forwarder
-            .send(upstream, endpoint, &parts, body)
-            .await?;
+        let answer = self.forwarder.send(upstream, endpoint, parts, body).await?;
         let exchange = Exchange {
             endpoint,
             key,

@@ -5,6 +5,7 @@
 //! Also the request-header checks that come before the body.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
@@ -53,15 +54,18 @@ pub(crate) fn check_headers(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Reads the body (at most `limit` bytes) and peeks at `model` and `stream` the
-/// way the endpoint carries them.
+/// Reads the body (at most `limit` bytes, all of it within `timeout`) and peeks
+/// at `model` and `stream` the way the endpoint carries them. The body is
+/// borrowed: what is left of it when reading fails stays with the caller, which
+/// drains it or closes the connection after the answer.
 pub(crate) async fn read(
     endpoint: Endpoint,
     headers: &HeaderMap,
-    body: Incoming,
+    body: &mut Incoming,
     limit: usize,
+    timeout: Duration,
 ) -> Result<Probed, ProxyError> {
-    let body = read_body(body, headers, limit).await?;
+    let body = read_body(body, headers, limit, timeout).await?;
     let Peeked {
         model,
         stream,
@@ -96,7 +100,12 @@ pub(crate) fn client_name(headers: &HeaderMap) -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+async fn read_body(
+    body: &mut Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -104,7 +113,10 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ProxyError::RequestTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ProxyError::BodyReadTimeout { timeout })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ProxyError::RequestTooLarge { limit })

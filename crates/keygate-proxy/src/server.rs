@@ -1,10 +1,12 @@
 //! Accepting connections: plain TCP or TLS (ALPN h2 and http/1.1), HTTP/1.1 and
-//! HTTP/2 through hyper-util's auto builder, and graceful shutdown.
+//! HTTP/2 through hyper-util's auto builder, at most `max_connections` at once,
+//! each under its idle deadlines, and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -14,8 +16,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::backoff::Backoff;
+use crate::conn::{Activity, ConnectionMetrics, Tracked, Watchdog};
 use crate::context::PeerAddr;
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
@@ -40,6 +45,46 @@ pub struct ServerOptions {
     /// How long in-flight requests and streams may take to finish after shutdown
     /// starts.
     pub grace: Duration,
+    /// Connections served at once; past it, new ones wait in the kernel's
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// How long a connection may take, from accept (or the end of the TLS
+    /// handshake), to send its first request head; for HTTP/1 also each later
+    /// head, counted from the previous answer.
+    pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight stays open after an
+    /// answer.
+    pub keepalive_timeout: Duration,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: how often an idle connection is pinged.
+    pub http2_keepalive_interval: Duration,
+    /// HTTP/2: how long a ping may go unanswered before the connection closes.
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl ServerOptions {
+    /// No TLS, a 30 s grace period and the [`defaults`](crate::defaults) for the
+    /// rest.
+    pub fn new() -> Self {
+        use crate::defaults;
+        Self {
+            tls: None,
+            grace: Duration::from_secs(30),
+            max_connections: defaults::MAX_CONNECTIONS,
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
+            http2_max_concurrent_streams: defaults::HTTP2_MAX_CONCURRENT_STREAMS,
+            http2_keepalive_interval: defaults::HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: defaults::HTTP2_KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Loads a PEM certificate chain and private key into a rustls server config that
@@ -105,46 +150,88 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(options.header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(256 * 1024);
+        .max_header_list_size(256 * 1024)
+        .max_concurrent_streams(options.http2_max_concurrent_streams)
+        .keep_alive_interval(options.http2_keepalive_interval)
+        .keep_alive_timeout(options.http2_keepalive_timeout);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let metrics = Arc::clone(&gateway.local.connections);
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let mut accept_backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     // Connection tasks: watched by `graceful` for the drain, and aborted here if the
     // grace period runs out.
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
+        // A slot first: past `max_connections` nothing is accepted, so new
+        // connections wait in the kernel's backlog until one closes.
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                metrics.waited.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    accept_backoff.reset();
+                    accepted
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // Out of file descriptors and the like: wait longer each time
+                    // rather than spin, while open connections may close.
+                    let wait = accept_backoff.next_wait();
+                    tracing::warn!(error = %e, wait_ms = wait.as_millis(), "accept failed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(wait) => continue,
+                    }
                 }
             },
         };
         let _ = tcp.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(PeerAddr(peer));
+        let activity = Arc::new(Activity::default());
+        let open = OpenConnection::new(slot, Arc::clone(&metrics));
+        let service = {
             let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(gateway.handle(request).await) }
-        });
+            let activity = Arc::clone(&activity);
+            service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                let busy = activity.begin();
+                request.extensions_mut().insert(PeerAddr(peer));
+                let gateway = Arc::clone(&gateway);
+                async move {
+                    let response = gateway.handle(request).await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+                }
+            })
+        };
+        let (first, idle) = (options.header_read_timeout, options.keepalive_timeout);
         let builder = Arc::clone(&builder);
         match &acceptor {
             None => {
                 let connection = builder
-                    .serve_connection(TokioIo::new(tcp), service)
+                    .serve_connection(
+                        TokioIo::new(Watchdog::new(tcp, activity, first, idle)),
+                        service,
+                    )
                     .into_owned();
                 let connection = graceful.watch(connection);
                 connections.spawn(async move {
+                    let _open = open;
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -154,6 +241,7 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 connections.spawn(async move {
+                    let _open = open;
                     let tls =
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                             .await
@@ -169,7 +257,10 @@ pub async fn serve(
                             }
                         };
                     let connection = builder
-                        .serve_connection(TokioIo::new(tls), service)
+                        .serve_connection(
+                            TokioIo::new(Watchdog::new(tls, activity, first, idle)),
+                            service,
+                        )
                         .into_owned();
                     if let Err(e) = watcher.watch(connection).await {
                         tracing::debug!(error = %e, "connection ended with an error");
@@ -193,4 +284,27 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
     background.stop().await;
     outcome
+}
+
+/// One accepted connection's slot under `max_connections`, counted as open
+/// until the connection's task ends.
+struct OpenConnection {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<ConnectionMetrics>,
+}
+
+impl OpenConnection {
+    fn new(slot: tokio::sync::OwnedSemaphorePermit, metrics: Arc<ConnectionMetrics>) -> Self {
+        metrics.open.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _slot: slot,
+            metrics,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -2,7 +2,8 @@
 //! `keygate-admin`), then validated section by section into the proxy's typed
 //! settings. Every error names the file, the field and the fix.
 //!
-//! One module per section: `server` (listen, TLS, shutdown, logs, body size),
+//! One module per section: `server` (listen, TLS, shutdown, logs, body size,
+//! connections),
 //! `auth` (key prefix, query parameter, auth cache), `upstreams` (timeouts and
 //! upstreams with their provider keys), `billing` (prices, billing, privacy);
 //! `duration` is how they all read a duration, `builtin` the configuration without
@@ -17,11 +18,10 @@ mod upstreams;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::anyhow;
 use keygate_config::RawConfig;
-use keygate_proxy::{BillingConfig, ProxyConfig};
+use keygate_proxy::{BillingConfig, ProxyConfig, ServerOptions};
 
 pub(crate) use self::server::{LogFormat, TlsFiles};
 
@@ -39,8 +39,9 @@ pub(crate) struct Config {
     pub(crate) database_url: String,
     /// TLS, when set.
     pub(crate) tls: Option<TlsFiles>,
-    /// Grace period for in-flight requests at shutdown.
-    pub(crate) shutdown_grace: Duration,
+    /// The server's options: `[server]` and the shutdown grace; its TLS is
+    /// loaded at start from `tls`.
+    pub(crate) server: ServerOptions,
     /// Log format.
     pub(crate) log_format: LogFormat,
     /// The proxy's settings.
@@ -126,6 +127,7 @@ fn validate(
     let timeouts = upstreams::timeouts(raw.timeouts.as_ref())?;
     let auth = auth::cache(raw.auth_cache.as_ref())?;
     let max_body_bytes = server::max_body_bytes(raw.max_body_bytes)?;
+    let (server, body_read_timeout) = server::connections(raw.server.as_ref(), shutdown_grace)?;
     let upstreams::Upstreams { upstreams, skipped } =
         upstreams::upstreams(raw.upstreams, env, base_dir, builtin)?;
     let billing = billing::billing(
@@ -138,6 +140,7 @@ fn validate(
     let mut proxy = ProxyConfig::new(key_prefix, upstreams);
     proxy.query_param = query_param;
     proxy.max_body_bytes = max_body_bytes;
+    proxy.body_read_timeout = body_read_timeout;
     proxy.timeouts = timeouts;
     proxy.auth = auth;
     proxy.listed_models = raw.prices.into_keys().collect();
@@ -146,7 +149,7 @@ fn validate(
         listen,
         database_url,
         tls,
-        shutdown_grace,
+        server,
         log_format,
         proxy,
         skipped,
@@ -163,6 +166,8 @@ fn database_url(url: Option<String>) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use keygate_proxy::ProviderKind;
 
     use super::builtin::builtin_defaults;
@@ -218,6 +223,41 @@ output_per_mtok = 8.0
             !format!("{config:?}").contains("sk-test"),
             "provider key in Debug"
         );
+    }
+
+    #[test]
+    fn server_section_sets_connection_limits() {
+        let config = load_text(ISSUE_SHAPE, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        assert!(config.server.max_connections >= 1);
+        assert!(config.server.max_connections <= keygate_proxy::defaults::MAX_CONNECTIONS);
+        assert_eq!(
+            config.proxy.body_read_timeout,
+            keygate_proxy::defaults::BODY_READ_TIMEOUT
+        );
+        let text = format!(
+            "{ISSUE_SHAPE}[server]\nmax_connections = 20\nheader_read_timeout = \"300ms\"\n\
+             body_read_timeout = \"2s\"\nkeepalive_timeout = \"5s\"\n\
+             http2_max_concurrent_streams = 8\nhttp2_keepalive_interval = \"1m\"\n\
+             http2_keepalive_timeout = \"3s\"\n"
+        );
+        let config = load_text(&text, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        let s = &config.server;
+        assert_eq!(s.max_connections, 20);
+        assert_eq!(s.header_read_timeout, Duration::from_millis(300));
+        assert_eq!(s.keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(s.http2_max_concurrent_streams, 8);
+        assert_eq!(s.http2_keepalive_interval, Duration::from_secs(60));
+        assert_eq!(s.http2_keepalive_timeout, Duration::from_secs(3));
+        assert_eq!(config.proxy.body_read_timeout, Duration::from_secs(2));
+        for (field, value) in [
+            ("max_connections", "0"),
+            ("http2_max_concurrent_streams", "0"),
+            ("body_read_timeout", "\"0s\""),
+        ] {
+            let text = format!("[server]\n{field} = {value}\n");
+            let err = load_text(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("server.{field}")), "{err}");
+        }
     }
 
     #[test]

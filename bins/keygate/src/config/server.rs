@@ -1,13 +1,14 @@
 //! How the gateway listens and serves: `listen`, `[tls]`, `shutdown_grace`,
-//! `log_format` and `max_body_bytes`.
+//! `log_format`, `max_body_bytes` and `[server]` (connection limits and client
+//! deadlines).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use keygate_config::RawTls;
-use keygate_proxy::defaults;
+use keygate_config::{RawServer, RawTls};
+use keygate_proxy::{ServerOptions, defaults};
 
 use super::duration;
 
@@ -70,4 +71,78 @@ pub(super) fn max_body_bytes(value: Option<usize>) -> anyhow::Result<usize> {
         bail!("max_body_bytes: must be more than 0");
     }
     Ok(max_body_bytes)
+}
+
+/// `[server]`: the server's options (its TLS is set at start, from the files)
+/// and `body_read_timeout`, which the proxy reads bodies under.
+pub(super) fn connections(
+    raw: Option<&RawServer>,
+    grace: Duration,
+) -> anyhow::Result<(ServerOptions, Duration)> {
+    let empty = RawServer::default();
+    let raw = raw.unwrap_or(&empty);
+    let max_connections = raw.max_connections.unwrap_or_else(default_max_connections);
+    if max_connections == 0 {
+        bail!("server.max_connections: must be more than 0");
+    }
+    let http2_max_concurrent_streams = raw
+        .http2_max_concurrent_streams
+        .unwrap_or(defaults::HTTP2_MAX_CONCURRENT_STREAMS);
+    if http2_max_concurrent_streams == 0 {
+        bail!("server.http2_max_concurrent_streams: must be more than 0");
+    }
+    let options = ServerOptions {
+        tls: None,
+        grace,
+        max_connections,
+        header_read_timeout: duration::parse(
+            "server.header_read_timeout",
+            raw.header_read_timeout.as_deref(),
+            defaults::HEADER_READ_TIMEOUT,
+        )?,
+        keepalive_timeout: duration::parse(
+            "server.keepalive_timeout",
+            raw.keepalive_timeout.as_deref(),
+            defaults::KEEPALIVE_TIMEOUT,
+        )?,
+        http2_max_concurrent_streams,
+        http2_keepalive_interval: duration::parse(
+            "server.http2_keepalive_interval",
+            raw.http2_keepalive_interval.as_deref(),
+            defaults::HTTP2_KEEPALIVE_INTERVAL,
+        )?,
+        http2_keepalive_timeout: duration::parse(
+            "server.http2_keepalive_timeout",
+            raw.http2_keepalive_timeout.as_deref(),
+            defaults::HTTP2_KEEPALIVE_TIMEOUT,
+        )?,
+    };
+    let body_read_timeout = duration::parse(
+        "server.body_read_timeout",
+        raw.body_read_timeout.as_deref(),
+        defaults::BODY_READ_TIMEOUT,
+    )?;
+    Ok((options, body_read_timeout))
+}
+
+/// Half the process's soft descriptor limit, at most
+/// [`defaults::MAX_CONNECTIONS`]: each client connection holds a descriptor and
+/// its forwarded request may hold a second, upstream, while the store's pool
+/// and the listener need a few more. Without a readable limit (not Linux, or
+/// unlimited), the default itself.
+fn default_max_connections() -> usize {
+    open_files_limit().map_or(defaults::MAX_CONNECTIONS, |limit| {
+        (limit / 2).clamp(1, defaults::MAX_CONNECTIONS)
+    })
+}
+
+/// The soft `Max open files` limit, from `/proc/self/limits`.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.get("Max open files".len()..)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

@@ -143,6 +143,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Changes the server's options (connection limits and deadlines).
+    pub fn server(mut self, tweak: impl FnOnce(&mut ServerOptions)) -> Self {
+        tweak(&mut self.options);
+        self
+    }
+
     /// Starts the gateway; for a backend that is always there.
     pub async fn start(self) -> TestGateway {
         self.try_start()
@@ -245,8 +251,8 @@ impl TestGateway {
             taps: Vec::new(),
             faulty: false,
             options: ServerOptions {
-                tls: None,
                 grace: Duration::from_secs(5),
+                ..ServerOptions::new()
             },
         }
     }

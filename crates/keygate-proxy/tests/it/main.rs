@@ -10,6 +10,7 @@
 )]
 
 mod billing;
+mod conn;
 mod faults;
 mod harness;
 mod inputs;

@@ -1,0 +1,329 @@
+//! Connection limits over raw TCP: `max_connections`, the header, body and
+//! keep-alive deadlines, answers given before the body was read, and a 413 the
+//! client can read while it is still sending.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use keygate_test_utils::MockUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+/// The longest any test here waits for something that must happen.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// A deadline that must not be the one that acts.
+const NEVER: Duration = Duration::from_secs(600);
+
+/// One client connection, read by hand.
+struct Raw {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// An answer read off a [`Raw`] connection.
+#[derive(Debug)]
+struct RawReply {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn code(&self) -> String {
+        let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
+        json["error"]["code"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Raw {
+    async fn connect(gw: &TestGateway) -> Self {
+        Self {
+            tcp: TcpStream::connect(gw.addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one answer (its body sized by `content-length`), or `None` when the
+    /// server closes the connection first.
+    async fn reply(&mut self) -> Option<RawReply> {
+        let end = loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+        self.buf.drain(..end + 4);
+        let status = head[9..12].parse().unwrap();
+        let mut reply = RawReply {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        let len: usize = reply
+            .header("content-length")
+            .map_or(0, |v| v.parse().unwrap());
+        while self.buf.len() < len {
+            assert!(self.fill().await, "closed mid-body");
+        }
+        reply.body = self.buf.drain(..len).collect();
+        Some(reply)
+    }
+
+    /// Reads more; false at the end of the stream (or a reset).
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        match self.tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// Waits (at most [`DEADLINE`]) for the server to close the connection.
+    async fn closed_by_server(&mut self) {
+        tokio::time::timeout(DEADLINE, async { while self.fill().await {} })
+            .await
+            .expect("the server kept the connection open");
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nhost: keygate\r\n\r\n").into_bytes()
+}
+
+fn post_head(key: &str, len: usize) -> Vec<u8> {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: keygate\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A JSON chat body padded to exactly `len` bytes.
+fn padded_body(len: usize) -> Vec<u8> {
+    let mut body = chat("gpt-4o-mini", false).to_string().into_bytes();
+    body.pop();
+    body.extend_from_slice(br#","pad":""#);
+    while body.len() < len - 2 {
+        body.push(b'x');
+    }
+    body.extend_from_slice(b"\"}");
+    body
+}
+
+/// Past `max_connections` a new connection is not served until one closes, and
+/// the wait is counted on `/metrics`.
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::builder(&mock)
+        .server(|o| {
+            o.max_connections = 20;
+            o.header_read_timeout = NEVER;
+            o.keepalive_timeout = NEVER;
+        })
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut conn = Raw::connect(&gw).await;
+        conn.send(&get("/healthz")).await;
+        assert_eq!(conn.reply().await.unwrap().status, 200);
+        held.push(conn);
+    }
+    let mut waiting = Raw::connect(&gw).await;
+    waiting.send(&get("/healthz")).await;
+    let early = tokio::time::timeout(Duration::from_millis(300), waiting.reply()).await;
+    assert!(
+        early.is_err(),
+        "connection 21 was served while 20 were open"
+    );
+    drop(held.pop());
+    let reply = tokio::time::timeout(DEADLINE, waiting.reply())
+        .await
+        .expect("connection 21 was not served after one closed")
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    waiting.send(&get("/metrics")).await;
+    let metrics = String::from_utf8(waiting.reply().await.unwrap().body).unwrap();
+    let waited: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keygate_connections_waited_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(waited >= 1, "{metrics}");
+    assert!(
+        metrics.contains("keygate_connections_open 20\n"),
+        "{metrics}"
+    );
+}
+
+/// A connection that sends nothing at all, and one that stops halfway through
+/// its head, are closed by the server.
+#[tokio::test]
+async fn silent_and_slow_header_connections_are_closed() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::builder(&mock)
+        .server(|o| {
+            o.header_read_timeout = Duration::from_millis(300);
+            o.keepalive_timeout = NEVER;
+        })
+        .start()
+        .await;
+    let mut silent = Raw::connect(&gw).await;
+    silent.closed_by_server().await;
+    let mut partial = Raw::connect(&gw).await;
+    partial.send(b"GET /healthz HTTP/1.1\r\nhost: ").await;
+    partial.closed_by_server().await;
+}
+
+/// A body slower than `body_read_timeout` gets 408 in the OpenAI shape, and the
+/// connection is closed after it.
+#[tokio::test]
+async fn a_slow_body_gets_408() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::builder(&mock)
+        .config(|c| c.body_read_timeout = Duration::from_millis(300))
+        .start()
+        .await;
+    let key = gw.key().await;
+    let body = padded_body(200);
+    let mut conn = Raw::connect(&gw).await;
+    conn.send(&post_head(&key, body.len())).await;
+    conn.send(&body[..10]).await;
+    let reply = tokio::time::timeout(DEADLINE, conn.reply())
+        .await
+        .expect("no answer to a slow body")
+        .unwrap();
+    assert_eq!(reply.status, 408);
+    assert_eq!(reply.code(), "request_timeout");
+    assert_eq!(reply.header("connection"), Some("close"));
+    conn.closed_by_server().await;
+    assert!(mock.requests().is_empty());
+}
+
+/// A 401 decided before the body was read: a small body is drained and the
+/// connection serves the next request; a large one is answered with
+/// `Connection: close`.
+#[tokio::test]
+async fn an_early_401_leaves_the_connection_usable_or_says_close() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock).await;
+    let body = padded_body(4 * 1024);
+    let mut conn = Raw::connect(&gw).await;
+    for _ in 0..3 {
+        conn.send(&post_head("kg_sk_not_a_real_key", body.len()))
+            .await;
+        conn.send(&body).await;
+        let reply = conn.reply().await.unwrap();
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.header("connection"), None);
+    }
+    conn.send(&get("/healthz")).await;
+    assert_eq!(conn.reply().await.unwrap().status, 200);
+
+    let large = padded_body(200 * 1024);
+    let mut conn = Raw::connect(&gw).await;
+    conn.send(&post_head("kg_sk_not_a_real_key", large.len()))
+        .await;
+    conn.send(&large).await;
+    let reply = conn.reply().await.unwrap();
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.header("connection"), Some("close"));
+    conn.closed_by_server().await;
+}
+
+/// A client sending 11.5 MB against the 10 MiB limit reads the 413: a hyper
+/// client, a raw client that reads only once it has sent everything, and a
+/// chunked body.
+#[tokio::test]
+async fn an_oversized_body_gets_a_readable_413() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock).await;
+    let key = gw.key().await;
+    let body = Bytes::from(padded_body(11_500_000));
+    let auth = format!("Bearer {key}");
+    let url = gw.url("/v1/chat/completions");
+    let request = request(
+        Method::POST,
+        &url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.clone(),
+    );
+    let reply = tokio::time::timeout(DEADLINE, send(request))
+        .await
+        .expect("no answer to an oversized body");
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.code(), "request_too_large");
+
+    // A client that sends its whole body before it reads: the rest of the body
+    // is read and discarded, not reset under it.
+    let mut conn = Raw::connect(&gw).await;
+    conn.send(&post_head(&key, body.len())).await;
+    let sent = tokio::time::timeout(DEADLINE, conn.tcp.write_all(&body)).await;
+    assert!(matches!(sent, Ok(Ok(()))), "the body was cut off: {sent:?}");
+    let reply = conn.reply().await.expect("the 413 was lost");
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.code(), "request_too_large");
+    assert_eq!(reply.header("connection"), Some("close"));
+
+    let chunks = body
+        .chunks(64 * 1024)
+        .map(|c| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::copy_from_slice(c)))
+        })
+        .collect::<Vec<_>>();
+    let streamed = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+    let request = http::Request::post(&url)
+        .header("authorization", &auth)
+        .body(streamed)
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = tokio::time::timeout(DEADLINE, client.request(request))
+        .await
+        .expect("no answer to an oversized chunked body")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(mock.requests().is_empty());
+}
+
+/// An idle keep-alive connection is closed after `keepalive_timeout`.
+#[tokio::test]
+async fn an_idle_keepalive_connection_is_closed() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::builder(&mock)
+        .server(|o| {
+            o.header_read_timeout = NEVER;
+            o.keepalive_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
+    let mut conn = Raw::connect(&gw).await;
+    conn.send(&get("/healthz")).await;
+    assert_eq!(conn.reply().await.unwrap().status, 200);
+    conn.closed_by_server().await;
+}
