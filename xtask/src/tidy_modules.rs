@@ -478,7 +478,7 @@ mod tests {
         let charge_uses = [
             "use crate::{\n    body::X,\n    error::ProxyError,\n};\n",
             "use crate::{body::{A, B}, error::{self, ProxyError}};\n",
-            "#[cfg(test)]\nmod tests {}\nfn late() -> crate::error::ProxyError { todo!() }\n",
+            "#[cfg(test)]\nmod tests {}\nfn late(e: crate::error::ProxyError) -> usize { 0 }\n",
             "use super::super::error::ProxyError;\n",
             "use crate::ProxyError;\n",
         ];
