@@ -47,7 +47,12 @@ pub fn inject_include_usage(body: &[u8]) -> Injection {
     let Some(open) = object_start(body) else {
         return Injection::NotStreaming;
     };
-    let Ok(request) = serde_json::from_slice::<StreamRequest>(body) else {
+    // serde_json skips the strings it does not read without checking their
+    // UTF-8, which JSON requires: such a body is not read without doubt.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Injection::NotStreaming;
+    };
+    let Ok(request) = serde_json::from_str::<StreamRequest>(text) else {
         return Injection::NotStreaming;
     };
     if request.stream != Some(true) {
@@ -552,6 +557,8 @@ mod tests {
             br#"{"stream":true,"stream_options":"yes"}"#,
             br#"[true]"#,
             br#"{"stream":true"#,
+            // Invalid UTF-8 in a key it does not read (found by cargo fuzz).
+            b"{\"stream\":true,\"\xda\xda\":1}",
             b"",
         ] {
             assert_eq!(

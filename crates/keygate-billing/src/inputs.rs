@@ -107,8 +107,18 @@ impl BillingInputs {
         if first != Some(&b'{') {
             return Err(BodyError::NotAnObject);
         }
+        // JSON is UTF-8 (RFC 8259). serde_json checks the strings it reads but
+        // skips others unchecked, so a body with invalid UTF-8 in a field
+        // keygate does not read would pass here and reach the upstream.
+        let body = match std::str::from_utf8(body) {
+            Ok(text) => text,
+            Err(e) => {
+                let (line, column) = position(body, e.valid_up_to());
+                return Err(BodyError::NotJson { line, column });
+            }
+        };
         let mut problem = None;
-        let mut de = serde_json::Deserializer::from_slice(body);
+        let mut de = serde_json::Deserializer::from_str(body);
         let read = de
             .deserialize_map(TopLevel {
                 problem: &mut problem,
@@ -123,6 +133,14 @@ impl BillingInputs {
             }),
         }
     }
+}
+
+/// The line and column (both from 1, the column in bytes) of byte `at`.
+fn position(body: &[u8], at: usize) -> (usize, usize) {
+    let before = &body[..at.min(body.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, column)
 }
 
 /// Reads `n` from text (a multipart form field): digits only, between 1 and

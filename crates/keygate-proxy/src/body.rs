@@ -75,6 +75,12 @@ struct Stream {
     ended: bool,
     /// Longest wait for the next frame, and the timer for it.
     idle: Option<Idle>,
+    /// The error the body ends with, held back for one poll: hyper's HTTP/1.1
+    /// server flushes what it has written when the body is pending, but closes
+    /// the connection at once on an error, so an upstream that fails right
+    /// after its headers would otherwise leave the client with no answer at all
+    /// rather than the head and a body that breaks off.
+    failure: Option<BodyError>,
 }
 
 /// The idle timer, armed only while the upstream makes the body wait: a body
@@ -134,6 +140,7 @@ impl GatewayBody {
                     timer: None,
                     armed: false,
                 }),
+                failure: None,
             }),
         }
     }
@@ -180,6 +187,19 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// Ends the body as failed with `error`, which the next poll returns (see
+    /// [`Stream::failure`]); this one is pending and wakes at once.
+    fn fail(
+        &mut self,
+        error: BodyError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.end(BodyEnd::Failed);
+        self.failure = Some(error);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Passes an upstream data frame through the stages; `None` when nothing of
@@ -232,6 +252,9 @@ impl Body for GatewayBody {
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
             Inner::Stream(stream) => loop {
+                if let Some(error) = stream.failure.take() {
+                    return Poll::Ready(Some(Err(error)));
+                }
                 if stream.ended {
                     return Poll::Ready(None);
                 }
@@ -241,8 +264,7 @@ impl Body for GatewayBody {
                         if let Some(idle) = &mut stream.idle {
                             if idle.expired(cx) {
                                 let limit = idle.limit;
-                                stream.end(BodyEnd::Failed);
-                                return Poll::Ready(Some(Err(Box::new(IdleTimeout(limit)))));
+                                return stream.fail(Box::new(IdleTimeout(limit)), cx);
                             }
                         }
                         return Poll::Pending;
@@ -272,10 +294,7 @@ impl Body for GatewayBody {
                         }
                         return Poll::Ready(Some(Ok(frame)));
                     }
-                    Some(Err(error)) => {
-                        stream.end(BodyEnd::Failed);
-                        return Poll::Ready(Some(Err(Box::new(error))));
-                    }
+                    Some(Err(error)) => return stream.fail(Box::new(error), cx),
                     None => {
                         let tail = stream.pass(Bytes::new(), true);
                         stream.end(BodyEnd::Complete);
@@ -289,7 +308,10 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(full) => full.is_end_stream(),
-            Inner::Stream(stream) => stream.ended || stream.body.is_end_stream(),
+            // A failure still to report is not an end.
+            Inner::Stream(stream) => {
+                stream.failure.is_none() && (stream.ended || stream.body.is_end_stream())
+            }
         }
     }
 

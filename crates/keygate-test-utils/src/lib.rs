@@ -20,7 +20,7 @@ mod postgres;
 mod process;
 mod tls;
 
-pub use mock_upstream::{MockUpstream, RecordedRequest};
+pub use mock_upstream::{Fault, MockUpstream, RecordedRequest};
 pub use postgres::{POSTGRES_URL_VAR, TestPostgres};
 pub use process::{
     AdminOutput, GatewayProcess, MOCK_ANTHROPIC_KEY_ENV, MOCK_OPENAI_KEY_ENV, admin,

@@ -1,6 +1,7 @@
 //! A mock OpenAI + Anthropic upstream: a real hyper server (HTTP/1.1 and HTTP/2,
 //! plain or TLS) on `127.0.0.1:0` that answers the routes a gateway forwards,
-//! records every request, and can be told to fail, hang, slow down or demand a key.
+//! records every request, and can be told to fail, hang, slow down, demand a key
+//! or misbehave in the ways of [`Fault`].
 //!
 //! This module holds the handle a test drives; `state` what the handle and the
 //! connections share (behaviour, recorded requests, counters), `server` the
@@ -30,7 +31,7 @@ use crate::tls::TestCerts;
 use server::accept_loop;
 use state::{Failure, Shared, lock};
 
-pub use state::RecordedRequest;
+pub use state::{Fault, RecordedRequest};
 
 /// A mock OpenAI + Anthropic upstream listening on `127.0.0.1` on a free port.
 ///
@@ -183,10 +184,18 @@ impl MockUpstream {
         self.shared.behaviour().failure = Some(Failure::Hang);
     }
 
-    /// Undoes [`MockUpstream::fail_with`] and [`MockUpstream::hang`] for
-    /// following requests.
+    /// Misbehaves as `fault` says on every following request (or, for
+    /// [`Fault::Refuse`], connection) until [`MockUpstream::clear_failure`].
+    pub fn set_fault(&self, fault: Fault) {
+        self.shared.behaviour().fault = Some(fault);
+    }
+
+    /// Undoes [`MockUpstream::fail_with`], [`MockUpstream::hang`] and
+    /// [`MockUpstream::set_fault`] for following requests.
     pub fn clear_failure(&self) {
-        self.shared.behaviour().failure = None;
+        let mut behaviour = self.shared.behaviour();
+        behaviour.failure = None;
+        behaviour.fault = None;
     }
 
     /// Whether following requests are recorded (default: yes). A load test

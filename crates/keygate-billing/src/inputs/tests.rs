@@ -322,3 +322,27 @@ proptest! {
         let _ = BillingInputs::read(&body);
     }
 }
+
+/// Found by `cargo fuzz` (inject_include_usage): serde_json skips the strings
+/// it does not read without checking their UTF-8, so a body with invalid UTF-8
+/// in a field keygate ignores was read as JSON and forwarded.
+#[test]
+fn invalid_utf8_anywhere_is_not_json() {
+    let mut body = br#"{"model":"gpt-4o","x":""#.to_vec();
+    body.extend_from_slice(&[0xda, 0xda]);
+    body.extend_from_slice(b"\"}");
+    assert_eq!(
+        BillingInputs::read(&body),
+        Err(BodyError::NotJson {
+            line: 1,
+            column: 24
+        })
+    );
+    let mut key = b"{\n\"".to_vec();
+    key.extend_from_slice(&[0xff]);
+    key.extend_from_slice(br#"":1,"model":"m"}"#);
+    assert_eq!(
+        BillingInputs::read(&key),
+        Err(BodyError::NotJson { line: 2, column: 2 })
+    );
+}

@@ -327,3 +327,99 @@ async fn an_idle_keepalive_connection_is_closed() {
     assert_eq!(conn.reply().await.unwrap().status, 200);
     conn.closed_by_server().await;
 }
+
+/// The value of an unlabelled metric in `/metrics` text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Reads `/metrics` on `conn` until `name` is `want` (at most [`DEADLINE`]):
+/// a connection the server closed is counted out just after the close.
+async fn metric_becomes(conn: &mut Raw, name: &str, want: u64) {
+    let mut text = String::new();
+    for _ in 0..100 {
+        conn.send(&get("/metrics")).await;
+        text = String::from_utf8(conn.reply().await.unwrap().body).unwrap();
+        if metric(&text, name) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} never became {want}: {text}");
+}
+
+/// Idle connections the listener's backlog holds (128 from tokio) past those
+/// served, with room to spare: more would not wait in the backlog but have
+/// their SYN dropped and retried by the kernel, a second later.
+const BACKLOGGED: usize = 110;
+
+/// 150 idle connections against `max_connections = 40`: 40 are served and the
+/// rest wait in the backlog, counted on `/metrics`; when the clients give up,
+/// the count goes back down and the first connection is still served.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_past_the_limit_wait_in_the_backlog() {
+    const LIMIT: usize = 40;
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::builder(&mock)
+        .server(|o| {
+            o.max_connections = LIMIT;
+            o.header_read_timeout = NEVER;
+            o.keepalive_timeout = NEVER;
+        })
+        .start()
+        .await;
+    // Served first, it keeps its place and reads `/metrics` later.
+    let mut watcher = Raw::connect(&gw).await;
+    watcher.send(&get("/healthz")).await;
+    assert_eq!(watcher.reply().await.unwrap().status, 200);
+    let mut idle = Vec::new();
+    for _ in 0..LIMIT + BACKLOGGED {
+        idle.push(Raw::connect(&gw).await);
+    }
+    metric_becomes(&mut watcher, "keygate_connections_open", LIMIT as u64).await;
+    watcher.send(&get("/metrics")).await;
+    let text = String::from_utf8(watcher.reply().await.unwrap().body).unwrap();
+    assert!(
+        metric(&text, "keygate_connections_waited_total") >= 1,
+        "{text}"
+    );
+    drop(idle);
+    metric_becomes(&mut watcher, "keygate_connections_open", 1).await;
+}
+
+/// 150 connections that never send a byte, against `max_connections = 40` and
+/// a 200 ms `header_read_timeout`: each one the server takes in is closed
+/// silent, which lets the waiting ones in turn, until the server has closed
+/// every one; then a new client is served, with nothing else left open.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_past_the_limit_are_all_closed() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::builder(&mock)
+        .server(|o| {
+            o.max_connections = 40;
+            o.header_read_timeout = Duration::from_millis(200);
+            o.keepalive_timeout = NEVER;
+        })
+        .start()
+        .await;
+    let mut idle = Vec::new();
+    for _ in 0..40 + BACKLOGGED {
+        idle.push(Raw::connect(&gw).await);
+    }
+    let closed = futures_util::future::join_all(
+        idle.iter_mut()
+            .map(|conn| tokio::time::timeout(DEADLINE * 3, async { while conn.fill().await {} })),
+    )
+    .await;
+    let kept = closed.iter().filter(|c| c.is_err()).count();
+    assert_eq!(kept, 0, "{kept} silent connections were never closed");
+    drop(idle);
+    let mut fresh = Raw::connect(&gw).await;
+    fresh.send(&get("/healthz")).await;
+    assert_eq!(fresh.reply().await.unwrap().status, 200);
+    metric_becomes(&mut fresh, "keygate_connections_open", 1).await;
+}

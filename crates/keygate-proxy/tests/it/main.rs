@@ -16,3 +16,4 @@ mod harness;
 mod inputs;
 mod proxy;
 mod tls;
+mod upstream_faults;

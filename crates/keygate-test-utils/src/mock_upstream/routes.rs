@@ -1,6 +1,7 @@
 //! How the mock upstream answers one request: record it, apply the failure or
 //! latency the test asked for, check the key, and route it to the wire format
-//! of its endpoint (or a 404 or 400 in the provider's error shape).
+//! of its endpoint (or a 404 or 400 in the provider's error shape), changed by
+//! the fault the test set.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::body::{MockBody, json, raw_json, sse};
+use super::body::{MockBody, json, raw_json, sse, with_fault};
 use super::formats::{self, Reply};
 use super::state::{Behaviour, Failure, RecordedRequest, Shared, lock};
 
@@ -47,7 +48,11 @@ pub(super) async fn handle(
     if let Some(Failure::Status(status, body)) = behaviour.failure {
         return Ok(raw_json(status, body));
     }
-    Ok(route(&shared, &behaviour, &parts, &body))
+    let response = route(&shared, &behaviour, &parts, &body);
+    Ok(match &behaviour.fault {
+        Some(fault) => with_fault(response, fault),
+        None => response,
+    })
 }
 
 /// Which error shape a route answers in.

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::routes::handle;
-use super::state::Shared;
+use super::state::{Fault, Shared};
 
 /// Accepts connections until `stopped`'s sender is dropped, then aborts every
 /// connection task it started.
@@ -32,6 +32,17 @@ pub(super) async fn accept_loop(
             _ = stopped.changed() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                let fault = shared.behaviour().fault.clone();
+                if fault == Some(Fault::Refuse) {
+                    // Dropped with SO_LINGER 0: the peer sees RST.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                    continue;
+                }
+                if matches!(fault, Some(Fault::ResetAfterHeaders | Fault::ResetMidStream { .. })) {
+                    // A failed body closes the connection with RST, not FIN.
+                    let _ = stream.set_zero_linger();
+                }
                 if shared.nodelay.load(Ordering::Relaxed) {
                     let _ = stream.set_nodelay(true);
                 }

@@ -75,6 +75,7 @@ pub(super) struct Behaviour {
     pub(super) latency: Duration,
     pub(super) chunk_delay: Duration,
     pub(super) failure: Option<Failure>,
+    pub(super) fault: Option<Fault>,
     pub(super) cached_tokens: usize,
     /// Prompt and completion counts to report instead of the real ones, as
     /// raw JSON values.
@@ -89,6 +90,7 @@ impl Default for Behaviour {
             latency: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             failure: None,
+            fault: None,
             cached_tokens: 0,
             reported_usage: None,
         }
@@ -102,6 +104,48 @@ pub(super) enum Failure {
     Status(StatusCode, Bytes),
     /// Never send response headers.
     Hang,
+}
+
+/// A way for the mock to misbehave on every following request (or connection),
+/// until [`MockUpstream::clear_failure`](super::MockUpstream::clear_failure):
+/// the faults a gateway must survive. Set with
+/// [`MockUpstream::set_fault`](super::MockUpstream::set_fault); the usage an
+/// answer reports (wrong types, huge or negative counts) is set with
+/// [`MockUpstream::set_usage`](super::MockUpstream::set_usage) instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Every connection accepted from now on is reset (closed with `SO_LINGER`
+    /// 0, so the peer sees RST) before a byte is read: what a client sees of an
+    /// upstream whose port refuses or whose process just died. Connections
+    /// already open are not touched.
+    Refuse,
+    /// The status line and headers are sent, then the body fails: on HTTP/1.1
+    /// the connection is reset, on HTTP/2 the stream gets `RST_STREAM`.
+    ResetAfterHeaders,
+    /// The first `frames` body frames (SSE events, or the one JSON body) are
+    /// sent, then the body fails as for [`Fault::ResetAfterHeaders`].
+    ResetMidStream {
+        /// Frames sent before the reset.
+        frames: usize,
+    },
+    /// Every event's JSON (or the JSON body) is cut in half, `[DONE]` kept.
+    BrokenJson,
+    /// Streams end without their terminator: no `data: [DONE]` (OpenAI), no
+    /// `message_stop` (Anthropic); the usage events are still sent.
+    NoDone,
+    /// A non-streaming chat completion's reply text is padded so that the body
+    /// is at least `bytes` long, sent in 64 KiB frames with its `usage` at the
+    /// end as usual.
+    Huge {
+        /// The body's least size.
+        bytes: usize,
+    },
+    /// The answer is sent one byte per frame, `interval` apart (the first byte
+    /// at once); it is as long as the ordinary answer, so the drip ends.
+    Drip {
+        /// Time between two bytes.
+        interval: Duration,
+    },
 }
 
 /// Locks a mutex, ignoring poisoning: a panicking test must not hide the state
