@@ -8,6 +8,7 @@
 
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use crate::sse::{SseParser, find_either, find_line_end};
 
@@ -26,22 +27,25 @@ pub enum Injection {
 }
 
 /// Sets `stream_options.include_usage` in a streaming OpenAI chat or completions
-/// request body. When the body has no `stream_options`, the field is inserted
-/// right after the opening `{` and every other byte is kept. When it has one
-/// without `include_usage: true`, the body is parsed, changed and serialised
-/// again: same fields and values, but keys in sorted order and insignificant
-/// whitespace gone.
+/// request body, changing only the bytes it must: with no `stream_options`, the
+/// field is inserted right after the opening `{`; a `null` one is replaced by
+/// `{"include_usage":true}`; in an object, `include_usage` is inserted after its
+/// `{`, or its `false` or `null` replaced by `true`. Every other byte is kept,
+/// so numbers the upstream reads (a large `seed`, a precise `temperature`)
+/// reach it exactly as the client wrote them.
 pub fn inject_include_usage(body: &[u8]) -> Injection {
     #[derive(Deserialize)]
-    struct StreamRequest {
+    struct StreamRequest<'a> {
         stream: Option<bool>,
-        /// Absent: `None`; `null`: `Some(None)`.
-        #[serde(default, deserialize_with = "present")]
-        stream_options: Option<Option<StreamOptions>>,
+        /// Absent: `None`; anything else, `null` included, as written.
+        #[serde(default, borrow, deserialize_with = "present")]
+        stream_options: Option<&'a RawValue>,
     }
     #[derive(Deserialize)]
-    struct StreamOptions {
-        include_usage: Option<bool>,
+    struct StreamOptions<'a> {
+        /// Absent: `None`; anything else, `null` included, as written.
+        #[serde(default, borrow, deserialize_with = "present")]
+        include_usage: Option<&'a RawValue>,
     }
 
     let Some(open) = object_start(body) else {
@@ -52,24 +56,64 @@ pub fn inject_include_usage(body: &[u8]) -> Injection {
     let Ok(text) = std::str::from_utf8(body) else {
         return Injection::NotStreaming;
     };
-    let Ok(request) = serde_json::from_str::<StreamRequest>(text) else {
+    let Ok(request) = serde_json::from_str::<StreamRequest<'_>>(text) else {
         return Injection::NotStreaming;
     };
     if request.stream != Some(true) {
         return Injection::NotStreaming;
     }
-    match request.stream_options {
-        None => {
-            // The object has a `stream` key, so a comma after the new one is valid.
-            const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
-            let (head, tail) = body.split_at(open + 1);
-            Injection::Rewritten([head, FIELD, tail].concat())
-        }
-        Some(Some(StreamOptions {
-            include_usage: Some(true),
-        })) => Injection::AlreadyAsked,
-        Some(_) => reserialise_with_usage(body),
+    let Some(options) = request.stream_options else {
+        // The object has a `stream` key, so a comma after the new one is valid.
+        return splice(
+            text,
+            open + 1..open + 1,
+            r#""stream_options":{"include_usage":true},"#,
+        );
+    };
+    let Some(at) = range_in(text, options.get()) else {
+        return Injection::NotStreaming;
+    };
+    match options.get() {
+        "null" => return splice(text, at, r#"{"include_usage":true}"#),
+        raw if raw.starts_with('{') => {}
+        _ => return Injection::NotStreaming,
     }
+    let Ok(parsed) = serde_json::from_str::<StreamOptions<'_>>(options.get()) else {
+        return Injection::NotStreaming;
+    };
+    match parsed
+        .include_usage
+        .map(|v| (v.get(), range_in(text, v.get())))
+    {
+        None => {
+            let inner = text[at.start + 1..].trim_start();
+            let field = if inner.starts_with('}') {
+                r#""include_usage":true"#
+            } else {
+                r#""include_usage":true,"#
+            };
+            splice(text, at.start + 1..at.start + 1, field)
+        }
+        Some(("true", _)) => Injection::AlreadyAsked,
+        Some(("false" | "null", Some(value))) => splice(text, value, "true"),
+        Some(_) => Injection::NotStreaming,
+    }
+}
+
+/// `text` with `range` replaced by `with`.
+fn splice(text: &str, range: std::ops::Range<usize>, with: &str) -> Injection {
+    let mut out = Vec::with_capacity(text.len() + with.len());
+    out.extend_from_slice(&text.as_bytes()[..range.start]);
+    out.extend_from_slice(with.as_bytes());
+    out.extend_from_slice(&text.as_bytes()[range.end..]);
+    Injection::Rewritten(out)
+}
+
+/// Where `part`, a slice borrowed from `whole`, lies in it.
+fn range_in(whole: &str, part: &str) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
 }
 
 /// Whether `bytes` start, after whitespace, with `{`. Serde reads a struct from
@@ -369,30 +413,6 @@ fn object_start(bytes: &[u8]) -> Option<usize> {
     (bytes.get(at) == Some(&b'{')).then_some(at)
 }
 
-fn reserialise_with_usage(body: &[u8]) -> Injection {
-    let Ok(serde_json::Value::Object(mut request)) = serde_json::from_slice(body) else {
-        return Injection::NotStreaming;
-    };
-    let include = || ("include_usage".to_owned(), serde_json::Value::Bool(true));
-    match request.get_mut("stream_options") {
-        Some(serde_json::Value::Object(options)) => {
-            let (key, value) = include();
-            options.insert(key, value);
-        }
-        _ => {
-            let options = serde_json::Map::from_iter([include()]);
-            request.insert(
-                "stream_options".to_owned(),
-                serde_json::Value::Object(options),
-            );
-        }
-    }
-    match serde_json::to_vec(&request) {
-        Ok(rewritten) => Injection::Rewritten(rewritten),
-        Err(_) => Injection::NotStreaming,
-    }
-}
-
 /// Whether an event's bytes (terminated or not) are a usage-only chunk.
 fn is_usage_only(event: &[u8]) -> bool {
     if event.is_empty() {
@@ -495,178 +515,4 @@ impl<'de> Deserialize<'de> for EmptySeq {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rewritten(body: &str) -> String {
-        match inject_include_usage(body.as_bytes()) {
-            Injection::Rewritten(bytes) => String::from_utf8(bytes).unwrap(),
-            other => panic!("{body}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn inserts_stream_options_keeping_every_other_byte() {
-        assert_eq!(
-            rewritten(
-                r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
-            ),
-            r#"{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
-        );
-        assert_eq!(
-            rewritten(" \n{ \"stream\" : true }\n"),
-            " \n{\"stream_options\":{\"include_usage\":true}, \"stream\" : true }\n"
-        );
-    }
-
-    #[test]
-    fn completes_existing_stream_options() {
-        assert_eq!(
-            rewritten(
-                r#"{"stream":true,"model":"m","stream_options":{"include_usage":false,"x":1}}"#
-            ),
-            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"x":1}}"#
-        );
-        assert_eq!(
-            rewritten(r#"{"stream":true,"stream_options":null}"#),
-            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
-        );
-        assert_eq!(
-            rewritten(r#"{"stream":true,"stream_options":{}}"#),
-            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
-        );
-    }
-
-    #[test]
-    fn a_client_that_asked_is_left_alone() {
-        assert_eq!(
-            inject_include_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),
-            Injection::AlreadyAsked
-        );
-    }
-
-    #[test]
-    fn everything_else_is_not_streaming() {
-        for body in [
-            &br#"{"model":"m"}"#[..],
-            br#"{"stream":false}"#,
-            br#"{"stream":null}"#,
-            br#"{"stream":"true"}"#,
-            br#"{"stream":true,"stream":true}"#,
-            br#"{"stream":true,"stream_options":{},"stream_options":{}}"#,
-            br#"{"stream":true,"stream_options":"yes"}"#,
-            br#"[true]"#,
-            br#"{"stream":true"#,
-            // Invalid UTF-8 in a key it does not read (found by cargo fuzz).
-            b"{\"stream\":true,\"\xda\xda\":1}",
-            b"",
-        ] {
-            assert_eq!(
-                inject_include_usage(body),
-                Injection::NotStreaming,
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-    }
-
-    const USAGE: &str =
-        r#"data: {"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
-
-    fn filter_bytewise(input: &[u8]) -> (Vec<u8>, u64) {
-        let mut filter = UsageChunkFilter::new();
-        let mut out = Vec::new();
-        for byte in input {
-            out.extend(filter.push(std::slice::from_ref(byte)));
-        }
-        let removed = filter.removed();
-        out.extend(filter.finish());
-        (out, removed)
-    }
-
-    #[test]
-    fn removes_the_usage_chunk_with_every_line_ending() {
-        for end in ["\n", "\r\n", "\r"] {
-            let keep = format!("data: {{\"choices\":[{{\"delta\":{{}}}}]}}{end}{end}");
-            let done = format!(": c{end}{end}data: [DONE]{end}{end}");
-            let input = format!("{keep}{USAGE}{end}{end}{done}");
-            let expected = format!("{keep}{done}");
-            let mut filter = UsageChunkFilter::new();
-            let mut whole = filter.push(input.as_bytes());
-            assert_eq!(filter.removed(), 1);
-            whole.extend(filter.finish());
-            assert_eq!(String::from_utf8(whole).unwrap(), expected, "{end:?}");
-            let (bytewise, removed) = filter_bytewise(input.as_bytes());
-            assert_eq!(String::from_utf8(bytewise).unwrap(), expected, "{end:?}");
-            assert_eq!(removed, 1);
-        }
-    }
-
-    #[test]
-    fn the_lf_of_a_split_crlf_follows_its_event() {
-        let mut filter = UsageChunkFilter::new();
-        let mut out = filter.push(format!("{USAGE}\r\n\r").as_bytes());
-        assert!(out.is_empty());
-        out.extend(filter.push(b"\ndata: x\r"));
-        out.extend(filter.push(b"\n\r"));
-        assert_eq!(out, b"data: x\r\n\r");
-        out.extend(filter.push(b"\n"));
-        assert_eq!(out, b"data: x\r\n\r\n");
-    }
-
-    #[test]
-    fn complete_events_go_out_at_once() {
-        let mut filter = UsageChunkFilter::new();
-        assert_eq!(filter.push(b"data: a\n\ndata: b"), b"data: a\n\n");
-        assert_eq!(filter.push(b"\n"), b"");
-        assert_eq!(filter.push(b"\n"), b"data: b\n\n");
-    }
-
-    #[test]
-    fn keeps_chunks_that_are_not_usage_only() {
-        for data in [
-            r#"{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":3}}"#,
-            r#"{"choices":[]}"#,
-            r#"{"usage":{"prompt_tokens":3}}"#,
-            r#"[[],{"prompt_tokens":3}]"#,
-            r#"{"choices":[],"choices":[],"usage":{}}"#,
-            "[DONE]",
-        ] {
-            let input = format!("data: {data}\n\n");
-            let (out, removed) = filter_bytewise(input.as_bytes());
-            assert_eq!(String::from_utf8(out).unwrap(), input);
-            assert_eq!(removed, 0);
-        }
-        // A chunk is kept, but without the `"usage":null` the injection added.
-        let (out, removed) = filter_bytewise(b"data: {\"choices\":[],\"usage\":null}\n\n");
-        assert_eq!(out, b"data: {\"choices\":[]}\n\n");
-        assert_eq!(removed, 0);
-    }
-
-    #[test]
-    fn an_unterminated_usage_chunk_at_the_end_is_removed() {
-        for tail in ["", "\n", "\r", "\r\n"] {
-            let input = format!("data: a\n\n{USAGE}{tail}");
-            let (out, removed_before_finish) = filter_bytewise(input.as_bytes());
-            assert_eq!(out, b"data: a\n\n", "{tail:?}");
-            assert_eq!(removed_before_finish, 0);
-        }
-        let (out, _) = filter_bytewise(b"data: a\n\ndata: {\"choices\":[");
-        assert_eq!(out, b"data: a\n\ndata: {\"choices\":[");
-    }
-
-    #[test]
-    fn a_long_event_streams_through_without_being_held() {
-        let mut filter = UsageChunkFilter::new();
-        let big = vec![b'x'; MAX_HELD_EVENT_BYTES];
-        assert!(filter.push(b"data: ").is_empty());
-        let first = filter.push(&big);
-        assert_eq!(first.len(), MAX_HELD_EVENT_BYTES + 6);
-        assert_eq!(filter.push(b"yz"), b"yz");
-        assert_eq!(filter.push(b"\n\n"), b"\n\n");
-        assert!(filter.push(USAGE.as_bytes()).is_empty());
-        assert!(filter.push(b"\n\n").is_empty());
-        assert_eq!(filter.removed(), 1);
-        assert!(filter.finish().is_empty());
-    }
-}
+mod tests;

@@ -1,0 +1,36 @@
+//! `UsageChunkFilter` on arbitrary streams, whole and in pieces.
+//!
+//! Properties: no panic; the same output and removal count either way; a
+//! stream from which no event was removed passes byte for byte (but for an
+//! unfinished usage-only last event).
+#![no_main]
+
+use keygate_billing::UsageChunkFilter;
+use keygate_fuzz::{pieces, seed_and_rest};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((seed, stream)) = seed_and_rest(data) else {
+        return;
+    };
+    let mut whole = UsageChunkFilter::new();
+    let mut out = whole.push(stream);
+    let removed = whole.removed();
+    let finished = whole.finish();
+    out.extend_from_slice(&finished);
+    let mut pieced = UsageChunkFilter::new();
+    let mut split = Vec::new();
+    for piece in pieces(seed, stream) {
+        split.extend(pieced.push(piece));
+    }
+    let split_removed = pieced.removed();
+    split.extend(pieced.finish());
+    assert_eq!(out, split);
+    assert_eq!(removed, split_removed);
+    // Only whole usage-only events are removed, so nothing is added, and with
+    // none removed before the end at most the unfinished last event is missing.
+    assert!(out.len() <= stream.len());
+    if removed == 0 {
+        assert!(stream.starts_with(&out));
+    }
+});
