@@ -9,6 +9,7 @@
     reason = "test code: a failed step fails the test"
 )]
 
+mod schema;
 mod suite;
 
 use std::sync::Arc;
