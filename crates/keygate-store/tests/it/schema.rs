@@ -56,7 +56,7 @@ struct Column {
 }
 
 /// The columns of `columns` that can hold text and are not in the allowlist.
-fn unexpected<'a>(columns: &'a [Column], holds_text: impl Fn(&str) -> bool) -> Vec<&'a Column> {
+fn unexpected(columns: &[Column], holds_text: impl Fn(&str) -> bool) -> Vec<&Column> {
     assert!(
         columns.iter().any(|c| c.table_name == "usage_records"),
         "the schema was not read: {columns:?}"
