@@ -9,6 +9,8 @@
     reason = "tests"
 )]
 
+mod privacy;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
