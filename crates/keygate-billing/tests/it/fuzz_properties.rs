@@ -238,7 +238,7 @@ proptest! {
         split.extend(pieced.finish());
         prop_assert_eq!(&out, &split);
         prop_assert!(out.len() <= stream.len());
-        if removed == 0 {
+        if removed == 0 && !stream.windows(7).any(|w| w == b"\"usage\"") {
             prop_assert!(stream.starts_with(&out));
         }
     }
