@@ -113,6 +113,8 @@ pub enum Actor {
     Cli,
     /// An admin token, through the API or the console.
     Token(AdminTokenId),
+    /// The gateway's own cleanup (`[keys] delete_after`).
+    Cleanup,
 }
 
 impl Actor {
@@ -121,6 +123,7 @@ impl Actor {
         match self {
             Actor::Cli => "cli",
             Actor::Token(id) => id.as_str(),
+            Actor::Cleanup => "cleanup",
         }
     }
 }

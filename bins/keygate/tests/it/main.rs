@@ -9,6 +9,8 @@
     reason = "tests"
 )]
 
+mod admin_api;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
