@@ -133,7 +133,8 @@ async fn admin_api_end_to_end(database_url: &str) {
         401,
         "missing_admin_token",
     );
-    let bad = format!("{}0", &owner[..owner.len() - 1]);
+    let last = if owner.ends_with('0') { '1' } else { '0' };
+    let bad = format!("{}{last}", &owner[..owner.len() - 1]);
     assert_error(
         &call(base, "GET", "/api/accounts", Some(&bad), None, None).await,
         401,
@@ -716,8 +717,120 @@ async fn schemathesis_finds_no_5xx_and_no_response_off_schema() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    eprintln!(
-        "{}",
-        stdout
+    eprintln!("{}", stdout);
+}
+
+/// A key holder's own view on the gateway port: `GET /v1/key`, `/v1/usage`,
+/// `/v1/quota` with the `usage` scope; 403 `insufficient_scope` without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_holders_see_their_own_key_and_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(
+        dir.path(),
+        &format!("sqlite://{}", dir.path().join("keygate.db").display()),
+    )
+    .await;
+    let owner = d.token("owner").await;
+    let base = d.admin_url.as_str();
+    let account = call(
+        base,
+        "POST",
+        "/api/accounts",
+        Some(&owner),
+        Some(json!({"name": "Holder", "balance": "5"})),
+        None,
+    )
+    .await;
+    let account = account.body["id"].as_str().unwrap().to_owned();
+    let with = call(
+        base,
+        "POST",
+        "/api/keys",
+        Some(&owner),
+        Some(json!({"account": account, "name": "mine", "scopes": ["chat", "usage"], "rpm": 100})),
+        None,
+    )
+    .await;
+    let secret = with.body["key"].as_str().unwrap().to_owned();
+    let without = call(
+        base,
+        "POST",
+        "/api/keys",
+        Some(&owner),
+        Some(json!({"account": account, "scopes": ["chat"]})),
+        None,
+    )
+    .await;
+    let other = without.body["key"].as_str().unwrap().to_owned();
+    let gw = d.gateway.base_url.as_str();
+
+    let (status, _) = post_chat(gw, &secret, false).await;
+    assert_eq!(status, 200);
+    let info = call(gw, "GET", "/v1/key", Some(&secret), None, None).await;
+    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(info.body["id"], with.body["id"]);
+    assert_eq!(info.body["name"], "mine");
+    assert_eq!(info.body["rpm"], 100);
+    assert!(!info.body.to_string().contains(&secret[7..]));
+
+    // Usage records are written in batches: wait (bounded) for the request's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let usage = call(
+            gw,
+            "GET",
+            "/v1/usage?since=1h&group_by=model",
+            Some(&secret),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(usage.status, 200, "{}", usage.body);
+        if usage.body["requests"] == 1 || Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(usage.body["requests"], 1, "{}", usage.body);
+    assert_eq!(usage.body["data"][0]["group"], "gpt-4o-mini");
+    assert!(usage.body["cost_micros"].as_i64().unwrap() > 0);
+    // The balance is charged when the key's lease settles (a batch window later).
+    let balance = usage.body["balance_micros"].as_i64().unwrap();
+    assert!(balance <= 5_000_000, "{}", usage.body);
+    assert_eq!(
+        usage.body["available_micros"].as_i64().unwrap(),
+        balance - usage.body["reserved_micros"].as_i64().unwrap()
     );
+    let quota = call(gw, "GET", "/v1/quota", Some(&secret), None, None).await;
+    assert_eq!(quota.status, 200);
+    assert_eq!(quota.body["key_id"], with.body["id"]);
+    assert!(quota.body["balance_micros"].is_i64());
+    let by_day = call(
+        gw,
+        "GET",
+        "/v1/usage?group_by=day",
+        Some(&secret),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(by_day.body["data"].as_array().unwrap().len(), 1);
+    assert_error(
+        &call(
+            gw,
+            "GET",
+            "/v1/usage?group_by=key",
+            Some(&secret),
+            None,
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+
+    for path in ["/v1/key", "/v1/usage", "/v1/quota"] {
+        let refused = call(gw, "GET", path, Some(&other), None, None).await;
+        assert_error(&refused, 403, "insufficient_scope");
+    }
 }
