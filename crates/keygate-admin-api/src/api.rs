@@ -20,6 +20,7 @@ use crate::context::{Answer, Body, Caller, Deps, Stores, json_response};
 use crate::error::ApiError;
 use crate::handlers;
 use crate::routes::{Lookup, Matched, lookup};
+use crate::{console, session};
 
 /// The largest request body the admin API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -64,10 +65,18 @@ impl AdminApi {
     {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let response = match self.route(request, peer).await {
-            Ok(answer) => answer.into_response(),
-            Err(error) => error_response(&error),
+        let mut response = match console::asset(&path).filter(|_| method == Method::GET) {
+            Some(page) => page,
+            None if path == "/console/session" => match self.session(request, peer).await {
+                Ok(response) => response,
+                Err(error) => error_response(&error),
+            },
+            None => match self.route(request, peer).await {
+                Ok(answer) => answer.into_response(),
+                Err(error) => error_response(&error),
+            },
         };
+        console::secure_headers(response.headers_mut());
         tracing::info!(
             target: "keygate::admin",
             method = %method,
@@ -93,7 +102,9 @@ impl AdminApi {
             Lookup::WrongMethod => return Err(ApiError::MethodNotAllowed(path.to_owned())),
             Lookup::NotFound => return Err(ApiError::NoRoute(path.to_owned())),
         };
-        let caller = self.authenticate(&parts.headers, peer).await?;
+        let caller = self
+            .authenticate(&parts.headers, &parts.method, peer)
+            .await?;
         if !caller.token.role.allows(matched.route.role) {
             return Err(ApiError::Forbidden {
                 role: caller.token.role.name(),
@@ -194,13 +205,22 @@ impl AdminApi {
     async fn authenticate(
         &self,
         headers: &http::HeaderMap,
+        method: &Method,
         peer: IpAddr,
     ) -> Result<Caller, ApiError> {
         if self.blocked.contains_key(&peer) {
             return Err(ApiError::Throttled { retry_after: 60 });
         }
         let Some(value) = headers.get(AUTHORIZATION) else {
-            return Err(ApiError::MissingToken);
+            return match session::from_cookie(&self.deps, headers, method).await {
+                Ok(Some(caller)) => Ok(caller),
+                Ok(None) => Err(ApiError::MissingToken),
+                Err(ApiError::InvalidToken) => {
+                    self.failed_attempt(peer);
+                    Err(ApiError::InvalidToken)
+                }
+                Err(other) => Err(other),
+            };
         };
         let presented = value
             .to_str()
@@ -227,6 +247,32 @@ impl AdminApi {
                 Err(ApiError::InvalidToken)
             }
         }
+    }
+
+    /// `/console/session`: sign in (POST), who am I (GET), sign out (DELETE).
+    async fn session<B>(
+        &self,
+        request: Request<B>,
+        peer: IpAddr,
+    ) -> Result<Response<Body>, ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if self.blocked.contains_key(&peer) {
+            return Err(ApiError::Throttled { retry_after: 60 });
+        }
+        let (parts, body) = request.into_parts();
+        let result = match parts.method {
+            Method::POST => session::sign_in(&self.deps, &read_body(body).await?).await,
+            Method::GET => session::current(&self.deps, &parts.headers).await,
+            Method::DELETE => session::sign_out(&self.deps, &parts.headers).await,
+            _ => Err(ApiError::MethodNotAllowed("/console/session".into())),
+        };
+        if matches!(result, Err(ApiError::InvalidToken)) {
+            self.failed_attempt(peer);
+        }
+        result
     }
 
     fn failed_attempt(&self, peer: IpAddr) {
@@ -276,6 +322,8 @@ fn route_name(method: &Method, path: &str) -> &'static str {
     match lookup(method, path) {
         Lookup::Found(m) => m.route.path,
         _ if path == "/openapi.json" => "/openapi.json",
+        _ if path == "/console/session" => "/console/session",
+        _ if console::asset(path).is_some() => "console asset",
         _ => "other",
     }
 }

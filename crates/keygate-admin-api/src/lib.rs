@@ -5,9 +5,13 @@
 //! document is served at `/openapi.json`. Bodies have the shape
 //! `keygate-admin --json` prints, errors the OpenAI error shape.
 //!
+//! It also serves the web console at `/` (assets compiled in, sessions as
+//! hashed cookies with CSRF tokens).
+//!
 //! This crate does no proxying and no SQL: it works on the store's traits.
 
 mod api;
+mod console;
 mod context;
 mod error;
 mod handlers;
@@ -15,9 +19,11 @@ mod inputs;
 mod openapi;
 mod routes;
 mod server;
+mod session;
 mod views;
 
 pub use api::{AdminApi, MAX_BODY_BYTES};
+pub use console::page_cost;
 pub use context::Stores;
 pub use error::ApiError;
 pub use openapi::document as openapi_document;

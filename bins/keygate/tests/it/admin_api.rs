@@ -80,9 +80,24 @@ async fn call(
     body: Option<Value>,
     idempotency_key: Option<&str>,
 ) -> Reply {
+    call_with(base, method, path, token, body, idempotency_key, &[]).await
+}
+
+async fn call_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+    idempotency_key: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Reply {
     let mut request = http::Request::builder()
         .method(method)
         .uri(format!("{base}{path}"));
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
@@ -833,4 +848,141 @@ async fn key_holders_see_their_own_key_and_usage() {
         let refused = call(gw, "GET", path, Some(&other), None, None).await;
         assert_error(&refused, 403, "insufficient_scope");
     }
+}
+
+/// Console sessions: a hashed cookie with the right flags, and no change without
+/// the CSRF token; the console page carries a strict CSP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sessions_need_the_csrf_token_for_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(
+        dir.path(),
+        &format!("sqlite://{}", dir.path().join("keygate.db").display()),
+    )
+    .await;
+    let owner = d.token("owner").await;
+    let base = d.admin_url.as_str();
+    let signed = call(
+        base,
+        "POST",
+        "/console/session",
+        None,
+        Some(json!({"token": owner})),
+        None,
+    )
+    .await;
+    assert_eq!(signed.status, 200, "{}", signed.body);
+    let set = signed.headers["set-cookie"].to_str().unwrap().to_owned();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = signed.body["csrf"].as_str().unwrap().to_owned();
+    let who = call_with(
+        base,
+        "GET",
+        "/console/session",
+        None,
+        None,
+        None,
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(who.body["role"], "owner");
+    let read = call_with(
+        base,
+        "GET",
+        "/api/accounts",
+        None,
+        None,
+        None,
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(read.status, 200);
+    let no_csrf = call_with(
+        base,
+        "POST",
+        "/api/accounts",
+        None,
+        Some(json!({"name": "x"})),
+        None,
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_error(&no_csrf, 403, "csrf_token_invalid");
+    let wrong = call_with(
+        base,
+        "POST",
+        "/api/accounts",
+        None,
+        Some(json!({"name": "x"})),
+        None,
+        &[("cookie", &cookie), ("x-csrf-token", "nope")],
+    )
+    .await;
+    assert_error(&wrong, 403, "csrf_token_invalid");
+    let ok = call_with(
+        base,
+        "POST",
+        "/api/accounts",
+        None,
+        Some(json!({"name": "x"})),
+        None,
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+    )
+    .await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    let out = call_with(
+        base,
+        "DELETE",
+        "/console/session",
+        None,
+        None,
+        None,
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+    )
+    .await;
+    assert_eq!(out.status, 200);
+    let after = call_with(
+        base,
+        "GET",
+        "/api/accounts",
+        None,
+        None,
+        None,
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_error(&after, 401, "invalid_admin_token");
+    let bad = call(
+        base,
+        "POST",
+        "/console/session",
+        None,
+        Some(json!({"token": "kg_ak_wrong"})),
+        None,
+    )
+    .await;
+    assert_error(&bad, 401, "invalid_admin_token");
+
+    // The page and its assets: a strict policy, no inline script.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let page = client
+        .get(format!("{base}/").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let html = page.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&html).contains("<script>"));
 }

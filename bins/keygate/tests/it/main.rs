@@ -10,6 +10,7 @@
 )]
 
 mod admin_api;
+mod console;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
