@@ -18,21 +18,26 @@ use crate::config::ControlConfig;
 
 /// How often the key cleanup runs.
 const CLEANUP_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How often expired console sessions and old idempotency records are deleted.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
+/// How long an idempotency record is kept: a retry after this runs again.
+const IDEMPOTENCY_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// The running control plane tasks; `main` stops them after the gateway.
 #[derive(Debug)]
 pub(crate) struct Control {
     admin: Option<JoinHandle<()>>,
     cleanup: Option<JoinHandle<()>>,
+    housekeeping: Option<JoinHandle<()>>,
 }
 
 impl Control {
     /// Waits for the admin listener to drain (it stops on the shared shutdown
     /// signal) and ends the cleanup loop between runs.
     pub(crate) async fn stop(self) {
-        if let Some(cleanup) = self.cleanup {
-            cleanup.abort();
-            let _ = cleanup.await;
+        for task in [self.cleanup, self.housekeeping].into_iter().flatten() {
+            task.abort();
+            let _ = task.await;
         }
         if let Some(admin) = self.admin {
             let _ = admin.await;
@@ -81,7 +86,27 @@ pub(crate) async fn start(
             }
         })
     });
-    Ok(Control { admin, cleanup })
+    let housekeeping = admin.is_some().then(|| {
+        let store = Arc::clone(store);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+            loop {
+                every.tick().await;
+                let now = Utc::now();
+                if let Err(e) = store.purge_sessions(now).await {
+                    tracing::warn!(error = %e, "expired console sessions not deleted");
+                }
+                if let Err(e) = store.purge_idempotency(now - IDEMPOTENCY_KEPT).await {
+                    tracing::warn!(error = %e, "old idempotency records not deleted");
+                }
+            }
+        })
+    });
+    Ok(Control {
+        admin,
+        cleanup,
+        housekeeping,
+    })
 }
 
 /// One cleanup run: deletes keys dead longer than `after`, each in the audit log.

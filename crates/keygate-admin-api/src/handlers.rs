@@ -60,6 +60,27 @@ pub(crate) async fn run(
             let account = s.credentials.get_account(&id.parse()?).await?;
             Ok(Answer::json(200, views::account(&account)))
         }
+        Op::UpdateAccount => {
+            no_query(&[])?;
+            let b: inputs::AccountPatchBody = json_body(body)?;
+            if b.name.is_none() && b.email.is_none() {
+                return Err(ApiError::Invalid {
+                    param: None,
+                    message: "nothing to update: give name or email".into(),
+                });
+            }
+            let update = keygate_store::AccountUpdate {
+                name: b.name,
+                email: b.email,
+            };
+            let account = s.control.update_account(&id.parse()?, update).await?;
+            audit(api, caller, "account.update", account.id.as_str()).await?;
+            Ok(Answer::changed(
+                200,
+                views::account(&account),
+                account.id.as_str(),
+            ))
+        }
         Op::TopUp => {
             no_query(&[])?;
             let b: inputs::TopUpBody = json_body(body)?;

@@ -108,6 +108,15 @@ pub(crate) struct NewAccountBody {
     pub(crate) balance_micros: Option<i64>,
 }
 
+/// `PATCH /api/accounts/{id}`: a left-out field stays, `null` clears the email.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccountPatchBody {
+    pub(crate) name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) email: Option<Option<String>>,
+}
+
 /// `POST /api/accounts/{id}/top-up`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -91,6 +91,7 @@ fn shapes(op: Op) -> (u16, Value, Option<Value>) {
         Op::ListAccounts => (200, r("AccountList"), None),
         Op::CreateAccount => (201, r("Account"), Some(r("NewAccount"))),
         Op::GetAccount => (200, r("Account"), None),
+        Op::UpdateAccount => (200, r("Account"), Some(r("AccountPatch"))),
         Op::TopUp => (200, r("Account"), Some(r("TopUp"))),
         Op::ListKeys => (200, r("KeyList"), None),
         Op::CreateKey => (201, r("NewKey"), Some(r("NewKeyRequest"))),
@@ -232,6 +233,7 @@ fn schemas() -> Value {
         "NewAccount": object(&["name"], json!({
             "name": string, "email": nullable("string"), "balance": credits, "balance_micros": int,
         })),
+        "AccountPatch": object(&[], json!({ "name": string, "email": nullable("string") })),
         "TopUp": object(&[], json!({ "amount": credits, "amount_micros": int })),
         "Key": object(&key_required, key_fields),
         "NewKey": object(&new_key_required, new_key_fields),

@@ -14,6 +14,8 @@ pub enum Op {
     CreateAccount,
     /// `GET /api/accounts/{id}`
     GetAccount,
+    /// `PATCH /api/accounts/{id}`
+    UpdateAccount,
     /// `POST /api/accounts/{id}/top-up`
     TopUp,
     /// `GET /api/keys`
@@ -77,6 +79,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/api/accounts", Viewer, ListAccounts, false, "List accounts"),
     route!(POST "/api/accounts", Owner, CreateAccount, true, "Create an account"),
     route!(GET "/api/accounts/{id}", Viewer, GetAccount, false, "Show an account"),
+    route!(PATCH "/api/accounts/{id}", Owner, UpdateAccount, false, "Change an account's name or email"),
     route!(POST "/api/accounts/{id}/top-up", Operator, TopUp, true, "Add credits to an account"),
     route!(GET "/api/keys", Viewer, ListKeys, false, "List keys, optionally of one account"),
     route!(POST "/api/keys", Operator, CreateKey, true, "Create a key; the key appears in this response only"),

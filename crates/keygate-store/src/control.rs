@@ -15,9 +15,10 @@ use keygate_types::limits::{
     MAX_AUDIT_ACTION_LEN, MAX_ID_LEN, MAX_IDEMPOTENCY_BODY_LEN, MAX_IDEMPOTENCY_KEY_LEN,
     MAX_NAME_LEN,
 };
-use keygate_types::{AdminTokenId, KeyId};
+use keygate_types::{AccountId, AdminTokenId, KeyId};
 
 use crate::error::{Result, StoreError};
+use crate::types::Account;
 
 /// What an admin token may do. Each role includes the ones below it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -284,10 +285,39 @@ pub trait ControlStore: Send + Sync + fmt::Debug {
     /// Deletes sessions expired at `now`; returns how many.
     async fn purge_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
 
+    /// Changes an account's name and email (`Some(None)` clears the email); its
+    /// money only moves through top-ups and the ledger.
+    async fn update_account(&self, id: &AccountId, update: AccountUpdate) -> Result<Account>;
+
     /// Deletes keys revoked or expired before `before` that hold no reservation;
     /// their usage records stay and still name the key id. Each deletion goes
     /// through the key change feed, so a cached copy is dropped. Returns the ids.
     async fn purge_keys(&self, before: DateTime<Utc>) -> Result<Vec<KeyId>>;
+}
+
+/// A change to an account's name or email. `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct AccountUpdate {
+    /// New display name.
+    pub name: Option<String>,
+    /// New email, or `Some(None)` for none.
+    pub email: Option<Option<String>>,
+}
+
+impl AccountUpdate {
+    /// The account's name and email after the update, checked by the same rules
+    /// as a new account's.
+    pub(crate) fn apply(&self, account: &Account) -> Result<(String, Option<String>)> {
+        let name = self.name.clone().unwrap_or_else(|| account.name.clone());
+        let email = self.email.clone().unwrap_or_else(|| account.email.clone());
+        crate::types::NewAccount {
+            name: name.clone(),
+            email: email.clone(),
+            balance: keygate_types::Micros::ZERO,
+        }
+        .validate()?;
+        Ok((name, email))
+    }
 }
 
 /// Checks a new admin token before any backend writes it.

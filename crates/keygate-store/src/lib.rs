@@ -71,8 +71,8 @@ mod types;
 mod validate;
 
 pub use control::{
-    Actor, AdminRole, AdminToken, AuditEntry, ConsoleSession, ControlStore, IdempotencyClaim,
-    IdempotencyRequest, IdempotentOutcome, NewAdminToken, NewAuditEntry,
+    AccountUpdate, Actor, AdminRole, AdminToken, AuditEntry, ConsoleSession, ControlStore,
+    IdempotencyClaim, IdempotencyRequest, IdempotentOutcome, NewAdminToken, NewAuditEntry,
 };
 pub use error::{Result, StoreError};
 pub use keygate_types::limits::{self, MAX_NAME_LEN};

@@ -366,6 +366,18 @@ impl ControlStore for MemoryStore {
     async fn purge_keys(&self, before: DateTime<Utc>) -> Result<Vec<KeyId>> {
         Ok(self.purge_keys_before(before))
     }
+    async fn update_account(
+        &self,
+        id: &AccountId,
+        update: crate::control::AccountUpdate,
+    ) -> Result<Account> {
+        let mut state = self.state();
+        let account = state.account_mut(id)?;
+        let (name, email) = update.apply(account)?;
+        account.name = name;
+        account.email = email;
+        Ok(account.clone())
+    }
 }
 
 #[async_trait::async_trait]

@@ -218,6 +218,17 @@ async fn admin_api_end_to_end(database_url: &str) {
     )
     .await;
     assert_eq!(micros.body["balance_micros"], 13_000_000);
+    let renamed = call(
+        base,
+        "PATCH",
+        &format!("/api/accounts/{account}"),
+        Some(&owner),
+        Some(json!({"name": "Acme Ltd", "email": "ops@acme.example"})),
+        None,
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    assert_eq!(renamed.body["email"], "ops@acme.example");
     let shown = call(
         base,
         "GET",
@@ -404,6 +415,7 @@ async fn admin_api_end_to_end(database_url: &str) {
             "account.create",
             "account.top_up",
             "account.top_up",
+            "account.update",
             "key.create",
             "key.update",
             "key.rotate",
@@ -547,8 +559,10 @@ async fn roles_allow_and_refuse(database_url: &str) {
     )
     .await;
     assert_eq!(rotated.status, 201, "{}", rotated.body);
+    let patch_path = format!("/api/accounts/{account}");
     for (method, path, body) in [
         ("POST", "/api/accounts", json!({"name": "x"})),
+        ("PATCH", patch_path.as_str(), json!({"name": "x"})),
         ("POST", "/api/usage/purge", json!({"older_than": "90d"})),
         ("GET", "/api/admin-tokens", json!({})),
         (

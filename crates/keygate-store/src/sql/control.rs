@@ -8,19 +8,20 @@ use diesel::prelude::*;
 use diesel_async::AsyncPgConnection;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use keygate_keys::KeyHash;
-use keygate_types::{AdminTokenId, KeyId};
+use keygate_types::{AccountId, AdminTokenId, KeyId};
 
 use super::DbStore;
 #[cfg(feature = "sqlite")]
 use super::pool::SqliteConn;
-use super::rows::millis;
-use super::schema::{api_keys, key_changes, reservations};
+use super::rows::{AccountRow, millis};
+use super::schema::{accounts, api_keys, key_changes, reservations};
 use crate::control::{
-    AdminToken, AuditEntry, ConsoleSession, ControlStore, IN_PROGRESS, IdempotencyClaim,
-    IdempotencyRequest, IdempotentOutcome, NewAdminToken, NewAuditEntry, check_audit_entry,
-    check_idempotency_request, check_new_admin_token, check_outcome, claim_of,
+    AccountUpdate, AdminToken, AuditEntry, ConsoleSession, ControlStore, IN_PROGRESS,
+    IdempotencyClaim, IdempotencyRequest, IdempotentOutcome, NewAdminToken, NewAuditEntry,
+    check_audit_entry, check_idempotency_request, check_new_admin_token, check_outcome, claim_of,
 };
 use crate::error::{Result, StoreError};
+use crate::types::Account;
 
 mod schema {
     diesel::table! {
@@ -423,6 +424,38 @@ macro_rules! control_ops {
                 Ok(n as u64)
             }
 
+            pub(super) async fn update_account(
+                c: &mut C,
+                id: &AccountId,
+                update: AccountUpdate,
+            ) -> Result<Account> {
+                let id = id.clone();
+                c.transaction::<_, StoreError, _>(async move |c| {
+                    let row: AccountRow = accounts::table
+                        .find(id.as_str())
+                        .select(AccountRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?
+                        .ok_or_else(|| StoreError::NotFound {
+                            entity: "account",
+                            id: id.to_string(),
+                        })?;
+                    let account = Account::try_from(row)?;
+                    let (name, email) = update.apply(&account)?;
+                    diesel::update(accounts::table.find(id.as_str()))
+                        .set((accounts::name.eq(&name), accounts::email.eq(&email)))
+                        .execute(c)
+                        .await?;
+                    Ok(Account {
+                        name,
+                        email,
+                        ..account
+                    })
+                })
+                .await
+            }
+
             pub(super) async fn purge_keys(c: &mut C, before: i64) -> Result<Vec<KeyId>> {
                 c.transaction::<_, StoreError, _>(async move |c| {
                     diesel::sql_query($begin_key_change).execute(c).await?;
@@ -603,6 +636,14 @@ impl ControlStore for DbStore {
             self.write().await?,
             sqlite_control | pg_control,
             purge_sessions(millis(now))
+        )
+    }
+
+    async fn update_account(&self, id: &AccountId, update: AccountUpdate) -> Result<Account> {
+        dispatch!(
+            self.write().await?,
+            sqlite_control | pg_control,
+            update_account(id, update)
         )
     }
 

@@ -374,3 +374,55 @@ pub(crate) async fn purge_deletes_long_dead_keys_through_the_feed(b: &Backend) {
         .unwrap();
     assert_eq!(purged, vec![held.id]);
 }
+
+pub(crate) async fn accounts_change_name_and_email_only(b: &Backend) {
+    let store = b.store.as_ref();
+    let account = fixture::account(store, "before", Micros(7)).await;
+    let changed = b
+        .control
+        .update_account(
+            &account.id,
+            keygate_store::AccountUpdate {
+                name: Some("after".into()),
+                email: Some(Some("ops@example.com".into())),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.name, "after");
+    assert_eq!(changed.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(changed.balance, Micros(7));
+    assert_eq!(store.get_account(&account.id).await.unwrap(), changed);
+    let cleared = b
+        .control
+        .update_account(
+            &account.id,
+            keygate_store::AccountUpdate {
+                name: None,
+                email: Some(None),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.name, "after");
+    assert_eq!(cleared.email, None);
+    let refused = b
+        .control
+        .update_account(
+            &account.id,
+            keygate_store::AccountUpdate {
+                name: Some(String::new()),
+                email: None,
+            },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid { .. })),
+        "{refused:?}"
+    );
+    let missing = b
+        .control
+        .update_account(&keygate_store::AccountId::generate(), Default::default())
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })));
+}

@@ -167,6 +167,7 @@ control_suite!(
     concurrent_claims_of_one_key_let_one_through,
     sessions_expire_and_end_with_their_token,
     purge_deletes_long_dead_keys_through_the_feed,
+    accounts_change_name_and_email_only,
 );
 
 backend_suite!(
