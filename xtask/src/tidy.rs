@@ -78,6 +78,46 @@ const COLUMN_LIMITS: &[(&str, &str, &str, usize)] = &[
         "MAX_CLIENT_IP_LEN",
         limits::MAX_CLIENT_IP_LEN,
     ),
+    ("admin_tokens", "id", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    ("admin_tokens", "name", "MAX_NAME_LEN", limits::MAX_NAME_LEN),
+    ("audit_log", "actor", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    (
+        "audit_log",
+        "action",
+        "MAX_AUDIT_ACTION_LEN",
+        limits::MAX_AUDIT_ACTION_LEN,
+    ),
+    ("audit_log", "target", "MAX_ID_LEN", limits::MAX_ID_LEN),
+    (
+        "idempotency_keys",
+        "actor",
+        "MAX_ID_LEN",
+        limits::MAX_ID_LEN,
+    ),
+    (
+        "idempotency_keys",
+        "idem_key",
+        "MAX_IDEMPOTENCY_KEY_LEN",
+        limits::MAX_IDEMPOTENCY_KEY_LEN,
+    ),
+    (
+        "idempotency_keys",
+        "target",
+        "MAX_ID_LEN",
+        limits::MAX_ID_LEN,
+    ),
+    (
+        "idempotency_keys",
+        "body",
+        "MAX_IDEMPOTENCY_BODY_LEN",
+        limits::MAX_IDEMPOTENCY_BODY_LEN,
+    ),
+    (
+        "console_sessions",
+        "token_id",
+        "MAX_ID_LEN",
+        limits::MAX_ID_LEN,
+    ),
 ];
 
 /// Length-bounded columns that no Rust check mirrors: JSON or comma lists built
@@ -89,6 +129,7 @@ const SCHEMA_ONLY_LIMITS: &[(&str, &str)] = &[
     ("api_keys", "models"),
     ("api_keys", "origins"),
     ("api_keys", "metadata"),
+    ("admin_tokens", "start"),
 ];
 
 /// Runs every check; returns each problem as one line.

@@ -81,6 +81,47 @@ pub(crate) enum Command {
     /// Report and purge usage records.
     #[command(subcommand)]
     Usage(UsageCommand),
+    /// Create, list and revoke admin tokens (for the admin API and console).
+    #[command(subcommand)]
+    AdminToken(AdminTokenCommand),
+    /// Read the audit log of changes.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminTokenCommand {
+    /// Create an admin token and print it once.
+    Create {
+        /// Label.
+        #[arg(long)]
+        name: String,
+        /// owner (everything), operator (keys and top-ups) or viewer (reads).
+        #[arg(long, value_parser = PossibleValuesParser::new(["owner", "operator", "viewer"])
+            .try_map(|role| role.parse::<keygate_store::AdminRole>().map_err(|e| e.to_string())))]
+        role: keygate_store::AdminRole,
+    },
+    /// List admin tokens (never the tokens themselves).
+    List,
+    /// Revoke an admin token now; its console sessions end.
+    Revoke {
+        /// Admin token id (adm_…).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Audit log entries, newest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Only entries older than this sequence number (the `seq` of the last one
+        /// shown), to page back.
+        #[arg(long)]
+        before: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +185,13 @@ pub(crate) enum KeyCommand {
         /// Keep the old key working this long, e.g. 24h (default: revoke now).
         #[arg(long, value_parser = duration)]
         grace: Option<chrono::TimeDelta>,
+    },
+    /// Delete keys revoked or expired longer ago than a duration (their usage
+    /// records stay).
+    Purge {
+        /// Delete keys dead for longer than this, e.g. 30d (at least 1d).
+        #[arg(long, default_value = "30d", value_parser = retention)]
+        older_than: chrono::TimeDelta,
     },
 }
 

@@ -14,6 +14,7 @@ use crate::cli::{
     AccountCommand, Cli, Command, KeyCommand, KeyCreate, KeyUpdateArgs, UsageCommand,
     UsageReportArgs,
 };
+use crate::control::{self, audit};
 use crate::output::{Output, time};
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
@@ -45,12 +46,19 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Migrate => Ok(()),
         Command::Account(command) => account(&store, command, &out).await,
+        Command::Key(KeyCommand::Purge { older_than }) => {
+            control::purge_keys(&store, older_than, &out).await
+        }
         Command::Key(command) => key(&store, command, &cli.key_prefix, &out).await,
         Command::Usage(command) => usage(&store, command, &out).await,
+        Command::AdminToken(command) => {
+            control::admin_token(&store, command, &cli.key_prefix, &out).await
+        }
+        Command::Audit(command) => control::audit_log(&store, command, &out).await,
     }
 }
 
-async fn account(store: &dyn CredentialStore, command: AccountCommand, out: &Output) -> Result<()> {
+async fn account(store: &DbStore, command: AccountCommand, out: &Output) -> Result<()> {
     match command {
         AccountCommand::Create {
             name,
@@ -64,22 +72,20 @@ async fn account(store: &dyn CredentialStore, command: AccountCommand, out: &Out
                     balance,
                 })
                 .await?;
+            audit(store, "account.create", account.id.to_string()).await?;
             out.account(&account)
         }
         AccountCommand::List => out.accounts(&store.list_accounts().await?),
         AccountCommand::Show { id } => out.account(&store.get_account(&id.parse()?).await?),
         AccountCommand::TopUp { id, amount } => {
-            out.account(&store.top_up(&id.parse()?, amount).await?)
+            let account = store.top_up(&id.parse()?, amount).await?;
+            audit(store, "account.top_up", account.id.to_string()).await?;
+            out.account(&account)
         }
     }
 }
 
-async fn key(
-    store: &dyn CredentialStore,
-    command: KeyCommand,
-    prefix: &KeyPrefix,
-    out: &Output,
-) -> Result<()> {
+async fn key(store: &DbStore, command: KeyCommand, prefix: &KeyPrefix, out: &Output) -> Result<()> {
     match command {
         KeyCommand::Create(args) => create_key(store, args, prefix, out).await,
         KeyCommand::List { account } => {
@@ -92,7 +98,12 @@ async fn key(
         }
         KeyCommand::Show { id } => out.key(&store.get_key(&id.parse()?).await?),
         KeyCommand::Update(args) => update_key(store, args, out).await,
-        KeyCommand::Revoke { id } => out.key(&store.revoke_key(&id.parse()?, Utc::now()).await?),
+        KeyCommand::Revoke { id } => {
+            let key = store.revoke_key(&id.parse()?, Utc::now()).await?;
+            audit(store, "key.revoke", key.id.to_string()).await?;
+            out.key(&key)
+        }
+        KeyCommand::Purge { older_than } => control::purge_keys(store, older_than, out).await,
         KeyCommand::Rotate { id, grace } => {
             let id: KeyId = id.parse()?;
             let old = store.get_key(&id).await?;
@@ -105,7 +116,9 @@ async fn key(
                 .checked_add_signed(grace.unwrap_or_default())
                 .context("--grace is too long")?;
             let (new, old) = store.rotate_key(&id, replacement, old_revoked_at).await?;
-            show_new_key(store, out, &new, &secret, Some(&old)).await
+            show_new_key(store, out, &new, &secret, Some(&old)).await?;
+            audit(store, "key.rotate", old.id.to_string()).await?;
+            audit(store, "key.create", new.id.to_string()).await
         }
     }
 }
@@ -115,7 +128,7 @@ fn generate(prefix: &KeyPrefix, kind: keygate_keys::KeyKind) -> Result<SecretKey
 }
 
 async fn create_key(
-    store: &dyn CredentialStore,
+    store: &DbStore,
     args: KeyCreate,
     prefix: &KeyPrefix,
     out: &Output,
@@ -143,7 +156,8 @@ async fn create_key(
             settings,
         })
         .await?;
-    show_new_key(store, out, &key, &secret, None).await
+    show_new_key(store, out, &key, &secret, None).await?;
+    audit(store, "key.create", key.id.to_string()).await
 }
 
 /// Prints a new key once. If it cannot be printed (stdout closed), nobody will
@@ -176,7 +190,7 @@ fn metadata(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>> {
     Ok(map)
 }
 
-async fn update_key(store: &dyn CredentialStore, args: KeyUpdateArgs, out: &Output) -> Result<()> {
+async fn update_key(store: &DbStore, args: KeyUpdateArgs, out: &Output) -> Result<()> {
     let expires_at = if args.no_expiry {
         Some(None)
     } else {
@@ -202,7 +216,9 @@ async fn update_key(store: &dyn CredentialStore, args: KeyUpdateArgs, out: &Outp
             "nothing to update: give at least one of --name, --scopes, --models, --origins, --expires-in, --expires-at, --no-expiry, --rpm, --tpm, --spend-limit, --meta, --no-meta"
         );
     }
-    out.key(&store.update_key(&args.id.parse()?, update).await?)
+    let key = store.update_key(&args.id.parse()?, update).await?;
+    audit(store, "key.update", key.id.to_string()).await?;
+    out.key(&key)
 }
 
 async fn usage(store: &DbStore, command: UsageCommand, out: &Output) -> Result<()> {
@@ -210,7 +226,9 @@ async fn usage(store: &DbStore, command: UsageCommand, out: &Output) -> Result<(
         UsageCommand::Report(args) => usage_report(store, args, out).await,
         UsageCommand::Purge { older_than } => {
             let before = purge_cutoff(older_than, Utc::now())?;
-            out.purged(store.purge_usage(before).await?, before)
+            let deleted = store.purge_usage(before).await?;
+            audit(store, "usage.purge", None).await?;
+            out.purged(deleted, before)
         }
     }
 }

@@ -14,6 +14,7 @@
 mod cli;
 mod commands;
 mod config;
+mod control;
 mod output;
 
 use std::io::Write as _;

@@ -8,6 +8,7 @@
 )]
 
 mod config;
+mod control;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -148,6 +149,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let store = Arc::new(store);
     let ledger: Arc<dyn Ledger> = Arc::clone(&store) as Arc<dyn Ledger>;
+    // One shutdown signal for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let control = control::start(
+        &config.control,
+        &store,
+        config.proxy.key_prefix.clone(),
+        tls.clone(),
+        stopped(stop_rx.clone()),
+    )
+    .await?;
     let billing = Arc::new(Billing::new(config.billing, ledger));
     let gateway = Gateway::new(config.proxy, store)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?
@@ -171,7 +185,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tls,
         ..config.server
     };
-    match keygate_proxy::serve(listener, Arc::new(gateway), options, shutdown_signal()).await {
+    // Ends on the signal, or with the process.
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let shutdown =
+        keygate_proxy::serve(listener, Arc::new(gateway), options, stopped(stop_rx)).await;
+    control.stop().await;
+    match shutdown {
         Shutdown::Drained => tracing::info!("shut down cleanly"),
         Shutdown::GraceExpired => {
             tracing::warn!("shutdown grace period ran out; remaining connections closed")

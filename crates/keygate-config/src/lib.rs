@@ -113,6 +113,26 @@ pub struct RawConfig {
     pub billing: Option<RawBilling>,
     /// `[privacy]`.
     pub privacy: Option<RawPrivacy>,
+    /// `[admin]`: the admin API and console listener.
+    pub admin: Option<RawAdmin>,
+    /// `[keys]`: key lifecycle.
+    pub keys: Option<RawKeys>,
+}
+
+/// `[admin]`: the admin API's own listener; off unless `listen` is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address and port, e.g. `"127.0.0.1:8081"`.
+    pub listen: Option<String>,
+}
+
+/// `[keys]`: key lifecycle.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// Delete keys revoked or expired this long ago (a duration such as `"30d"`), daily.
+    pub delete_after: Option<String>,
 }
 
 /// `[server]`: how many client connections are served at once and how long a

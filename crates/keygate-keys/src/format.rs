@@ -164,6 +164,12 @@ pub enum KeyFormatError {
 #[error("the OS random number generator failed: {0}")]
 pub struct RngError(String);
 
+impl RngError {
+    pub(crate) fn new(cause: String) -> Self {
+        Self(cause)
+    }
+}
+
 /// A full API key held in memory. Its `Debug` and `Display` show only the display
 /// start (`kg_sk_3f9a…`); [`SecretKey::expose`] is the one way to the full text, for
 /// the single moment it is shown to its owner. The memory is zeroed on drop.

@@ -37,10 +37,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod admin;
 mod extract;
 mod format;
 mod hash;
 
+pub use admin::{ADMIN_TOKEN_CODE, AdminSecret, parse_admin_token, random_token};
 pub use extract::{
     Credential, CredentialSource, DEFAULT_QUERY_PARAM, ExtractError, ExtractOptions,
     strip_query_param,

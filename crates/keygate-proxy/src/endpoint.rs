@@ -64,6 +64,12 @@ pub enum Endpoint {
     ListModels,
     /// `GET /v1/models/{model}`, answered by keygate.
     GetModel,
+    /// `GET /v1/key`: the presented key's own settings, answered by keygate.
+    KeyInfo,
+    /// `GET /v1/usage`: the presented key's usage and its account's balance.
+    KeyUsage,
+    /// `GET /v1/quota`: the same as `/v1/usage`, under the name seed 003 uses.
+    Quota,
 }
 
 impl Endpoint {
@@ -95,7 +101,9 @@ impl Endpoint {
             .strip_suffix('/')
             .filter(|r| !r.is_empty())
             .unwrap_or(rest);
-        let (endpoint, model) = if rest == "/models" {
+        let (endpoint, model) = if let Some(own) = Self::own_view(rest) {
+            (own, None)
+        } else if rest == "/models" {
             (Self::ListModels, None)
         } else if let Some(id) = rest.strip_prefix("/models/").filter(|id| !id.is_empty()) {
             (Self::GetModel, Some(id))
@@ -116,10 +124,21 @@ impl Endpoint {
         Ok((endpoint, model))
     }
 
+    fn own_view(rest: &str) -> Option<Endpoint> {
+        match rest {
+            "/key" => Some(Self::KeyInfo),
+            "/usage" => Some(Self::KeyUsage),
+            "/quota" => Some(Self::Quota),
+            _ => None,
+        }
+    }
+
     /// The method the endpoint takes.
     pub fn method(self) -> Method {
         match self {
-            Self::ListModels | Self::GetModel => Method::GET,
+            Self::ListModels | Self::GetModel | Self::KeyInfo | Self::KeyUsage | Self::Quota => {
+                Method::GET
+            }
             _ => Method::POST,
         }
     }
@@ -140,6 +159,9 @@ impl Endpoint {
             Self::AudioTranslations => "/audio/translations",
             Self::ListModels => "/models",
             Self::GetModel => "/models/{model}",
+            Self::KeyInfo => "/key",
+            Self::KeyUsage => "/usage",
+            Self::Quota => "/quota",
         }
     }
 
@@ -159,6 +181,9 @@ impl Endpoint {
             Self::AudioTranslations => "/v1/audio/translations",
             Self::ListModels => "/v1/models",
             Self::GetModel => "/v1/models/{model}",
+            Self::KeyInfo => "/v1/key",
+            Self::KeyUsage => "/v1/usage",
+            Self::Quota => "/v1/quota",
         }
     }
 
@@ -174,6 +199,7 @@ impl Endpoint {
             Self::AudioSpeech => Scope::Tts,
             Self::AudioTranscriptions | Self::AudioTranslations => Scope::Stt,
             Self::ListModels | Self::GetModel => Scope::Models,
+            Self::KeyInfo | Self::KeyUsage | Self::Quota => Scope::Usage,
         }
     }
 

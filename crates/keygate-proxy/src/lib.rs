@@ -64,6 +64,7 @@ mod gateway;
 mod limits;
 mod local;
 mod models;
+mod own_view;
 mod pipeline;
 mod policy;
 mod probe;

@@ -15,6 +15,7 @@ use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::gateway::{Exchange, Gateway};
 use crate::local::Models;
+use crate::own_view;
 use crate::policy;
 use crate::probe::{self, Probed};
 use crate::text::shown_model;
@@ -57,6 +58,20 @@ impl Gateway {
         let key = &authed.key.key;
         ctx.log.key_id = Some(key.id.as_str().to_owned());
         policy::admit_key(&authed.key, endpoint, &parts.headers, ctx)?;
+        if own_view::serves(endpoint) {
+            let ledger = self.billing().map(|b| b.ledger().as_ref());
+            let mut response = own_view::answer(
+                endpoint,
+                key,
+                parts.uri.query(),
+                &*self.local.store,
+                ledger,
+                ctx.now,
+            )
+            .await?;
+            ctx.rate_headers(response.headers_mut());
+            return Ok(response);
+        }
         if Models::serves(endpoint) {
             let mut response = self.models.answer(&self.router, model_id, key)?;
             ctx.rate_headers(response.headers_mut());

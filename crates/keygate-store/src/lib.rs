@@ -58,9 +58,11 @@
 //! # fn main() {}
 //! ```
 
+mod control;
 mod error;
 mod ledger;
 mod memory;
+mod memory_control;
 mod scope;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
@@ -68,10 +70,15 @@ mod store;
 mod types;
 mod validate;
 
+pub use control::{
+    AccountUpdate, Actor, AdminRole, AdminToken, AuditEntry, ConsoleSession, ControlStore,
+    IdempotencyClaim, IdempotencyRequest, IdempotentOutcome, NewAdminToken, NewAuditEntry,
+};
 pub use error::{Result, StoreError};
 pub use keygate_types::limits::{self, MAX_NAME_LEN};
 pub use keygate_types::{
-    AccountId, AmountError, IdError, KeyId, MICROS_PER_CREDIT, Micros, ReservationId, UsageSource,
+    AccountId, AdminTokenId, AmountError, IdError, KeyId, MICROS_PER_CREDIT, Micros, ReservationId,
+    UsageSource,
 };
 pub use ledger::{
     KeySpend, Ledger, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery, UsageRecord,

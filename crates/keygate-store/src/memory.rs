@@ -9,11 +9,16 @@ use keygate_keys::KeyHash;
 
 use keygate_types::{AccountId, KeyId, Micros, ReservationId};
 
+use crate::control::{
+    AdminToken, AuditEntry, ConsoleSession, ControlStore, IdempotencyClaim, IdempotencyRequest,
+    IdempotentOutcome, NewAdminToken, NewAuditEntry,
+};
 use crate::error::{Result, StoreError};
 use crate::ledger::{
     KeySpend, Ledger, MILLIS_PER_DAY, NewReservation, Reservation, Reserve, UsageGroup, UsageQuery,
     UsageRecord, UsageTotals, day_label, payable,
 };
+use crate::memory_control::MemoryControl;
 use crate::store::CredentialStore;
 use crate::types::{Account, ApiKey, KeyChange, KeyUpdate, NewAccount, NewApiKey, ReplacementKey};
 use crate::validate::{
@@ -24,6 +29,8 @@ use crate::validate::{
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Admin tokens, audit log, idempotency records and sessions.
+    control: MemoryControl,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +113,43 @@ impl MemoryStore {
         // A panic while holding the lock leaves plain data behind, still consistent
         // per operation, so a poisoned lock is taken over rather than propagated.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deletes keys revoked or expired before `before` that hold no reservation,
+    /// each through the change feed (`ControlStore::purge_keys`).
+    fn purge_keys_before(&self, before: DateTime<Utc>) -> Vec<KeyId> {
+        let mut state = self.state();
+        let held: std::collections::HashSet<KeyId> = state
+            .reservations
+            .values()
+            .map(|r| r.key_id.clone())
+            .collect();
+        let dead: Vec<usize> = (0..state.keys.len())
+            .filter(|&i| {
+                let k = &state.keys[i];
+                let gone = k.revoked_at.is_some_and(|t| t < before)
+                    || k.expires_at.is_some_and(|t| t < before);
+                gone && !held.contains(&k.id)
+            })
+            .collect();
+        for &i in &dead {
+            state.record_change(i);
+        }
+        let mut purged = Vec::new();
+        for &i in dead.iter().rev() {
+            let key = state.keys.remove(i);
+            state.spend.remove(&key.id);
+            purged.push(key.id);
+        }
+        let by_hash = state
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.key_hash, i))
+            .collect();
+        state.by_hash = by_hash;
+        purged.reverse();
+        purged
     }
 }
 
@@ -256,6 +300,83 @@ impl CredentialStore for MemoryStore {
 
     async fn latest_key_change(&self) -> Result<u64> {
         Ok(self.state().changes.last().map_or(0, |c| c.seq))
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlStore for MemoryStore {
+    async fn create_admin_token(&self, new: NewAdminToken) -> Result<AdminToken> {
+        self.control.create_admin_token(new)
+    }
+    async fn find_admin_token_by_hash(&self, hash: &KeyHash) -> Result<Option<AdminToken>> {
+        self.control.find_admin_token_by_hash(hash)
+    }
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        self.control.list_admin_tokens()
+    }
+    async fn revoke_admin_token(
+        &self,
+        id: &keygate_types::AdminTokenId,
+        at: DateTime<Utc>,
+    ) -> Result<AdminToken> {
+        self.control.revoke_admin_token(id, at)
+    }
+    async fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditEntry> {
+        self.control.append_audit(entry)
+    }
+    async fn list_audit(&self, before: Option<u64>, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.control.list_audit(before, limit)
+    }
+    async fn claim_idempotency(
+        &self,
+        request: &IdempotencyRequest,
+        now: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim> {
+        self.control.claim_idempotency(request, now)
+    }
+    async fn finish_idempotency(
+        &self,
+        request: &IdempotencyRequest,
+        outcome: &IdempotentOutcome,
+    ) -> Result<()> {
+        self.control.finish_idempotency(request, outcome)
+    }
+    async fn abandon_idempotency(&self, request: &IdempotencyRequest) -> Result<()> {
+        self.control.abandon_idempotency(request)
+    }
+    async fn purge_idempotency(&self, before: DateTime<Utc>) -> Result<u64> {
+        self.control.purge_idempotency(before)
+    }
+    async fn create_session(&self, session: &ConsoleSession) -> Result<()> {
+        self.control.create_session(session)
+    }
+    async fn find_session(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ConsoleSession>> {
+        self.control.find_session(hash, now)
+    }
+    async fn delete_session(&self, hash: &KeyHash) -> Result<()> {
+        self.control.delete_session(hash)
+    }
+    async fn purge_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.control.purge_sessions(now)
+    }
+    async fn purge_keys(&self, before: DateTime<Utc>) -> Result<Vec<KeyId>> {
+        Ok(self.purge_keys_before(before))
+    }
+    async fn update_account(
+        &self,
+        id: &AccountId,
+        update: crate::control::AccountUpdate,
+    ) -> Result<Account> {
+        let mut state = self.state();
+        let account = state.account_mut(id)?;
+        let (name, email) = update.apply(account)?;
+        account.name = name;
+        account.email = email;
+        Ok(account.clone())
     }
 }
 

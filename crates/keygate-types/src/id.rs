@@ -1,4 +1,4 @@
-//! Ids: `AccountId`, `KeyId` and `ReservationId`, each a prefix, `_` and 16
+//! Ids: `AccountId`, `KeyId`, `AdminTokenId` and `ReservationId`, each a prefix, `_` and 16
 //! random hex digits. They are not secret, and an id that fails to parse is never
 //! echoed whole (a pasted API key must not be printed back).
 
@@ -78,6 +78,11 @@ id_type!(
     "key"
 );
 id_type!(
+    /// An admin token's id, `adm_` and 16 hex. Not secret; not the token.
+    AdminTokenId,
+    "adm"
+);
+id_type!(
     /// A reservation's id, `res_` and 16 hex.
     ReservationId,
     "res"
@@ -86,7 +91,7 @@ id_type!(
 /// Says why `text` is not an id without echoing it whole: a pasted API key must not
 /// be printed back.
 fn not_an_id(text: &str, prefix: &str) -> String {
-    let looks_like_a_key = text.contains("_sk_") || text.contains("_pk_");
+    let looks_like_a_key = text.contains("_sk_") || text.contains("_pk_") || text.contains("_ak_");
     if looks_like_a_key {
         return format!(
             "that looks like an API key, not a {prefix}_… id; `keygate-admin key list` shows ids"

@@ -28,6 +28,6 @@ pub mod limits;
 mod money;
 mod usage;
 
-pub use id::{AccountId, IdError, KeyId, ReservationId};
+pub use id::{AccountId, AdminTokenId, IdError, KeyId, ReservationId};
 pub use money::{AmountError, MICROS_PER_CREDIT, Micros};
 pub use usage::UsageSource;

@@ -32,3 +32,14 @@ pub const MAX_CLIENT_NAME_LEN: usize = 100;
 /// The longest client address, in bytes (`usage_records.client_ip`; 45 is the
 /// longest textual IPv6 address).
 pub const MAX_CLIENT_IP_LEN: usize = 45;
+
+/// The longest `Idempotency-Key` header the admin API accepts, in bytes
+/// (`idempotency_keys.idem_key`).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The longest response body an idempotency record keeps, in bytes
+/// (`idempotency_keys.body`); it never holds a secret.
+pub const MAX_IDEMPOTENCY_BODY_LEN: usize = 8192;
+
+/// The longest audit action name, in bytes (`audit_log.action`, e.g. `key.create`).
+pub const MAX_AUDIT_ACTION_LEN: usize = 64;

@@ -8,6 +8,8 @@
     reason = "test code: a failed step fails the test"
 )]
 
+mod control;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -12,6 +12,7 @@
 mod auth;
 mod billing;
 mod builtin;
+mod control;
 mod duration;
 mod server;
 mod upstreams;
@@ -23,6 +24,7 @@ use anyhow::anyhow;
 use keygate_config::RawConfig;
 use keygate_proxy::{BillingConfig, ProxyConfig, ServerOptions};
 
+pub(crate) use self::control::ControlConfig;
 pub(crate) use self::server::{LogFormat, TlsFiles};
 
 /// The default config file, read when present.
@@ -50,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) skipped: Vec<String>,
     /// Billing: prices, reservations, retention.
     pub(crate) billing: BillingConfig,
+    /// `[admin]` and `[keys]`.
+    pub(crate) control: ControlConfig,
 }
 
 /// Variables the environment can override. `keygate-admin` applies the same two
@@ -137,6 +141,7 @@ fn validate(
         &upstreams,
         &timeouts,
     )?;
+    let control = control::control(raw.admin.as_ref(), raw.keys.as_ref())?;
     let mut proxy = ProxyConfig::new(key_prefix, upstreams);
     proxy.query_param = query_param;
     proxy.max_body_bytes = max_body_bytes;
@@ -154,6 +159,7 @@ fn validate(
         proxy,
         skipped,
         billing,
+        control,
     })
 }
 

@@ -10,6 +10,8 @@
 )]
 
 mod privacy;
+mod admin_api;
+mod console;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

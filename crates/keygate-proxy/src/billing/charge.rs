@@ -293,7 +293,12 @@ fn shape_of(endpoint: Endpoint) -> Option<ApiShape> {
         Endpoint::Embeddings => Some(ApiShape::OpenAiEmbeddings),
         Endpoint::Responses => Some(ApiShape::OpenAiResponses),
         Endpoint::Messages => Some(ApiShape::AnthropicMessages),
-        Endpoint::AudioSpeech | Endpoint::ListModels | Endpoint::GetModel => None,
+        Endpoint::AudioSpeech
+        | Endpoint::ListModels
+        | Endpoint::GetModel
+        | Endpoint::KeyInfo
+        | Endpoint::KeyUsage
+        | Endpoint::Quota => None,
     }
 }
 

@@ -106,6 +106,11 @@ impl Billing {
         }
     }
 
+    /// The ledger billing writes to (the key holders' own view reads it).
+    pub(crate) fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
     /// The configuration.
     pub fn config(&self) -> &BillingConfig {
         &self.config

@@ -25,6 +25,7 @@ macro_rules! dispatch {
     };
 }
 
+mod control;
 mod error;
 mod keys;
 mod ledger;

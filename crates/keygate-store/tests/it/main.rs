@@ -10,13 +10,14 @@
 )]
 
 mod schema;
+mod control_suite;
 mod suite;
 
 use std::sync::Arc;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use keygate_store::DbStore;
-use keygate_store::{CredentialStore, Ledger, MemoryStore};
+use keygate_store::{ControlStore, CredentialStore, Ledger, MemoryStore};
 #[cfg(feature = "postgres")]
 use keygate_test_utils::TestPostgres;
 
@@ -31,6 +32,8 @@ pub(crate) struct Backend {
     /// A second, independent handle on the same database, standing in for another
     /// process (the CLI while the gateway runs). `None` for the memory store.
     pub(crate) other_process: Option<Arc<dyn CredentialStore>>,
+    /// The same store's control plane.
+    pub(crate) control: Arc<dyn ControlStore>,
     _guard: Box<dyn std::any::Any + Send>,
 }
 
@@ -39,8 +42,9 @@ async fn memory() -> Option<Backend> {
     Some(Backend {
         store: store.clone(),
         ledger: store.clone(),
-        other_ledger: store,
+        other_ledger: store.clone(),
         other_process: None,
+        control: store,
         _guard: Box::new(()),
     })
 }
@@ -55,7 +59,8 @@ async fn sqlite() -> Option<Backend> {
     let store = Arc::new(store);
     Some(Backend {
         store: store.clone(),
-        ledger: store,
+        ledger: store.clone(),
+        control: store,
         other_ledger: other.clone(),
         other_process: Some(other),
         _guard: Box::new(dir),
@@ -72,7 +77,8 @@ async fn postgres(test: &str) -> Option<Backend> {
     let store = Arc::new(store);
     Some(Backend {
         store: store.clone(),
-        ledger: store,
+        ledger: store.clone(),
+        control: store,
         other_ledger: other.clone(),
         other_process: Some(other),
         _guard: Box::new(db),
@@ -116,6 +122,54 @@ macro_rules! backend_suite {
         }
     };
 }
+
+/// The control plane suite, instantiated like [`backend_suite`] but in modules of
+/// its own (`memory_control::NAME`, …).
+macro_rules! control_suite {
+    ($($test:ident),* $(,)?) => {
+        mod memory_control {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    let backend = crate::memory().await.unwrap();
+                    crate::control_suite::$test(&backend).await;
+                }
+            )*
+        }
+        #[cfg(feature = "sqlite")]
+        mod sqlite_control {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    let backend = crate::sqlite().await.unwrap();
+                    crate::control_suite::$test(&backend).await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres_control {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    let Some(backend) = crate::postgres(stringify!($test)).await else {
+                        return;
+                    };
+                    crate::control_suite::$test(&backend).await;
+                }
+            )*
+        }
+    };
+}
+
+control_suite!(
+    admin_tokens_are_stored_by_hash_listed_and_revoked,
+    audit_log_pages_newest_first,
+    idempotency_claims_once_and_replays,
+    concurrent_claims_of_one_key_let_one_through,
+    sessions_expire_and_end_with_their_token,
+    purge_deletes_long_dead_keys_through_the_feed,
+    accounts_change_name_and_email_only,
+);
 
 backend_suite!(
     accounts_are_created_listed_and_found,

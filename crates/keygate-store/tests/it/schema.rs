@@ -41,6 +41,27 @@ const METADATA_COLUMNS: &[(&str, &str)] = &[
     ("usage_records", "client_name"),
     ("usage_records", "usage_source"),
     ("usage_records", "client_ip"),
+    // the control plane: admin token ids, names, roles, SHA-256 hashes (64 hex)
+    // and display starts; audit rows (actor id or "cli"/"cleanup", action,
+    // target id); idempotency records (the client's Idempotency-Key, a request
+    // hash, the replayable answer of an account create or top-up, never a key
+    // or token); console sessions (hashes and the token id)
+    ("admin_tokens", "id"),
+    ("admin_tokens", "name"),
+    ("admin_tokens", "role"),
+    ("admin_tokens", "token_hash"),
+    ("admin_tokens", "start"),
+    ("audit_log", "actor"),
+    ("audit_log", "action"),
+    ("audit_log", "target"),
+    ("idempotency_keys", "actor"),
+    ("idempotency_keys", "idem_key"),
+    ("idempotency_keys", "request_hash"),
+    ("idempotency_keys", "target"),
+    ("idempotency_keys", "body"),
+    ("console_sessions", "session_hash"),
+    ("console_sessions", "csrf_hash"),
+    ("console_sessions", "token_id"),
     // the migration runner's own bookkeeping: migration versions
     ("__diesel_schema_migrations", "version"),
 ];
