@@ -11,6 +11,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long a half-open trial that never reported back keeps others waiting,
+/// at least.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// When a breaker opens and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BreakerSettings {
@@ -160,10 +164,14 @@ fn gate_of(state: &BreakerState, settings: BreakerSettings, now: Instant) -> Gat
     match state.open_until {
         None => Gate::Closed,
         Some(until) if now < until => Gate::Shut,
-        // A trial that never reported back (its client left) is given up
-        // after another cooldown.
+        // A trial that never reported back (its client left mid-attempt) is
+        // given up after a cooldown, and at least TRIAL_TIMEOUT.
         Some(_) => match state.trial_since {
-            Some(since) if now.saturating_duration_since(since) < settings.cooldown => Gate::Shut,
+            Some(since)
+                if now.saturating_duration_since(since) < settings.cooldown.max(TRIAL_TIMEOUT) =>
+            {
+                Gate::Shut
+            }
             _ => Gate::Trial,
         },
     }
@@ -219,7 +227,10 @@ mod tests {
         let after = t0 + Duration::from_secs(7);
         assert_eq!(breaker.gate(after), Gate::Trial);
         assert!(breaker.enter(after), "the trial goes");
-        assert!(!breaker.enter(after), "a second request waits for the trial");
+        assert!(
+            !breaker.enter(after),
+            "a second request waits for the trial"
+        );
         breaker.succeeded();
         assert_eq!(breaker.gate(after), Gate::Closed);
     }

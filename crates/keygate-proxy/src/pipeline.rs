@@ -1,8 +1,12 @@
 //! The request path, top to bottom: resolve → authenticate → policy → read and
-//! probe the body → route → admit → forward → respond. Each stage lives in its
+//! probe the body → route (the candidates) → admit → forward (with retries and
+//! failover, before the client sees a byte) → respond. Each stage lives in its
 //! own module; this one only names them in order and hands them the request's
 //! [`RequestContext`].
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::{Request, Response, request};
 use hyper::body::Incoming;
 use keygate_store::ApiKey;
@@ -13,10 +17,12 @@ use crate::conn;
 use crate::context::{PeerAddr, RequestContext};
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
+use crate::failover::{Attempts, Served};
 use crate::gateway::{Exchange, Gateway};
 use crate::local::Models;
 use crate::policy;
 use crate::probe::{self, Probed};
+use crate::routing::{Candidates, sticky_hash};
 use crate::text::shown_model;
 use crate::upstream::Upstream;
 
@@ -73,10 +79,11 @@ impl Gateway {
         .await?;
         ctx.log.model = shown_model(&probed.model).map(str::to_owned);
         policy::allow_model(key, &probed.model)?;
-        let upstream = self.router.route(endpoint.provider(), &probed.model)?;
-        ctx.log.upstream = Some(upstream.name().to_owned());
+        let candidates = self.router.candidates(endpoint.provider(), &probed.model)?;
+        let first = Arc::clone(self.router.upstream(candidates.first()));
+        ctx.log.upstream = Some(first.name().to_owned());
         let probed = self
-            .admit(ctx, endpoint, upstream, key, parts, probed)
+            .admit(ctx, endpoint, &first, key, parts, probed)
             .await?;
         let Probed {
             body,
@@ -84,16 +91,54 @@ impl Gateway {
             stream,
             ..
         } = probed;
-        let answer = self.forwarder.send(upstream, endpoint, parts, body).await?;
+        let served = self
+            .forward(ctx, endpoint, parts, key, &candidates, &body)
+            .await?;
+        let upstream = self.router.upstream(served.upstream);
         let exchange = Exchange {
             endpoint,
             key,
             model: &model,
             stream,
             upstream: upstream.name(),
-            status: answer.status(),
+            status: served.answer.status(),
         };
-        Ok(self.respond(ctx, &exchange, answer))
+        Ok(self.respond(ctx, &exchange, served.answer))
+    }
+
+    /// Sends the request to its candidates (retries and failover included),
+    /// and notes in the log and the charge which upstream served it and after
+    /// how many attempts.
+    async fn forward(
+        &self,
+        ctx: &mut RequestContext,
+        endpoint: Endpoint,
+        parts: &request::Parts,
+        key: &ApiKey,
+        candidates: &Candidates,
+        body: &Bytes,
+    ) -> Result<Served, ProxyError> {
+        let attempts = Attempts {
+            router: &self.router,
+            forwarder: &self.forwarder,
+            endpoint,
+            parts,
+            sticky: sticky_hash(key.id.as_str()),
+        };
+        let result = attempts.run(candidates, body).await;
+        let (upstream, attempts) = match &result {
+            Ok(served) => (Some(served.upstream), served.attempts),
+            Err(unserved) => (unserved.upstream, unserved.attempts),
+        };
+        ctx.log.attempts = attempts;
+        if let Some(index) = upstream {
+            let name = self.router.upstream(index).name();
+            ctx.log.upstream = Some(name.to_owned());
+            if let Some(charge) = &mut ctx.charge {
+                charge.served_by(name, attempts);
+            }
+        }
+        result.map_err(|unserved| unserved.error)
     }
 
     /// Admits the request for billing, when billing is on: the charge goes in

@@ -5,7 +5,8 @@
 //! One module per section: `server` (listen, TLS, shutdown, logs, body size,
 //! connections),
 //! `auth` (key prefix, query parameter, auth cache), `upstreams` (timeouts and
-//! upstreams with their provider keys), `billing` (prices, billing, privacy);
+//! upstreams with their provider keys, priorities, weights and signing),
+//! `routing` (retries, affinity, breakers), `billing` (prices, billing, privacy);
 //! `duration` is how they all read a duration, `builtin` the configuration without
 //! a file. The sections import only `duration`, never each other or this module.
 
@@ -13,6 +14,7 @@ mod auth;
 mod billing;
 mod builtin;
 mod duration;
+mod routing;
 mod server;
 mod upstreams;
 
@@ -130,6 +132,7 @@ fn validate(
     let (server, body_read_timeout) = server::connections(raw.server.as_ref(), shutdown_grace)?;
     let upstreams::Upstreams { upstreams, skipped } =
         upstreams::upstreams(raw.upstreams, env, base_dir, builtin)?;
+    let routing = routing::routing(raw.routing.as_ref())?;
     let billing = billing::billing(
         &raw.prices,
         raw.billing.as_ref(),
@@ -143,6 +146,7 @@ fn validate(
     proxy.body_read_timeout = body_read_timeout;
     proxy.timeouts = timeouts;
     proxy.auth = auth;
+    proxy.routing = routing;
     proxy.listed_models = raw.prices.into_keys().collect();
     Ok(Config {
         source: source.to_owned(),
