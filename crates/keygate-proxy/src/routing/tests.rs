@@ -213,7 +213,6 @@ fn a_half_open_breaker_lets_exactly_one_trial_through() {
         vec![upstream("a", 0, 1, 1), upstream("b", 0, 1, 1)],
         settings,
     );
-    let candidates = r.candidates(ProviderKind::OpenAi, "gpt-4o").unwrap();
     let a = Target {
         upstream: 0,
         key: 0,
