@@ -151,9 +151,10 @@ impl Breaker {
         self.lock().last_failure
     }
 
-    /// Whether it is open now (for `/metrics`).
-    pub(crate) fn is_open(&self, now: Instant) -> bool {
-        self.gate(now) != Gate::Closed
+    /// Whether it is out of rotation now: open and cooling down, or its
+    /// half-open trial out (for `/metrics`).
+    pub(crate) fn is_out(&self, now: Instant) -> bool {
+        self.gate(now) == Gate::Shut
     }
 }
 

@@ -203,11 +203,11 @@ impl RoutingMetrics {
             self.retries.load(Ordering::Relaxed)
         ));
         out.push_str(
-            "# HELP keygate_upstream_up Whether an upstream's breaker is closed (this instance).\n\
+            "# HELP keygate_upstream_up Whether an upstream takes requests now: its breaker closed, or cooled down for a trial (this instance).\n\
              # TYPE keygate_upstream_up gauge\n",
         );
         for (i, upstream) in self.names.iter().enumerate() {
-            let up = u8::from(!router.health[i].breaker.is_open(now));
+            let up = u8::from(!router.health[i].breaker.is_out(now));
             out.push_str(&format!(
                 "keygate_upstream_up{{upstream=\"{upstream}\"}} {up}\n"
             ));

@@ -11,6 +11,7 @@
 
 mod billing;
 mod conn;
+mod failover;
 mod faults;
 mod harness;
 mod inputs;

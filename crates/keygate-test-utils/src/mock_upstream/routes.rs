@@ -44,10 +44,14 @@ pub(super) async fn handle(
     if !behaviour.latency.is_zero() {
         tokio::time::sleep(behaviour.latency).await;
     }
-    if let Some(Failure::Status(status, body)) = behaviour.failure {
-        return Ok(raw_json(status, body));
+    let mut response = match &behaviour.failure {
+        Some(Failure::Status(status, body)) => raw_json(*status, body.clone()),
+        _ => route(&shared, &behaviour, &parts, &body),
+    };
+    for (name, value) in &behaviour.extra_headers {
+        response.headers_mut().insert(name.clone(), value.clone());
     }
-    Ok(route(&shared, &behaviour, &parts, &body))
+    Ok(response)
 }
 
 /// Which error shape a route answers in.
