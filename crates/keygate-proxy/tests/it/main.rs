@@ -16,4 +16,5 @@ mod faults;
 mod harness;
 mod inputs;
 mod proxy;
+mod signing;
 mod tls;
