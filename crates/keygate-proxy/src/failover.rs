@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode, request};
 use hyper::body::Incoming;
 
-use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::forward::Forwarder;
 use crate::routing::{Candidates, Outcome, Router, Target, Tried};
@@ -48,7 +47,8 @@ pub(crate) struct Unserved {
 pub(crate) struct Attempts<'a> {
     pub(crate) router: &'a Router,
     pub(crate) forwarder: &'a Forwarder,
-    pub(crate) endpoint: Endpoint,
+    /// The path below the upstream's base URL.
+    pub(crate) path: &'a str,
     pub(crate) parts: &'a request::Parts,
     /// A hash of the keygate key, for affinity.
     pub(crate) sticky: u64,
@@ -87,7 +87,7 @@ impl Attempts<'_> {
                 .send(
                     upstream,
                     target.key,
-                    self.endpoint,
+                    self.path,
                     self.parts,
                     body.clone(),
                     &id,

@@ -11,7 +11,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use keygate_keys::strip_query_param;
 
-use crate::endpoint::Endpoint;
 use crate::error::{ProxyError, error_chain};
 use crate::upstream::Upstream;
 
@@ -25,8 +24,8 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    /// Sends the request to `upstream`: the client's method, the endpoint's path
-    /// below the upstream's base URL, the query without a key, the headers the
+    /// Sends the request to `upstream`: the client's method, `path` (the
+    /// endpoint's, with its object id) below the upstream's base URL, the query without a key, the headers the
     /// policy lets through plus provider key `slot`, the signature headers when
     /// the upstream signs (message `id`), and `body`. Returns the upstream's
     /// answer with the headers it may not return removed.
@@ -34,7 +33,7 @@ impl Forwarder {
         &self,
         upstream: &Upstream,
         slot: usize,
-        endpoint: Endpoint,
+        path: &str,
         parts: &request::Parts,
         body: Bytes,
         id: &str,
@@ -45,7 +44,7 @@ impl Forwarder {
             (None, _) => None,
         };
         let uri = upstream
-            .uri(endpoint.suffix(), query.as_deref())
+            .uri(path, query.as_deref())
             .map_err(|_| ProxyError::InvalidRequest("the query string is not valid".into()))?;
         let mut headers = forward_headers(&parts.headers);
         upstream.authorize(&mut headers, slot);

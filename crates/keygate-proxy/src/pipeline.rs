@@ -15,7 +15,7 @@ use crate::billing::Admission;
 use crate::body::GatewayBody;
 use crate::conn;
 use crate::context::{PeerAddr, RequestContext};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{BodyFormat, Endpoint};
 use crate::error::ProxyError;
 use crate::failover::{Attempts, Served};
 use crate::gateway::{Exchange, Gateway};
@@ -68,6 +68,11 @@ impl Gateway {
             ctx.rate_headers(response.headers_mut());
             return Ok(response);
         }
+        if endpoint.body_format() == BodyFormat::Opaque {
+            return self
+                .serve_object(ctx, endpoint, model_id, parts, body, key)
+                .await;
+        }
 
         let probed = probe::read(
             endpoint,
@@ -82,17 +87,22 @@ impl Gateway {
         let candidates = self.router.candidates(endpoint.provider(), &probed.model)?;
         let first = Arc::clone(self.router.upstream(candidates.first()));
         ctx.log.upstream = Some(first.name().to_owned());
-        let probed = self
-            .admit(ctx, endpoint, &first, key, parts, probed)
-            .await?;
+        // Token counting is never billed.
+        let probed = if endpoint.billed() {
+            self.admit(ctx, endpoint, &first, key, parts, probed)
+                .await?
+        } else {
+            probed
+        };
         let Probed {
             body,
             model,
             stream,
             ..
         } = probed;
+        let path = endpoint.upstream_path(None);
         let served = self
-            .forward(ctx, endpoint, parts, key, &candidates, &body)
+            .forward(ctx, &path, parts, key, &candidates, &body)
             .await?;
         let upstream = self.router.upstream(served.upstream);
         let exchange = Exchange {
@@ -106,13 +116,51 @@ impl Gateway {
         Ok(self.respond(ctx, &exchange, served.answer))
     }
 
+    /// A stored object's endpoint (files, batches, stored responses): no model
+    /// and no charge; the body, if any, read once and forwarded as it came,
+    /// to the first healthy upstream of the endpoint's kind.
+    async fn serve_object(
+        &self,
+        ctx: &mut RequestContext,
+        endpoint: Endpoint,
+        id: Option<&str>,
+        parts: &request::Parts,
+        body: &mut Incoming,
+        key: &ApiKey,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        if endpoint == Endpoint::CreateBatch && self.billing().is_some() {
+            return Err(ProxyError::BatchNotBilled);
+        }
+        let body = probe::read_opaque(
+            &parts.headers,
+            body,
+            self.max_body_bytes,
+            self.body_read_timeout,
+        )
+        .await?;
+        let candidates = self.router.objects(endpoint.provider(), endpoint.route())?;
+        let path = endpoint.upstream_path(id);
+        let served = self
+            .forward(ctx, &path, parts, key, &candidates, &body)
+            .await?;
+        let exchange = Exchange {
+            endpoint,
+            key,
+            model: "",
+            stream: false,
+            upstream: self.router.upstream(served.upstream).name(),
+            status: served.answer.status(),
+        };
+        Ok(self.respond(ctx, &exchange, served.answer))
+    }
+
     /// Sends the request to its candidates (retries and failover included),
     /// and notes in the log and the charge which upstream served it and after
     /// how many attempts.
     async fn forward(
         &self,
         ctx: &mut RequestContext,
-        endpoint: Endpoint,
+        path: &str,
         parts: &request::Parts,
         key: &ApiKey,
         candidates: &Candidates,
@@ -121,7 +169,7 @@ impl Gateway {
         let attempts = Attempts {
             router: &self.router,
             forwarder: &self.forwarder,
-            endpoint,
+            path,
             parts,
             sticky: sticky_hash(key.id.as_str()),
         };

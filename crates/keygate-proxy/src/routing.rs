@@ -123,12 +123,17 @@ impl Tried {
 /// The candidates for one request, in tier order (priority, then
 /// configuration order).
 #[derive(Debug)]
-pub(crate) struct Candidates(Vec<usize>);
+pub(crate) struct Candidates {
+    list: Vec<usize>,
+    /// Take the first available in order, never split by weight: stored
+    /// objects live at the upstream that made them.
+    ordered: bool,
+}
 
 impl Candidates {
     /// The first candidate, which the request is admitted under.
     pub(crate) fn first(&self) -> usize {
-        self.0.first().copied().unwrap_or_default()
+        self.list.first().copied().unwrap_or_default()
     }
 }
 
@@ -330,7 +335,10 @@ impl Router {
         if !found.is_empty() {
             // Stable: configuration order within a tier.
             found.sort_by_key(|&i| self.upstreams[i].priority());
-            return Ok(Candidates(found));
+            return Ok(Candidates {
+                list: found,
+                ordered: false,
+            });
         }
         let shown = model_phrase(model);
         let message = match self.upstreams.iter().find(|u| u.serves(model)) {
@@ -341,6 +349,28 @@ impl Router {
             None => format!("{shown} does not exist or you do not have access to it"),
         };
         Err(ProxyError::ModelNotFound(message))
+    }
+
+    /// The candidates for a stored object's endpoint (`route` names it in
+    /// errors): every upstream of `provider`, in tier order, tried in that
+    /// order, so files, batches and stored responses go to the first healthy
+    /// one.
+    pub(crate) fn objects(
+        &self,
+        provider: ProviderKind,
+        route: &'static str,
+    ) -> Result<Candidates, ProxyError> {
+        let mut list: Vec<usize> = (0..self.upstreams.len())
+            .filter(|&i| self.upstreams[i].kind() == provider)
+            .collect();
+        if list.is_empty() {
+            return Err(ProxyError::NoUpstream(route));
+        }
+        list.sort_by_key(|&i| self.upstreams[i].priority());
+        Ok(Candidates {
+            list,
+            ordered: true,
+        })
     }
 
     /// The next attempt's target: the first tier with an available candidate,
@@ -355,7 +385,7 @@ impl Router {
     ) -> Option<Target> {
         let now = Instant::now();
         let sticky = (self.settings.affinity == Affinity::Key).then_some(sticky);
-        let mut rest = candidates.0.as_slice();
+        let mut rest = candidates.list.as_slice();
         while let Some(&first) = rest.first() {
             let priority = self.upstreams[first].priority();
             let split = rest
@@ -372,6 +402,7 @@ impl Router {
                 .collect();
             while !open.is_empty() {
                 let chosen = match sticky {
+                    _ if candidates.ordered => 0,
                     Some(hash) => self.rendezvous(&open, hash),
                     None => self.round_robin(&open),
                 };
@@ -381,7 +412,7 @@ impl Router {
                     return Some(Target { upstream, key });
                 }
                 // Another request took the half-open trial first.
-                open.swap_remove(chosen);
+                open.remove(chosen);
             }
         }
         self.least_recently_failed(candidates, tried)
@@ -465,7 +496,7 @@ impl Router {
     /// key that the provider has not refused.
     fn least_recently_failed(&self, candidates: &Candidates, tried: &Tried) -> Option<Target> {
         candidates
-            .0
+            .list
             .iter()
             .filter(|&&i| !tried.excludes_upstream(i))
             .filter_map(|&upstream| {

@@ -302,7 +302,23 @@ fn shape_of(endpoint: Endpoint) -> Option<ApiShape> {
         Endpoint::Embeddings => Some(ApiShape::OpenAiEmbeddings),
         Endpoint::Responses => Some(ApiShape::OpenAiResponses),
         Endpoint::Messages => Some(ApiShape::AnthropicMessages),
-        Endpoint::AudioSpeech | Endpoint::ListModels | Endpoint::GetModel => None,
+        // Speech is audio; the rest are never billed.
+        Endpoint::AudioSpeech
+        | Endpoint::ListModels
+        | Endpoint::GetModel
+        | Endpoint::CountTokens
+        | Endpoint::GetResponse
+        | Endpoint::DeleteResponse
+        | Endpoint::ResponseInputItems
+        | Endpoint::ListFiles
+        | Endpoint::UploadFile
+        | Endpoint::GetFile
+        | Endpoint::DeleteFile
+        | Endpoint::FileContent
+        | Endpoint::ListBatches
+        | Endpoint::CreateBatch
+        | Endpoint::GetBatch
+        | Endpoint::CancelBatch => None,
     }
 }
 

@@ -140,6 +140,7 @@ async fn a_client_cannot_send_signature_headers_of_its_own() {
 /// Runs `tests/sdk/verify_signature.py` with the Python at
 /// `KEYGATE_TEST_PYTHON` (`.ci/run` installs `standardwebhooks` and `bcrypt`
 /// there); says so loudly when it is not set.
+#[allow(clippy::print_stderr, reason = "a skip must be loud")]
 fn python_verifies(headers: &http::HeaderMap, body: &[u8]) {
     let Ok(python) = std::env::var("KEYGATE_TEST_PYTHON") else {
         eprintln!(
