@@ -105,4 +105,17 @@ pub mod bench {
     pub fn probe_json(body: &[u8]) -> Result<(String, bool), ProxyError> {
         crate::probe::probe_model_and_stream(body)
     }
+
+    /// What routing does per request before forwarding: the candidates for an
+    /// OpenAI `model`, the pick for `key_id`, and the report of a good answer.
+    /// Returns the picked upstream's index.
+    pub fn route(router: &crate::Router, model: &str, key_id: &str) -> Result<usize, ProxyError> {
+        use crate::routing::{Outcome, Tried, sticky_hash};
+        let candidates = router.candidates(crate::ProviderKind::OpenAi, model)?;
+        let target = router
+            .pick(&candidates, &Tried::default(), sticky_hash(key_id))
+            .ok_or_else(|| ProxyError::UpstreamUnavailable("none".into()))?;
+        router.report(target, Outcome::Answered, false);
+        Ok(target.upstream)
+    }
 }
