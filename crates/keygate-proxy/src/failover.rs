@@ -94,7 +94,9 @@ impl Attempts<'_> {
                 )
                 .await;
             let (outcome, next) = self.judge(result, &mut tried, target);
-            self.router.report(target, outcome, attempts > 1);
+            if let Some(outcome) = outcome {
+                self.router.report(target, outcome, attempts > 1);
+            }
             match next {
                 Ok(Next::Serve(answer)) => {
                     return Ok(Served {
@@ -103,7 +105,15 @@ impl Attempts<'_> {
                         attempts,
                     });
                 }
-                Ok(Next::Retry(answer, error)) => last = Some((target, answer, error)),
+                Ok(Next::Retry(answer, error)) => {
+                    tracing::info!(
+                        upstream = upstream.name(),
+                        attempt = attempts,
+                        status = answer.as_ref().map_or(0, |a| a.status().as_u16()),
+                        "upstream attempt failed; the request may go to the next candidate"
+                    );
+                    last = Some((target, answer, error));
+                }
                 Err(error) => {
                     return Err(Unserved {
                         error,
@@ -133,14 +143,15 @@ impl Attempts<'_> {
         }
     }
 
-    /// How an attempt went, and whether it is served or retried (`Err`: served
-    /// as keygate's own error, no retry).
+    /// How an attempt went (`None`: nothing about the upstream, which was
+    /// never reached), and whether it is served or retried (`Err`: served as
+    /// keygate's own error, no retry).
     fn judge(
         &self,
         result: Result<Response<Incoming>, ProxyError>,
         tried: &mut Tried,
         target: Target,
-    ) -> (Outcome, Result<Next, ProxyError>) {
+    ) -> (Option<Outcome>, Result<Next, ProxyError>) {
         let retry_on = self.router.settings().retry_on;
         let upstream = self.router.upstream(target.upstream);
         let answer = match result {
@@ -150,7 +161,7 @@ impl Attempts<'_> {
                     ProxyError::UpstreamTimeout(_) => retry_on.timeout,
                     ProxyError::UpstreamUnavailable(_) => retry_on.connection,
                     // Not the upstream's doing (a query that makes no URI).
-                    _ => return (Outcome::Answered, Err(error)),
+                    _ => return (None, Err(error)),
                 };
                 tried.upstream(target);
                 let next = if retry {
@@ -158,7 +169,7 @@ impl Attempts<'_> {
                 } else {
                     Err(error)
                 };
-                return (Outcome::UpstreamFailed(None), next);
+                return (Some(Outcome::UpstreamFailed(None)), next);
             }
         };
         let status = answer.status();
@@ -174,7 +185,7 @@ impl Attempts<'_> {
             } else {
                 Ok(Next::Serve(answer))
             };
-            return (Outcome::RateLimited(wait), next);
+            return (Some(Outcome::RateLimited(wait)), next);
         }
         if status.is_server_error() {
             tried.upstream(target);
@@ -183,16 +194,16 @@ impl Attempts<'_> {
             } else {
                 Ok(Next::Serve(answer))
             };
-            return (Outcome::UpstreamFailed(wait), next);
+            return (Some(Outcome::UpstreamFailed(wait)), next);
         }
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) && upstream.has_keys()
         {
             // The operator's provider key, not the client's request: another
             // key (or upstream) may serve it.
             tried.key(target);
-            return (Outcome::KeyRefused, gave_up(answer));
+            return (Some(Outcome::KeyRefused), gave_up(answer));
         }
-        (Outcome::Answered, Ok(Next::Serve(answer)))
+        (Some(Outcome::Answered), Ok(Next::Serve(answer)))
     }
 }
 

@@ -152,8 +152,14 @@ pub struct RoutingMetrics {
 impl RoutingMetrics {
     fn new(upstreams: &[Arc<Upstream>]) -> Self {
         let zeros = || upstreams.iter().map(|_| AtomicU64::new(0)).collect();
+        // Label values escaped as the Prometheus text format wants them.
+        let label = |name: &str| {
+            name.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
         Self {
-            names: upstreams.iter().map(|u| u.name().to_owned()).collect(),
+            names: upstreams.iter().map(|u| label(u.name())).collect(),
             attempts: zeros(),
             failures: zeros(),
             retries: AtomicU64::new(0),
@@ -286,6 +292,7 @@ impl Router {
             })
             .collect();
         let metrics = Arc::new(RoutingMetrics::new(&upstreams));
+        log_shared_tiers(&upstreams);
         Self {
             current: Mutex::new(vec![0; upstreams.len()]),
             upstreams,
@@ -566,6 +573,29 @@ impl Router {
                     u64::try_from(self.settings.breaker.cooldown.as_millis()).unwrap_or(u64::MAX),
                 "upstream breaker opened"
             );
+        }
+    }
+}
+
+/// Says at start which upstreams share a model within one tier, so an operator
+/// who meant the second as a backup (configuration order once decided) sees
+/// that it is now split by weight and can give it a higher `priority`.
+fn log_shared_tiers(upstreams: &[Arc<Upstream>]) {
+    for (i, a) in upstreams.iter().enumerate() {
+        for b in &upstreams[i + 1..] {
+            let shared = a.kind() == b.kind()
+                && a.priority() == b.priority()
+                && a.models()
+                    .iter()
+                    .any(|p| b.models().iter().any(|q| p.overlaps(q)));
+            if shared {
+                tracing::info!(
+                    first = a.name(),
+                    second = b.name(),
+                    priority = a.priority(),
+                    "two upstreams serve some of the same models in one priority tier: their requests are split by weight; give one a higher priority to make it a backup"
+                );
+            }
         }
     }
 }
