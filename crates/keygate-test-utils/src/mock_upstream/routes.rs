@@ -44,14 +44,10 @@ pub(super) async fn handle(
     if !behaviour.latency.is_zero() {
         tokio::time::sleep(behaviour.latency).await;
     }
-    let mut response = match &behaviour.failure {
-        Some(Failure::Status(status, body)) => raw_json(*status, body.clone()),
-        _ => route(&shared, &behaviour, &parts, &body),
-    };
-    for (name, value) in &behaviour.extra_headers {
-        response.headers_mut().insert(name.clone(), value.clone());
+    if let Some(Failure::Status(status, body)) = behaviour.failure {
+        return Ok(raw_json(status, body));
     }
-    Ok(response)
+    Ok(route(&shared, &behaviour, &parts, &body))
 }
 
 /// Which error shape a route answers in.
