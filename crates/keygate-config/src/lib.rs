@@ -103,9 +103,11 @@ pub struct RawConfig {
     pub timeouts: Option<RawTimeouts>,
     /// `[auth_cache]`.
     pub auth_cache: Option<RawAuthCache>,
-    /// `[[upstreams]]`, in routing order.
+    /// `[[upstreams]]`, in configuration order.
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
+    /// `[routing]`: retries, failover, affinity and breakers.
+    pub routing: Option<RawRouting>,
     /// `[prices."MODEL"]`.
     #[serde(default)]
     pub prices: BTreeMap<String, RawPrice>,
@@ -228,12 +230,96 @@ pub struct RawUpstream {
     pub base_url: String,
     /// Provider API.
     pub kind: RawKind,
-    /// The environment variable holding the provider key.
-    pub api_key_env: Option<String>,
+    /// The environment variable holding the provider key, or a list of them
+    /// (a pool used in rotation).
+    pub api_key_env: Option<RawKeyEnv>,
     /// Exact names and trailing-`*` patterns.
     pub models: Vec<String>,
     /// Extra PEM CA certificates, relative to the file's directory.
     pub ca_file: Option<PathBuf>,
+    /// Priority tier, lower first (default 0).
+    pub priority: Option<i32>,
+    /// Weight within the tier (default 1).
+    pub weight: Option<u32>,
+    /// `[upstreams.signing]`.
+    pub signing: Option<RawSigning>,
+}
+
+/// `api_key_env`: one variable or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RawKeyEnv {
+    /// `"OPENAI_API_KEY"`.
+    One(String),
+    /// `["OPENAI_KEY_1", "OPENAI_KEY_2"]`.
+    Pool(Vec<String>),
+}
+
+impl RawKeyEnv {
+    /// The variable names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Self::One(name) => vec![name.as_str()],
+            Self::Pool(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// `[upstreams.signing]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    /// The environment variable holding the hook key.
+    pub secret_env: String,
+    /// Standard Webhooks headers (default true).
+    pub standard_webhooks: Option<bool>,
+    /// `X-Request-Nonce` (default false).
+    pub request_nonce: Option<bool>,
+}
+
+/// `[routing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// Failures retried on the next candidate.
+    pub retry_on: Option<Vec<RawRetryOn>>,
+    /// Most attempts per request.
+    pub max_attempts: Option<u32>,
+    /// `"none"` or `"key"`.
+    pub affinity: Option<RawAffinity>,
+    /// Failures within the window that open a breaker.
+    pub breaker_failures: Option<u32>,
+    /// How far back failures count (a duration).
+    pub breaker_window: Option<String>,
+    /// How long an open breaker keeps its upstream or key out (a duration).
+    pub breaker_cooldown: Option<String>,
+}
+
+/// One `retry_on` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RawRetryOn {
+    /// A refused or reset connection.
+    #[serde(rename = "connection")]
+    Connection,
+    /// The first-byte timeout.
+    #[serde(rename = "timeout")]
+    Timeout,
+    /// A 429 answer.
+    #[serde(rename = "429")]
+    RateLimited,
+    /// A 5xx answer.
+    #[serde(rename = "5xx")]
+    ServerError,
+}
+
+/// `affinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawAffinity {
+    /// Spread by weight.
+    None,
+    /// One upstream and provider key per keygate key.
+    Key,
 }
 
 /// An upstream's `kind`.
@@ -315,6 +401,25 @@ kind = "anthropic"
 api_key_env = "ANTHROPIC_API_KEY"
 models = ["claude-*"]
 ca_file = "ca.pem"
+priority = 1
+weight = 3
+[upstreams.signing]
+secret_env = "HOOK_SECRET"
+standard_webhooks = true
+request_nonce = true
+[[upstreams]]
+name = "b"
+base_url = "https://api.openai.com/v1"
+kind = "openai"
+api_key_env = ["K1", "K2"]
+models = ["gpt-*"]
+[routing]
+retry_on = ["connection", "timeout", "429", "5xx"]
+max_attempts = 2
+affinity = "key"
+breaker_failures = 3
+breaker_window = "10s"
+breaker_cooldown = "5s"
 [prices."claude-haiku-4-5"]
 input_per_mtok = 1.0
 output_per_mtok = 5.0
@@ -331,6 +436,15 @@ log_client_ip = true
         let raw = parse(text, Path::new("keygate.toml")).unwrap();
         assert_eq!(raw.key_prefix.as_deref(), Some("acme"));
         assert_eq!(raw.upstreams[0].kind, RawKind::Anthropic);
+        assert_eq!(raw.upstreams[0].weight, Some(3));
+        assert_eq!(
+            raw.upstreams[1].api_key_env.as_ref().unwrap().names(),
+            ["K1", "K2"]
+        );
+        assert_eq!(
+            raw.routing.as_ref().and_then(|r| r.affinity),
+            Some(RawAffinity::Key)
+        );
         assert_eq!(raw.prices["claude-haiku-4-5"].output_per_mtok, 5.0);
         assert_eq!(raw.privacy.and_then(|p| p.log_client_ip), Some(true));
         assert_eq!(

@@ -1,6 +1,7 @@
 //! keygate API keys: the key format, generation from the OS CSPRNG, parsing and
-//! checksum validation, SHA-256 hashing, and extracting a presented credential
-//! from request headers.
+//! checksum validation, SHA-256 hashing, extracting a presented credential
+//! from request headers, and signing outbound requests (Standard Webhooks HMAC,
+//! a bcrypt `X-Request-Nonce`) with the receiver's verification.
 //!
 //! This crate does no IO. It is the only place that knows what a key looks like:
 //! the store sees [`KeyHash`]es, the proxy sees [`Credential`]s.
@@ -41,6 +42,7 @@ mod admin;
 mod extract;
 mod format;
 mod hash;
+mod signing;
 
 pub use admin::{ADMIN_TOKEN_CODE, AdminSecret, parse_admin_token, random_token};
 pub use extract::{
@@ -52,3 +54,8 @@ pub use format::{
     SECRET_HEX_LEN, SecretKey,
 };
 pub use hash::{InvalidKeyHash, KeyHash};
+pub use signing::{
+    MAX_NONCE_COST, NONCE_COST, REQUEST_NONCE, SignatureError, WEBHOOK_ID, WEBHOOK_SIGNATURE,
+    WEBHOOK_TIMESTAMP, request_nonce, sign_standard_webhook, standard_webhook_headers,
+    verify_request_nonce, verify_standard_webhook, verify_standard_webhook_at,
+};

@@ -1,6 +1,6 @@
 //! The request log line (`keygate::request`): one per request, metadata only —
-//! method, canonical route, status, model, key id, upstream, timings, bytes and
-//! outcome. Never a key, a body or a query string.
+//! method, canonical route, status, model, key id, upstream, upstream attempts,
+//! timings, bytes and outcome. Never a key, a body or a query string.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ pub(crate) struct LogFields {
     pub(crate) model: Option<String>,
     pub(crate) key_id: Option<String>,
     pub(crate) upstream: Option<String>,
+    /// Upstream attempts made (retries and failover included).
+    pub(crate) attempts: u32,
 }
 
 impl LogFields {
@@ -31,6 +33,7 @@ impl LogFields {
             model: None,
             key_id: None,
             upstream: None,
+            attempts: 0,
         }
     }
 
@@ -44,6 +47,7 @@ impl LogFields {
             model: self.model.take(),
             key_id: self.key_id.take(),
             upstream: self.upstream.take(),
+            attempts: self.attempts,
         }
     }
 
@@ -79,6 +83,7 @@ impl LogFields {
             model = self.model.as_deref().unwrap_or("-"),
             key_id = self.key_id.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
+            attempts = self.attempts,
             latency_us = self.started.elapsed().as_micros() as u64,
             first_byte_us = first_byte.map_or(0, |d| d.as_micros() as u64),
             bytes,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use keygate_keys::KeyPrefix;
 
 use crate::error::ConfigError;
+use crate::routing::RoutingSettings;
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
 
 /// Everything the proxy service needs besides the store.
@@ -24,6 +25,9 @@ pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// Upstream timeouts.
     pub timeouts: UpstreamTimeouts,
+    /// How requests are spread over candidate upstreams, retried and kept off
+    /// failing ones.
+    pub routing: RoutingSettings,
     /// Auth cache settings.
     pub auth: AuthSettings,
     /// Concrete model names to list on `GET /v1/models` when an upstream pattern
@@ -106,6 +110,7 @@ impl ProxyConfig {
                 idle: defaults::IDLE_TIMEOUT,
             },
             auth: AuthSettings::default(),
+            routing: RoutingSettings::default(),
             listed_models: Vec::new(),
         }
     }
@@ -127,10 +132,24 @@ impl ProxyConfig {
             ("timeouts.first_byte", self.timeouts.first_byte),
             ("timeouts.idle", self.timeouts.idle),
             ("server.body_read_timeout", self.body_read_timeout),
+            ("routing.breaker_window", self.routing.breaker.window),
+            ("routing.breaker_cooldown", self.routing.breaker.cooldown),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(field, "must be more than zero"));
             }
+        }
+        if self.routing.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "routing.max_attempts",
+                "must be at least 1 (1 turns retries off)",
+            ));
+        }
+        if self.routing.breaker.failures == 0 {
+            return Err(ConfigError::new(
+                "routing.breaker_failures",
+                "must be at least 1",
+            ));
         }
         let mut names = HashSet::new();
         for (i, upstream) in self.upstreams.iter().enumerate() {

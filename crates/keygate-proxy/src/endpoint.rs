@@ -1,6 +1,7 @@
-//! Which endpoint a request is for: its method and path (with or without `/v1`),
-//! the scope a key needs for it, the provider API that serves it and how its body
-//! carries `model`.
+//! Which endpoint a request is for: its method and path (with or without `/v1`,
+//! with an object id where the path has one), the scope a key needs for it, the
+//! provider API that serves it, how its body carries `model`, and whether it is
+//! billed.
 
 use http::Method;
 use keygate_store::Scope;
@@ -33,6 +34,9 @@ pub enum BodyFormat {
     Json,
     /// `multipart/form-data` with a `model` field (file uploads).
     Multipart,
+    /// No `model`: a stored object's endpoint (files, batches, stored
+    /// responses), its body (if any) forwarded as it came.
+    Opaque,
 }
 
 /// An endpoint keygate serves.
@@ -60,6 +64,32 @@ pub enum Endpoint {
     AudioTranscriptions,
     /// `POST /v1/audio/translations`.
     AudioTranslations,
+    /// `POST /v1/messages/count_tokens` (Anthropic), never billed.
+    CountTokens,
+    /// `GET /v1/responses/{id}`.
+    GetResponse,
+    /// `DELETE /v1/responses/{id}`.
+    DeleteResponse,
+    /// `GET /v1/responses/{id}/input_items`.
+    ResponseInputItems,
+    /// `GET /v1/files`.
+    ListFiles,
+    /// `POST /v1/files`.
+    UploadFile,
+    /// `GET /v1/files/{id}`.
+    GetFile,
+    /// `DELETE /v1/files/{id}`.
+    DeleteFile,
+    /// `GET /v1/files/{id}/content`.
+    FileContent,
+    /// `GET /v1/batches`.
+    ListBatches,
+    /// `POST /v1/batches`.
+    CreateBatch,
+    /// `GET /v1/batches/{id}`.
+    GetBatch,
+    /// `POST /v1/batches/{id}/cancel`.
+    CancelBatch,
     /// `GET /v1/models`, answered by keygate.
     ListModels,
     /// `GET /v1/models/{model}`, answered by keygate.
@@ -72,8 +102,11 @@ pub enum Endpoint {
     Quota,
 }
 
+/// The longest object id keygate forwards in a path.
+const MAX_OBJECT_ID_LEN: usize = 128;
+
 impl Endpoint {
-    const FORWARDED: [Endpoint; 11] = [
+    const FORWARDED: [Endpoint; 24] = [
         Self::ChatCompletions,
         Self::Completions,
         Self::Responses,
@@ -85,10 +118,24 @@ impl Endpoint {
         Self::AudioSpeech,
         Self::AudioTranscriptions,
         Self::AudioTranslations,
+        Self::CountTokens,
+        Self::GetResponse,
+        Self::DeleteResponse,
+        Self::ResponseInputItems,
+        Self::ListFiles,
+        Self::UploadFile,
+        Self::GetFile,
+        Self::DeleteFile,
+        Self::FileContent,
+        Self::ListBatches,
+        Self::CreateBatch,
+        Self::GetBatch,
+        Self::CancelBatch,
     ];
 
     /// Finds the endpoint for `method` and `path` (with or without the `/v1`
-    /// prefix). Returns the model id for `GET /v1/models/{model}`.
+    /// prefix). Returns the model id for `GET /v1/models/{model}` and the
+    /// object id for the stored objects' paths.
     pub fn resolve<'p>(
         method: &Method,
         path: &'p str,
@@ -101,27 +148,54 @@ impl Endpoint {
             .strip_suffix('/')
             .filter(|r| !r.is_empty())
             .unwrap_or(rest);
-        let (endpoint, model) = if let Some(own) = Self::own_view(rest) {
-            (own, None)
+        let found: Vec<(Endpoint, Option<&'p str>)> = if let Some(own) = Self::own_view(rest) {
+            vec![(own, None)]
         } else if rest == "/models" {
-            (Self::ListModels, None)
+            vec![(Self::ListModels, None)]
         } else if let Some(id) = rest.strip_prefix("/models/").filter(|id| !id.is_empty()) {
-            (Self::GetModel, Some(id))
+            vec![(Self::GetModel, Some(id))]
         } else {
-            match Self::FORWARDED.iter().find(|e| e.suffix() == rest) {
-                Some(endpoint) => (*endpoint, None),
-                None => {
-                    return Err(ProxyError::UnknownRoute);
-                }
-            }
+            Self::FORWARDED
+                .iter()
+                .filter_map(|e| e.matches(rest).map(|id| (*e, id)))
+                .collect()
         };
-        if method != endpoint.method() {
+        let Some(&(first, _)) = found.first() else {
+            return Err(ProxyError::UnknownRoute);
+        };
+        let Some(&(endpoint, id)) = found.iter().find(|(e, _)| e.method() == method) else {
             return Err(ProxyError::MethodNotAllowed {
                 method: method.clone(),
-                path: endpoint.route(),
+                path: first.route(),
             });
+        };
+        if let Some(id) = id.filter(|_| endpoint != Self::GetModel) {
+            if !valid_object_id(id) {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "the id in the path must be 1 to {MAX_OBJECT_ID_LEN} letters, digits, '-', '_' or '.'"
+                )));
+            }
         }
-        Ok((endpoint, model))
+        Ok((endpoint, id))
+    }
+
+    /// Whether `rest` has this endpoint's shape, and the id segment if any.
+    fn matches(self, rest: &str) -> Option<Option<&str>> {
+        let template = self.suffix();
+        let Some((before, after)) = template.split_once("{id}") else {
+            return (template == rest).then_some(None);
+        };
+        let id = rest.strip_prefix(before)?.strip_suffix(after)?;
+        (!id.is_empty() && !id.contains('/')).then_some(Some(id))
+    }
+
+    /// The path below the upstream's base URL for this request: the suffix,
+    /// with `id` in place of `{id}`.
+    pub fn upstream_path(self, id: Option<&str>) -> String {
+        match id {
+            Some(id) if self != Self::GetModel => self.suffix().replace("{id}", id),
+            _ => self.suffix().to_owned(),
+        }
     }
 
     fn own_view(rest: &str) -> Option<Endpoint> {
@@ -136,9 +210,19 @@ impl Endpoint {
     /// The method the endpoint takes.
     pub fn method(self) -> Method {
         match self {
-            Self::ListModels | Self::GetModel | Self::KeyInfo | Self::KeyUsage | Self::Quota => {
-                Method::GET
-            }
+            Self::ListModels
+            | Self::GetModel
+            | Self::KeyInfo
+            | Self::KeyUsage
+            | Self::Quota
+            | Self::GetResponse
+            | Self::ResponseInputItems
+            | Self::ListFiles
+            | Self::GetFile
+            | Self::FileContent
+            | Self::ListBatches
+            | Self::GetBatch => Method::GET,
+            Self::DeleteResponse | Self::DeleteFile => Method::DELETE,
             _ => Method::POST,
         }
     }
@@ -157,6 +241,15 @@ impl Endpoint {
             Self::AudioSpeech => "/audio/speech",
             Self::AudioTranscriptions => "/audio/transcriptions",
             Self::AudioTranslations => "/audio/translations",
+            Self::CountTokens => "/messages/count_tokens",
+            Self::GetResponse | Self::DeleteResponse => "/responses/{id}",
+            Self::ResponseInputItems => "/responses/{id}/input_items",
+            Self::ListFiles | Self::UploadFile => "/files",
+            Self::GetFile | Self::DeleteFile => "/files/{id}",
+            Self::FileContent => "/files/{id}/content",
+            Self::ListBatches | Self::CreateBatch => "/batches",
+            Self::GetBatch => "/batches/{id}",
+            Self::CancelBatch => "/batches/{id}/cancel",
             Self::ListModels => "/models",
             Self::GetModel => "/models/{model}",
             Self::KeyInfo => "/key",
@@ -179,6 +272,15 @@ impl Endpoint {
             Self::AudioSpeech => "/v1/audio/speech",
             Self::AudioTranscriptions => "/v1/audio/transcriptions",
             Self::AudioTranslations => "/v1/audio/translations",
+            Self::CountTokens => "/v1/messages/count_tokens",
+            Self::GetResponse | Self::DeleteResponse => "/v1/responses/{id}",
+            Self::ResponseInputItems => "/v1/responses/{id}/input_items",
+            Self::ListFiles | Self::UploadFile => "/v1/files",
+            Self::GetFile | Self::DeleteFile => "/v1/files/{id}",
+            Self::FileContent => "/v1/files/{id}/content",
+            Self::ListBatches | Self::CreateBatch => "/v1/batches",
+            Self::GetBatch => "/v1/batches/{id}",
+            Self::CancelBatch => "/v1/batches/{id}/cancel",
             Self::ListModels => "/v1/models",
             Self::GetModel => "/v1/models/{model}",
             Self::KeyInfo => "/v1/key",
@@ -190,9 +292,20 @@ impl Endpoint {
     /// The scope a key needs for this endpoint.
     pub fn scope(self) -> Scope {
         match self {
-            Self::ChatCompletions | Self::Completions | Self::Responses | Self::Messages => {
-                Scope::Chat
-            }
+            Self::ChatCompletions
+            | Self::Completions
+            | Self::Responses
+            | Self::Messages
+            | Self::CountTokens => Scope::Chat,
+            Self::GetResponse
+            | Self::ResponseInputItems
+            | Self::ListFiles
+            | Self::GetFile
+            | Self::FileContent
+            | Self::ListBatches
+            | Self::GetBatch => Scope::Stored,
+            Self::UploadFile | Self::CreateBatch => Scope::Upload,
+            Self::DeleteResponse | Self::DeleteFile | Self::CancelBatch => Scope::Delete,
             Self::Embeddings => Scope::Embeddings,
             Self::ImageGenerations => Scope::Image,
             Self::ImageEdits | Self::ImageVariations => Scope::ImageEdit,
@@ -206,7 +319,7 @@ impl Endpoint {
     /// The provider kind that serves the endpoint.
     pub fn provider(self) -> ProviderKind {
         match self {
-            Self::Messages => ProviderKind::Anthropic,
+            Self::Messages | Self::CountTokens => ProviderKind::Anthropic,
             _ => ProviderKind::OpenAi,
         }
     }
@@ -218,8 +331,26 @@ impl Endpoint {
             | Self::ImageVariations
             | Self::AudioTranscriptions
             | Self::AudioTranslations => BodyFormat::Multipart,
+            Self::GetResponse
+            | Self::DeleteResponse
+            | Self::ResponseInputItems
+            | Self::ListFiles
+            | Self::UploadFile
+            | Self::GetFile
+            | Self::DeleteFile
+            | Self::FileContent
+            | Self::ListBatches
+            | Self::CreateBatch
+            | Self::GetBatch
+            | Self::CancelBatch => BodyFormat::Opaque,
             _ => BodyFormat::Json,
         }
+    }
+
+    /// Whether keygate bills it: not token counting, and not the stored
+    /// objects' endpoints (no generation happens in them).
+    pub fn billed(self) -> bool {
+        self != Self::CountTokens && self.body_format() != BodyFormat::Opaque
     }
 
     /// Whether a public (browser) key may call the endpoint.
@@ -229,6 +360,16 @@ impl Endpoint {
             Self::ChatCompletions | Self::ListModels | Self::GetModel
         )
     }
+}
+
+/// An id keygate puts in an upstream path: letters, digits, `-`, `_`, `.`,
+/// not `.` or `..`, at most [`MAX_OBJECT_ID_LEN`] bytes.
+fn valid_object_id(id: &str) -> bool {
+    id.len() <= MAX_OBJECT_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -259,5 +400,90 @@ mod tests {
             Endpoint::resolve(&Method::POST, "/v1v1/chat/completions"),
             Err(ProxyError::UnknownRoute)
         ));
+    }
+
+    #[test]
+    fn object_paths_resolve_by_method_with_their_id() {
+        let cases = [
+            (
+                Method::POST,
+                "/v1/messages/count_tokens",
+                Endpoint::CountTokens,
+                None,
+            ),
+            (
+                Method::GET,
+                "/v1/responses/resp_1",
+                Endpoint::GetResponse,
+                Some("resp_1"),
+            ),
+            (
+                Method::DELETE,
+                "/v1/responses/resp_1",
+                Endpoint::DeleteResponse,
+                Some("resp_1"),
+            ),
+            (
+                Method::GET,
+                "/v1/responses/resp_1/input_items",
+                Endpoint::ResponseInputItems,
+                Some("resp_1"),
+            ),
+            (Method::GET, "/v1/files", Endpoint::ListFiles, None),
+            (Method::POST, "/files", Endpoint::UploadFile, None),
+            (
+                Method::GET,
+                "/v1/files/file-abc/content",
+                Endpoint::FileContent,
+                Some("file-abc"),
+            ),
+            (
+                Method::DELETE,
+                "/v1/files/file-abc",
+                Endpoint::DeleteFile,
+                Some("file-abc"),
+            ),
+            (Method::POST, "/v1/batches", Endpoint::CreateBatch, None),
+            (
+                Method::POST,
+                "/v1/batches/batch_1/cancel",
+                Endpoint::CancelBatch,
+                Some("batch_1"),
+            ),
+            (Method::POST, "/v1/responses", Endpoint::Responses, None),
+        ];
+        for (method, path, endpoint, id) in cases {
+            assert_eq!(
+                Endpoint::resolve(&method, path).unwrap(),
+                (endpoint, id),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            Endpoint::GetFile.upstream_path(Some("file-abc")),
+            "/files/file-abc"
+        );
+        assert!(matches!(
+            Endpoint::resolve(&Method::PUT, "/v1/files/file-abc"),
+            Err(ProxyError::MethodNotAllowed {
+                path: "/v1/files/{id}",
+                ..
+            })
+        ));
+        for bad in [
+            "/v1/files/..",
+            "/v1/files/a%2Fb",
+            "/v1/responses/.x/input_items",
+        ] {
+            assert!(
+                matches!(
+                    Endpoint::resolve(&Method::GET, bad),
+                    Err(ProxyError::InvalidRequest(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(!Endpoint::CountTokens.billed() && !Endpoint::UploadFile.billed());
+        assert!(Endpoint::Messages.billed());
     }
 }

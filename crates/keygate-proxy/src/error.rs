@@ -122,6 +122,15 @@ pub enum ProxyError {
         "unknown route: keygate serves the OpenAI and Anthropic API paths, such as /v1/chat/completions and /v1/messages"
     )]
     UnknownRoute,
+    /// No upstream of the provider kind this route needs is configured.
+    #[error("no upstream of this gateway serves {0}")]
+    NoUpstream(&'static str),
+    /// Batches are run and billed by the provider later; a billed gateway
+    /// cannot reserve for them, so it does not create them.
+    #[error(
+        "batches are not billed by this gateway, so it does not create them; send this request to the provider directly"
+    )]
+    BatchNotBilled,
     /// Known route, wrong method.
     #[error("{} is not allowed on {path}", shown_method(.method))]
     MethodNotAllowed {
@@ -245,6 +254,8 @@ impl ProxyError {
             Self::ModelNotFound(_) => (404, "invalid_request_error", "model_not_found", Client),
             Self::ModelNotPriced(_) => (404, "invalid_request_error", "model_not_found", Client),
             Self::UnknownRoute { .. } => (404, "invalid_request_error", "unknown_route", Client),
+            Self::NoUpstream(_) => (404, "invalid_request_error", "unknown_route", Client),
+            Self::BatchNotBilled => (403, "permission_error", "batches_not_billed", Client),
             Self::MethodNotAllowed { .. } => {
                 (405, "invalid_request_error", "method_not_allowed", Client)
             }

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
-use http::{Request, Response, StatusCode, request};
+use http::{Request, Response, request};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use keygate_keys::strip_query_param;
 
-use crate::endpoint::Endpoint;
 use crate::error::{ProxyError, error_chain};
 use crate::upstream::Upstream;
 
@@ -25,16 +24,19 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    /// Sends the request to `upstream`: the client's method, the endpoint's path
-    /// below the upstream's base URL, the query without a key, the headers the
-    /// policy lets through plus the provider key, and `body`. Returns the
-    /// upstream's answer with the headers it may not return removed.
+    /// Sends the request to `upstream`: the client's method, `path` (the
+    /// endpoint's, with its object id) below the upstream's base URL, the query without a key, the headers the
+    /// policy lets through plus provider key `slot`, the signature headers when
+    /// the upstream signs (message `id`), and `body`. Returns the upstream's
+    /// answer with the headers it may not return removed.
     pub(crate) async fn send(
         &self,
         upstream: &Upstream,
-        endpoint: Endpoint,
+        slot: usize,
+        path: &str,
         parts: &request::Parts,
         body: Bytes,
+        id: &str,
     ) -> Result<Response<Incoming>, ProxyError> {
         let query = match (parts.uri.query(), self.query_param.as_deref()) {
             (Some(query), Some(param)) => strip_query_param(query, param),
@@ -42,13 +44,15 @@ impl Forwarder {
             (None, _) => None,
         };
         let uri = upstream
-            .uri(endpoint.suffix(), query.as_deref())
+            .uri(path, query.as_deref())
             .map_err(|_| ProxyError::InvalidRequest("the query string is not valid".into()))?;
+        let mut headers = forward_headers(&parts.headers);
+        upstream.authorize(&mut headers, slot);
+        upstream.sign(&mut headers, id, &body);
         let mut outgoing = Request::new(Full::new(body));
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = forward_headers(&parts.headers);
-        upstream.authorize(outgoing.headers_mut());
+        *outgoing.headers_mut() = headers;
 
         let sent =
             tokio::time::timeout(self.first_byte_timeout, upstream.client().request(outgoing));
@@ -65,17 +69,6 @@ impl Forwarder {
             }
         };
         returned_headers(response.headers_mut());
-        if matches!(
-            response.status(),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-        ) {
-            // Passed through unchanged, but likely the operator's provider key.
-            tracing::warn!(
-                upstream = upstream.name(),
-                status = response.status().as_u16(),
-                "the upstream refused the request; check its provider key"
-            );
-        }
         Ok(response)
     }
 }
@@ -96,9 +89,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// (replaced by the provider key), its cookies, the operator's provider account
 /// choice (a client must not pick which organisation or project is charged), the
 /// end user's address as proxies in front add it (privacy: no IP leaves keygate),
-/// what the client stack derives from the URI and body, and `accept-encoding` so
-/// usage can be read from the response.
-const NOT_FORWARDED: [HeaderName; 20] = [
+/// what the client stack derives from the URI and body, `accept-encoding` so
+/// usage can be read from the response, and the signature headers keygate sets.
+const NOT_FORWARDED: [HeaderName; 24] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("api-key"),
@@ -119,6 +112,11 @@ const NOT_FORWARDED: [HeaderName; 20] = [
     header::EXPECT,
     header::ACCEPT_ENCODING,
     header::PROXY_AUTHENTICATE,
+    // Signature headers are keygate's to set: a client's would pass for its.
+    keygate_keys::WEBHOOK_ID,
+    keygate_keys::WEBHOOK_TIMESTAMP,
+    keygate_keys::WEBHOOK_SIGNATURE,
+    keygate_keys::REQUEST_NONCE,
 ];
 
 /// Headers dropped from responses besides hop-by-hop ones: which provider account

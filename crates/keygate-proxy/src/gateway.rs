@@ -51,7 +51,7 @@ pub trait ResponseTap: Send + Sync + 'static {
 /// The gateway service.
 pub struct Gateway {
     pub(crate) auth: Arc<Authenticator>,
-    pub(crate) router: Router,
+    pub(crate) router: Arc<Router>,
     pub(crate) forwarder: Forwarder,
     pub(crate) local: Local,
     pub(crate) models: Models,
@@ -91,9 +91,10 @@ impl Gateway {
             config.query_param.clone(),
             &config.auth,
         );
+        let router = Arc::new(Router::with_settings(upstreams, config.routing));
         Ok(Self {
             auth: Arc::new(auth),
-            router: Router::new(upstreams),
+            router: Arc::clone(&router),
             forwarder: Forwarder {
                 query_param: config.query_param,
                 first_byte_timeout: config.timeouts.first_byte,
@@ -102,6 +103,7 @@ impl Gateway {
                 store,
                 billing: None,
                 connections: Arc::default(),
+                router,
             },
             models: Models::new(config.listed_models),
             max_body_bytes: config.max_body_bytes,

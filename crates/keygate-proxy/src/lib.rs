@@ -29,12 +29,13 @@
 //! # async fn main() {
 //! let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
 //! let openai = UpstreamConfig {
-//!     name: "openai".into(),
-//!     base_url: "https://api.openai.com/v1".into(),
-//!     kind: ProviderKind::OpenAi,
-//!     provider_key: Some(ProviderKey::new("sk-your-provider-key".into())),
-//!     models: vec!["gpt-4o*".into()],
-//!     ca_file: None,
+//!     provider_keys: vec![ProviderKey::new("sk-your-provider-key".into())],
+//!     ..UpstreamConfig::new(
+//!         "openai",
+//!         "https://api.openai.com/v1",
+//!         ProviderKind::OpenAi,
+//!         vec!["gpt-4o*".into()],
+//!     )
 //! };
 //! let config = ProxyConfig::new(KeyPrefix::default(), vec![openai]);
 //! config.validate().unwrap(); // what `keygate --check` runs
@@ -59,8 +60,10 @@ mod conn;
 mod context;
 mod endpoint;
 mod error;
+mod failover;
 mod forward;
 mod gateway;
+mod health;
 mod limits;
 mod local;
 mod models;
@@ -70,6 +73,7 @@ mod policy;
 mod probe;
 mod routing;
 mod server;
+mod signing;
 mod text;
 mod upstream;
 
@@ -84,11 +88,14 @@ pub use context::PeerAddr;
 pub use endpoint::{BodyFormat, Endpoint, ProviderKind};
 pub use error::{BoxError, ConfigError, ErrorKind, ErrorSource, ProxyError};
 pub use gateway::{Background, Exchange, Gateway, ResponseTap};
+pub use health::BreakerSettings;
 pub use limits::RequestAllowance;
 pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
-pub use routing::Router;
+pub use routing::{Affinity, RetryOn, Router, RoutingMetrics, RoutingSettings};
 pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
-pub use upstream::{ProviderKey, Upstream, UpstreamConfig, UpstreamTimeouts};
+pub use upstream::{
+    HookSecret, ProviderKey, SigningConfig, Upstream, UpstreamConfig, UpstreamTimeouts,
+};
 
 /// Internals reached by the criterion benches in `benches/`; not an API.
 #[doc(hidden)]
@@ -98,5 +105,18 @@ pub mod bench {
     /// The gateway's peek at `model` and `stream` in a JSON request body.
     pub fn probe_json(body: &[u8]) -> Result<(String, bool), ProxyError> {
         crate::probe::probe_model_and_stream(body)
+    }
+
+    /// What routing does per request before forwarding: the candidates for an
+    /// OpenAI `model`, the pick for `key_id`, and the report of a good answer.
+    /// Returns the picked upstream's index.
+    pub fn route(router: &crate::Router, model: &str, key_id: &str) -> Result<usize, ProxyError> {
+        use crate::routing::{Outcome, Tried, sticky_hash};
+        let candidates = router.candidates(crate::ProviderKind::OpenAi, model)?;
+        let target = router
+            .pick(&candidates, &Tried::default(), sticky_hash(key_id))
+            .ok_or_else(|| ProxyError::UpstreamUnavailable("none".into()))?;
+        router.report(target, Outcome::Answered, false);
+        Ok(target.upstream)
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Local {
     pub(crate) billing: Option<Arc<Billing>>,
     /// Filled in by the server's accept loop.
     pub(crate) connections: Arc<ConnectionMetrics>,
+    /// For the upstream counters and health.
+    pub(crate) router: Arc<Router>,
 }
 
 impl Local {
@@ -42,8 +44,8 @@ impl Local {
         })
     }
 
-    /// Prometheus text: connection counts, and billing counters when billing
-    /// is on.
+    /// Prometheus text: connection counts, upstream attempts and health, and
+    /// billing counters when billing is on.
     fn metrics(&self) -> Response<GatewayBody> {
         let c = &self.connections;
         let mut out = format!(
@@ -56,6 +58,7 @@ impl Local {
             c.open.load(std::sync::atomic::Ordering::Relaxed),
             c.waited.load(std::sync::atomic::Ordering::Relaxed),
         );
+        self.router.metrics().render(&self.router, &mut out);
         if let Some(billing) = &self.billing {
             let m = billing.metrics();
             for (name, help, value) in [

@@ -40,6 +40,18 @@ impl ModelPattern {
         }
     }
 
+    /// Whether some model name matches both patterns.
+    pub fn overlaps(&self, other: &ModelPattern) -> bool {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b)) => a == b,
+            (Self::Exact(name), Self::Prefix(prefix))
+            | (Self::Prefix(prefix), Self::Exact(name)) => name.starts_with(prefix.as_str()),
+            (Self::Prefix(a), Self::Prefix(b)) => {
+                a.starts_with(b.as_str()) || b.starts_with(a.as_str())
+            }
+        }
+    }
+
     /// The exact name, for listing models.
     pub fn exact(&self) -> Option<&str> {
         match self {
@@ -61,6 +73,14 @@ pub fn key_allows_model(allowed: &[String], model: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlaps() {
+        let p = |t: &str| ModelPattern::parse(t).unwrap();
+        assert!(p("gpt-4o*").overlaps(&p("gpt-*")) && p("gpt-*").overlaps(&p("gpt-4o-mini")));
+        assert!(p("o3").overlaps(&p("o3")) && !p("o3").overlaps(&p("o1*")));
+        assert!(!p("claude-*").overlaps(&p("gpt-*")));
+    }
 
     #[test]
     fn patterns() {

@@ -1,8 +1,12 @@
 //! The request path, top to bottom: resolve → authenticate → policy → read and
-//! probe the body → route → admit → forward → respond. Each stage lives in its
+//! probe the body → route (the candidates) → admit → forward (with retries and
+//! failover, before the client sees a byte) → respond. Each stage lives in its
 //! own module; this one only names them in order and hands them the request's
 //! [`RequestContext`].
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::{Request, Response, request};
 use hyper::body::Incoming;
 use keygate_store::ApiKey;
@@ -11,13 +15,15 @@ use crate::billing::Admission;
 use crate::body::GatewayBody;
 use crate::conn;
 use crate::context::{PeerAddr, RequestContext};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{BodyFormat, Endpoint};
 use crate::error::ProxyError;
+use crate::failover::{Attempts, Served};
 use crate::gateway::{Exchange, Gateway};
 use crate::local::Models;
 use crate::own_view;
 use crate::policy;
 use crate::probe::{self, Probed};
+use crate::routing::{Candidates, sticky_hash};
 use crate::text::shown_model;
 use crate::upstream::Upstream;
 
@@ -77,6 +83,11 @@ impl Gateway {
             ctx.rate_headers(response.headers_mut());
             return Ok(response);
         }
+        if endpoint.body_format() == BodyFormat::Opaque {
+            return self
+                .serve_object(ctx, endpoint, model_id, parts, body, key)
+                .await;
+        }
 
         let probed = probe::read(
             endpoint,
@@ -88,27 +99,109 @@ impl Gateway {
         .await?;
         ctx.log.model = shown_model(&probed.model).map(str::to_owned);
         policy::allow_model(key, &probed.model)?;
-        let upstream = self.router.route(endpoint.provider(), &probed.model)?;
-        ctx.log.upstream = Some(upstream.name().to_owned());
-        let probed = self
-            .admit(ctx, endpoint, upstream, key, parts, probed)
-            .await?;
+        let candidates = self.router.candidates(endpoint.provider(), &probed.model)?;
+        let first = Arc::clone(self.router.upstream(candidates.first()));
+        ctx.log.upstream = Some(first.name().to_owned());
+        // Token counting is never billed.
+        let probed = if endpoint.billed() {
+            self.admit(ctx, endpoint, &first, key, parts, probed)
+                .await?
+        } else {
+            probed
+        };
         let Probed {
             body,
             model,
             stream,
             ..
         } = probed;
-        let answer = self.forwarder.send(upstream, endpoint, parts, body).await?;
+        let path = endpoint.upstream_path(None);
+        let served = self
+            .forward(ctx, &path, parts, key, &candidates, &body)
+            .await?;
+        let upstream = self.router.upstream(served.upstream);
         let exchange = Exchange {
             endpoint,
             key,
             model: &model,
             stream,
             upstream: upstream.name(),
-            status: answer.status(),
+            status: served.answer.status(),
         };
-        Ok(self.respond(ctx, &exchange, answer))
+        Ok(self.respond(ctx, &exchange, served.answer))
+    }
+
+    /// A stored object's endpoint (files, batches, stored responses): no model
+    /// and no charge; the body, if any, read once and forwarded as it came,
+    /// to the first healthy upstream of the endpoint's kind.
+    async fn serve_object(
+        &self,
+        ctx: &mut RequestContext,
+        endpoint: Endpoint,
+        id: Option<&str>,
+        parts: &request::Parts,
+        body: &mut Incoming,
+        key: &ApiKey,
+    ) -> Result<Response<GatewayBody>, ProxyError> {
+        if endpoint == Endpoint::CreateBatch && self.billing().is_some() {
+            return Err(ProxyError::BatchNotBilled);
+        }
+        let body = probe::read_opaque(
+            &parts.headers,
+            body,
+            self.max_body_bytes,
+            self.body_read_timeout,
+        )
+        .await?;
+        let candidates = self.router.objects(endpoint.provider(), endpoint.route())?;
+        let path = endpoint.upstream_path(id);
+        let served = self
+            .forward(ctx, &path, parts, key, &candidates, &body)
+            .await?;
+        let exchange = Exchange {
+            endpoint,
+            key,
+            model: "",
+            stream: false,
+            upstream: self.router.upstream(served.upstream).name(),
+            status: served.answer.status(),
+        };
+        Ok(self.respond(ctx, &exchange, served.answer))
+    }
+
+    /// Sends the request to its candidates (retries and failover included),
+    /// and notes in the log and the charge which upstream served it and after
+    /// how many attempts.
+    async fn forward(
+        &self,
+        ctx: &mut RequestContext,
+        path: &str,
+        parts: &request::Parts,
+        key: &ApiKey,
+        candidates: &Candidates,
+        body: &Bytes,
+    ) -> Result<Served, ProxyError> {
+        let attempts = Attempts {
+            router: &self.router,
+            forwarder: &self.forwarder,
+            path,
+            parts,
+            sticky: sticky_hash(key.id.as_str()),
+        };
+        let result = attempts.run(candidates, body).await;
+        let (upstream, attempts) = match &result {
+            Ok(served) => (Some(served.upstream), served.attempts),
+            Err(unserved) => (unserved.upstream, unserved.attempts),
+        };
+        ctx.log.attempts = attempts;
+        if let Some(index) = upstream {
+            let name = self.router.upstream(index).name();
+            ctx.log.upstream = Some(name.to_owned());
+            if let Some(charge) = &mut ctx.charge {
+                charge.served_by(name, attempts);
+            }
+        }
+        result.map_err(|unserved| unserved.error)
     }
 
     /// Admits the request for billing, when billing is on: the charge goes in

@@ -73,6 +73,8 @@ pub(crate) async fn read(
     } = match endpoint.body_format() {
         BodyFormat::Json => probe_json(&body)?,
         BodyFormat::Multipart => probe_multipart(headers, body.clone()).await?,
+        // Read with `read_opaque`: these endpoints carry no model.
+        BodyFormat::Opaque => return Err(ProxyError::ModelRequired),
     };
     if model.is_empty() {
         return Err(ProxyError::ModelRequired);
@@ -88,6 +90,17 @@ pub(crate) async fn read(
         stream,
         demand,
     })
+}
+
+/// The request body of an endpoint without a model (a stored object's), read
+/// once under the same limit and deadline, unparsed.
+pub(crate) async fn read_opaque(
+    headers: &HeaderMap,
+    body: &mut Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ProxyError> {
+    read_body(body, headers, limit, timeout).await
 }
 
 /// The client's own name for itself, for usage records: `X-Client-Name`,

@@ -1,5 +1,6 @@
-//! Upstream providers: their base URL, provider key and model patterns, and a pooled
-//! hyper client over rustls (ring) per upstream.
+//! Upstream providers: their base URL, provider keys (one, or a pool used in
+//! rotation), model patterns, priority and weight, optional request signing, and
+//! a pooled hyper client over rustls (ring) per upstream.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use rustls_pki_types::pem::PemObject;
 use crate::endpoint::ProviderKind;
 use crate::error::ConfigError;
 use crate::models::ModelPattern;
+use crate::signing::Signer;
+pub use crate::signing::{HookSecret, SigningConfig};
 
 /// The HTTP client keygate forwards with.
 pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -52,12 +55,38 @@ pub struct UpstreamConfig {
     pub base_url: String,
     /// Provider API.
     pub kind: ProviderKind,
-    /// The provider key sent upstream, if the upstream needs one.
-    pub provider_key: Option<ProviderKey>,
-    /// Exact names and trailing-`*` patterns, first match wins.
+    /// The provider keys sent upstream, used in rotation; empty when the
+    /// upstream needs none.
+    pub provider_keys: Vec<ProviderKey>,
+    /// Exact names and trailing-`*` patterns.
     pub models: Vec<String>,
     /// Extra PEM CA certificates trusted for this upstream, besides the webpki roots.
     pub ca_file: Option<PathBuf>,
+    /// Lower first: a higher tier is used only when every candidate of the
+    /// lower ones is unavailable (default 0).
+    pub priority: i32,
+    /// Share of requests within its tier (default 1, at least 1).
+    pub weight: u32,
+    /// Requests signed for the operator's own services.
+    pub signing: Option<SigningConfig>,
+}
+
+impl UpstreamConfig {
+    /// An upstream with no provider key, no CA file, priority 0, weight 1 and
+    /// no signing.
+    pub fn new(name: &str, base_url: &str, kind: ProviderKind, models: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            base_url: base_url.to_owned(),
+            kind,
+            provider_keys: Vec::new(),
+            models,
+            ca_file: None,
+            priority: 0,
+            weight: 1,
+            signing: None,
+        }
+    }
 }
 
 /// Connection settings for every upstream.
@@ -78,8 +107,12 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     base_path: String,
-    auth: Option<(HeaderName, HeaderValue)>,
+    /// One credential header per provider key, in pool order.
+    auth: Vec<(HeaderName, HeaderValue)>,
     models: Vec<ModelPattern>,
+    priority: i32,
+    weight: u32,
+    signer: Option<Signer>,
     client: UpstreamClient,
 }
 
@@ -90,6 +123,9 @@ impl std::fmt::Debug for Upstream {
             .field("kind", &self.kind)
             .field("authority", &self.authority)
             .field("models", &self.models)
+            .field("priority", &self.priority)
+            .field("weight", &self.weight)
+            .field("provider_keys", &self.auth.len())
             .finish_non_exhaustive()
     }
 }
@@ -99,7 +135,7 @@ struct Checked {
     scheme: Scheme,
     authority: Authority,
     base_path: String,
-    auth: Option<(HeaderName, HeaderValue)>,
+    auth: Vec<(HeaderName, HeaderValue)>,
     models: Vec<ModelPattern>,
     roots: rustls::RootCertStore,
 }
@@ -121,7 +157,7 @@ impl UpstreamConfig {
         let host = uri.host().unwrap_or_default();
         let loopback =
             matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") || host.starts_with("127.");
-        uri.scheme() == Some(&Scheme::HTTP) && self.provider_key.is_some() && !loopback
+        uri.scheme() == Some(&Scheme::HTTP) && !self.provider_keys.is_empty() && !loopback
     }
 }
 
@@ -175,9 +211,21 @@ impl Upstream {
             .map(|m| ModelPattern::parse(m))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| err("models", e.to_string()))?;
-        let auth = match &config.provider_key {
-            None => None,
-            Some(ProviderKey(key)) => {
+        if config.weight == 0 {
+            return Err(err(
+                "weight",
+                "must be at least 1; leave the upstream out to send it nothing".into(),
+            ));
+        }
+        if let Some(signing) = &config.signing {
+            signing
+                .validate()
+                .map_err(|message| err("signing", message.into()))?;
+        }
+        let auth = config
+            .provider_keys
+            .iter()
+            .map(|ProviderKey(key)| {
                 let (name, value) = match config.kind {
                     ProviderKind::OpenAi => (AUTHORIZATION, format!("Bearer {key}")),
                     ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
@@ -189,9 +237,9 @@ impl Upstream {
                     )
                 })?;
                 value.set_sensitive(true);
-                Some((name, value))
-            }
-        };
+                Ok((name, value))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let roots =
             load_roots(config.ca_file.as_deref()).map_err(|message| err("ca_file", message))?;
         Ok(Checked {
@@ -226,6 +274,12 @@ impl Upstream {
         }
         let client = build_client(roots, timeouts)
             .map_err(|message| ConfigError::new(format!("{field}.ca_file"), message))?;
+        let signer = config
+            .signing
+            .as_ref()
+            .map(Signer::new)
+            .transpose()
+            .map_err(|message| ConfigError::new(format!("{field}.signing"), message))?;
         Ok(Self {
             name: config.name.clone(),
             kind: config.kind,
@@ -234,6 +288,9 @@ impl Upstream {
             base_path,
             auth,
             models,
+            priority: config.priority,
+            weight: config.weight,
+            signer,
             client,
         })
     }
@@ -271,10 +328,38 @@ impl Upstream {
             .build()
     }
 
-    /// Adds the provider's credential header.
-    pub(crate) fn authorize(&self, headers: &mut HeaderMap) {
-        if let Some((name, value)) = &self.auth {
+    /// Priority tier: lower first.
+    pub fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    /// Weight within its tier.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// How many provider-key slots it has: its pool, or one (keyless) slot.
+    pub fn key_slots(&self) -> usize {
+        self.auth.len().max(1)
+    }
+
+    /// Whether it sends a provider key at all.
+    pub(crate) fn has_keys(&self) -> bool {
+        !self.auth.is_empty()
+    }
+
+    /// Adds the credential header of provider key `slot`.
+    pub(crate) fn authorize(&self, headers: &mut HeaderMap, slot: usize) {
+        if let Some((name, value)) = self.auth.get(slot) {
             headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// Signs the outgoing request, when signing is configured: over `body`,
+    /// the exact bytes sent.
+    pub(crate) fn sign(&self, headers: &mut HeaderMap, id: &str, body: &[u8]) {
+        if let Some(signer) = &self.signer {
+            signer.sign(headers, id, body);
         }
     }
 

@@ -103,6 +103,9 @@ pub struct UsageRecord {
     /// The client address, only when the operator turned it on (at most
     /// [`keygate_types::limits::MAX_CLIENT_IP_LEN`] bytes).
     pub client_ip: Option<String>,
+    /// Upstream attempts the request took, retries and failover included (0
+    /// when it never reached one).
+    pub attempts: u32,
 }
 
 /// What [`Ledger::usage_report`] groups usage by.

@@ -1,5 +1,8 @@
-//! Scopes: what a key may call. A set of eight scopes with the groups `read`,
-//! `write` and `*`.
+//! Scopes: what a key may call. A set of eleven scopes with the groups `read`,
+//! `write` and `*`. The three for stored objects (files, batches, stored
+//! responses) came last: `stored` joined `read`, `upload` joined `write`, and
+//! `delete` is in `*` only. Keys are stored with their scopes spelt out (or
+//! `*`), so a key made before keeps exactly what it could do.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,11 +26,17 @@ pub enum Scope {
     Stt,
     /// Usage endpoints.
     Usage,
+    /// Reading stored objects: files, batches, stored responses.
+    Stored,
+    /// Creating stored objects: file uploads, batches.
+    Upload,
+    /// Deleting stored objects and cancelling batches.
+    Delete,
 }
 
 impl Scope {
     /// Every scope, in display order.
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 11] = [
         Scope::Models,
         Scope::Chat,
         Scope::Embeddings,
@@ -36,6 +45,9 @@ impl Scope {
         Scope::Tts,
         Scope::Stt,
         Scope::Usage,
+        Scope::Stored,
+        Scope::Upload,
+        Scope::Delete,
     ];
 
     /// The name used in the CLI, the store and error messages.
@@ -49,6 +61,9 @@ impl Scope {
             Scope::Tts => "tts",
             Scope::Stt => "stt",
             Scope::Usage => "usage",
+            Scope::Stored => "stored",
+            Scope::Upload => "upload",
+            Scope::Delete => "delete",
         }
     }
 
@@ -66,7 +81,7 @@ impl fmt::Display for Scope {
 /// A scope or group name that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope {0:?}; scopes are models, chat, embeddings, image, image_edit, tts, stt, usage, and the groups read, write, *"
+    "unknown scope {0:?}; scopes are models, chat, embeddings, image, image_edit, tts, stt, usage, stored, upload, delete, and the groups read, write, *"
 )]
 pub struct UnknownScope(pub String);
 
@@ -83,12 +98,14 @@ impl ScopeSet {
         Scope::ALL.into_iter().collect()
     }
 
-    /// The `read` group: models and usage.
+    /// The `read` group: models, usage and stored objects.
     pub fn read() -> Self {
-        [Scope::Models, Scope::Usage].into_iter().collect()
+        [Scope::Models, Scope::Usage, Scope::Stored]
+            .into_iter()
+            .collect()
     }
 
-    /// The `write` group: every generating scope.
+    /// The `write` group: every generating scope, and uploads.
     pub fn write() -> Self {
         [
             Scope::Chat,
@@ -97,6 +114,7 @@ impl ScopeSet {
             Scope::ImageEdit,
             Scope::Tts,
             Scope::Stt,
+            Scope::Upload,
         ]
         .into_iter()
         .collect()
@@ -180,7 +198,12 @@ mod tests {
         let write: ScopeSet = "write".parse().unwrap();
         assert!(write.contains(Scope::Chat) && write.contains(Scope::Stt));
         assert!(!write.contains(Scope::Models) && !write.contains(Scope::Usage));
-        assert_eq!("read,write".parse::<ScopeSet>().unwrap(), ScopeSet::all());
+        assert!(read.contains(Scope::Stored) && write.contains(Scope::Upload));
+        assert!(!read.contains(Scope::Delete) && !write.contains(Scope::Delete));
+        assert_eq!(
+            "read,write,delete".parse::<ScopeSet>().unwrap(),
+            ScopeSet::all()
+        );
         assert_eq!("*".parse::<ScopeSet>().unwrap(), ScopeSet::all());
     }
 
@@ -194,6 +217,18 @@ mod tests {
             "chat,models".parse::<ScopeSet>().unwrap().to_string(),
             "models,chat"
         );
+    }
+
+    #[test]
+    fn keys_stored_before_the_object_scopes_keep_their_meaning() {
+        // What the old groups were stored as.
+        let old_read: ScopeSet = "models,usage".parse().unwrap();
+        let old_write: ScopeSet = "chat,embeddings,image,image_edit,tts,stt".parse().unwrap();
+        for old in [old_read, old_write] {
+            assert!(!old.contains(Scope::Stored) && !old.contains(Scope::Upload));
+            assert!(!old.contains(Scope::Delete));
+        }
+        assert_eq!("*".parse::<ScopeSet>().unwrap(), ScopeSet::all());
     }
 
     #[test]

@@ -177,6 +177,16 @@ impl MockUpstream {
             Some(Failure::Status(status, Bytes::from(body.to_owned())));
     }
 
+    /// Adds the header `name: value` to every following answer, failures
+    /// included (a `Retry-After` on a 429). Panics on an invalid name or value.
+    pub fn set_response_header(&self, name: &str, value: &str) {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|e| panic!("set_response_header: invalid name {name:?}: {e}"));
+        let value = http::HeaderValue::from_str(value)
+            .unwrap_or_else(|e| panic!("set_response_header: invalid value {value:?}: {e}"));
+        self.shared.behaviour().extra_headers.push((name, value));
+    }
+
     /// Never sends response headers for any following request (until
     /// [`MockUpstream::clear_failure`]); a request that already hangs hangs until
     /// the client goes away or the mock stops. Requests are still recorded.

@@ -889,6 +889,7 @@ fn usage(
         client_name: None,
         usage_source: UsageSource::Reported,
         client_ip: None,
+        attempts: 1,
     }
 }
 

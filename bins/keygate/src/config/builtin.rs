@@ -1,7 +1,7 @@
 //! The configuration without a file: an OpenAI and an Anthropic upstream, each used
 //! when its key variable is set, and the providers' list prices.
 
-use keygate_config::{RawConfig, RawKind, RawPrice, RawUpstream};
+use keygate_config::{RawConfig, RawKeyEnv, RawKind, RawPrice, RawUpstream};
 
 /// With no config file: OpenAI and Anthropic, each used when its key variable is set.
 pub(super) fn builtin_defaults() -> RawConfig {
@@ -9,9 +9,12 @@ pub(super) fn builtin_defaults() -> RawConfig {
         name: name.to_owned(),
         base_url: base_url.to_owned(),
         kind,
-        api_key_env: Some(env.to_owned()),
+        api_key_env: Some(RawKeyEnv::One(env.to_owned())),
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         ca_file: None,
+        priority: None,
+        weight: None,
+        signing: None,
     };
     RawConfig {
         upstreams: vec![

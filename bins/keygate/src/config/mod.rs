@@ -5,7 +5,8 @@
 //! One module per section: `server` (listen, TLS, shutdown, logs, body size,
 //! connections),
 //! `auth` (key prefix, query parameter, auth cache), `upstreams` (timeouts and
-//! upstreams with their provider keys), `billing` (prices, billing, privacy);
+//! upstreams with their provider keys, priorities, weights and signing),
+//! `routing` (retries, affinity, breakers), `billing` (prices, billing, privacy);
 //! `duration` is how they all read a duration, `builtin` the configuration without
 //! a file. The sections import only `duration`, never each other or this module.
 
@@ -14,6 +15,7 @@ mod billing;
 mod builtin;
 mod control;
 mod duration;
+mod routing;
 mod server;
 mod upstreams;
 
@@ -134,6 +136,7 @@ fn validate(
     let (server, body_read_timeout) = server::connections(raw.server.as_ref(), shutdown_grace)?;
     let upstreams::Upstreams { upstreams, skipped } =
         upstreams::upstreams(raw.upstreams, env, base_dir, builtin)?;
+    let routing = routing::routing(raw.routing.as_ref())?;
     let billing = billing::billing(
         &raw.prices,
         raw.billing.as_ref(),
@@ -148,6 +151,7 @@ fn validate(
     proxy.body_read_timeout = body_read_timeout;
     proxy.timeouts = timeouts;
     proxy.auth = auth;
+    proxy.routing = routing;
     proxy.listed_models = raw.prices.into_keys().collect();
     Ok(Config {
         source: source.to_owned(),
@@ -209,6 +213,64 @@ output_per_mtok = 10.0
 input_per_mtok = 2.0
 output_per_mtok = 8.0
 "#;
+
+    #[test]
+    fn routing_pools_priorities_and_signing_load() {
+        let text = format!(
+            "{ISSUE_SHAPE}\n[[upstreams]]\nname = \"backup\"\nbase_url = \"https://backup.example/v1\"\n\
+             kind = \"openai\"\napi_key_env = [\"K1\", \"K2\"]\nmodels = [\"gpt-4o*\"]\npriority = 1\nweight = 2\n\
+             [upstreams.signing]\nsecret_env = \"HOOK\"\nrequest_nonce = true\n\
+             [routing]\nretry_on = [\"429\", \"5xx\"]\nmax_attempts = 2\naffinity = \"key\"\n\
+             breaker_failures = 3\nbreaker_window = \"10s\"\nbreaker_cooldown = \"1m\"\n"
+        );
+        let env = [
+            ("OPENAI_API_KEY", "sk-a"),
+            ("K1", "sk-pool-1"),
+            ("K2", "sk-pool-2"),
+            ("HOOK", "hook-secret"),
+        ];
+        let config = load_text(&text, &env).unwrap();
+        let backup = &config.proxy.upstreams[1];
+        assert_eq!((backup.priority, backup.weight), (1, 2));
+        assert_eq!(backup.provider_keys.len(), 2);
+        let signing = backup.signing.as_ref().unwrap();
+        assert!(signing.standard_webhooks && signing.request_nonce);
+        let routing = config.proxy.routing;
+        assert_eq!(routing.max_attempts, 2);
+        assert_eq!(routing.affinity, keygate_proxy::Affinity::Key);
+        assert!(!routing.retry_on.connection && routing.retry_on.server_error);
+        assert_eq!(routing.breaker.cooldown, Duration::from_secs(60));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("sk-pool") && !shown.contains("hook-secret"),
+            "{shown}"
+        );
+
+        let missing = load_text(&text, &env[..3]).unwrap_err().to_string();
+        assert!(
+            missing.contains("upstreams[1].signing.secret_env"),
+            "{missing}"
+        );
+        let unset_pool = load_text(&text, &[env[0], env[1], env[3]])
+            .unwrap_err()
+            .to_string();
+        assert!(unset_pool.contains("K2"), "{unset_pool}");
+        let zero = text.replace("max_attempts = 2", "max_attempts = 0");
+        assert!(
+            load_text(&zero, &env)
+                .unwrap_err()
+                .to_string()
+                .contains("routing.max_attempts")
+        );
+        let weightless = text.replace("weight = 2", "weight = 0");
+        let err = load_text(&weightless, &env)
+            .unwrap()
+            .proxy
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstreams[1].weight"), "{err}");
+    }
 
     #[test]
     fn the_documented_shape_loads() {

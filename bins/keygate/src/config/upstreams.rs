@@ -5,8 +5,11 @@
 use std::path::Path;
 
 use anyhow::bail;
-use keygate_config::{RawKind, RawTimeouts, RawUpstream};
-use keygate_proxy::{ProviderKey, ProviderKind, UpstreamConfig, UpstreamTimeouts, defaults};
+use keygate_config::{RawKind, RawSigning, RawTimeouts, RawUpstream};
+use keygate_proxy::{
+    HookSecret, ProviderKey, ProviderKind, SigningConfig, UpstreamConfig, UpstreamTimeouts,
+    defaults,
+};
 
 use super::duration;
 
@@ -51,20 +54,34 @@ pub(super) fn upstreams(
 ) -> anyhow::Result<Upstreams> {
     let mut upstreams = Vec::new();
     let mut skipped = Vec::new();
-    for (i, up) in raw.into_iter().enumerate() {
+    'upstreams: for (i, up) in raw.into_iter().enumerate() {
         let field = format!("upstreams[{i}]");
-        let provider_key = match &up.api_key_env {
-            None => None,
-            Some(var) => match env(var).filter(|v| !v.is_empty()) {
-                Some(key) => Some(ProviderKey::new(key)),
+        let names = up
+            .api_key_env
+            .as_ref()
+            .map(|e| e.names())
+            .unwrap_or_default();
+        if up.api_key_env.is_some() && names.is_empty() {
+            bail!(
+                "{field}.api_key_env: the list is empty; name at least one variable, or remove api_key_env for an upstream that needs no key"
+            );
+        }
+        let mut provider_keys = Vec::new();
+        for var in names {
+            match env(var).filter(|v| !v.is_empty()) {
+                Some(key) => provider_keys.push(ProviderKey::new(key)),
                 None if builtin => {
                     skipped.push(format!("{} skipped: set {var} to use it", up.name));
-                    continue;
+                    continue 'upstreams;
                 }
                 None => bail!(
                     "{field}.api_key_env: the environment variable {var} is not set; export the provider key as {var}, or remove api_key_env for an upstream that needs no key"
                 ),
-            },
+            }
+        }
+        let signing = match up.signing {
+            None => None,
+            Some(raw) => Some(signing(&field, raw, env)?),
         };
         upstreams.push(UpstreamConfig {
             name: up.name,
@@ -73,10 +90,32 @@ pub(super) fn upstreams(
                 RawKind::Openai => ProviderKind::OpenAi,
                 RawKind::Anthropic => ProviderKind::Anthropic,
             },
-            provider_key,
+            provider_keys,
             models: up.models,
             ca_file: up.ca_file.map(|p| base_dir.join(p)),
+            priority: up.priority.unwrap_or(0),
+            weight: up.weight.unwrap_or(1),
+            signing,
         });
     }
     Ok(Upstreams { upstreams, skipped })
+}
+
+/// `[upstreams.signing]`, with the hook key from `env`.
+fn signing(
+    field: &str,
+    raw: RawSigning,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<SigningConfig> {
+    let var = &raw.secret_env;
+    let Some(secret) = env(var).filter(|v| !v.is_empty()) else {
+        bail!(
+            "{field}.signing.secret_env: the environment variable {var} is not set; export the hook key as {var}, or remove [upstreams.signing]"
+        );
+    };
+    Ok(SigningConfig {
+        secret: HookSecret::new(secret),
+        standard_webhooks: raw.standard_webhooks.unwrap_or(true),
+        request_nonce: raw.request_nonce.unwrap_or(false),
+    })
 }

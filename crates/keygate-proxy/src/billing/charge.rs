@@ -114,6 +114,15 @@ impl Charge {
         body.filter(Box::new(UsageFilter(Some(UsageChunkFilter::new()))))
     }
 
+    /// Names the upstream that served the answer (or was tried last) and the
+    /// attempts the request took, for the usage record.
+    pub(crate) fn served_by(&mut self, upstream: &str, attempts: u32) {
+        if let Some(record) = &mut self.record {
+            upstream.clone_into(&mut record.upstream);
+            record.attempts = attempts;
+        }
+    }
+
     /// Records a request that got no answer to stream (the upstream failed or
     /// timed out, answered `status` by the gateway). The hold is returned
     /// uncharged.
@@ -293,12 +302,26 @@ fn shape_of(endpoint: Endpoint) -> Option<ApiShape> {
         Endpoint::Embeddings => Some(ApiShape::OpenAiEmbeddings),
         Endpoint::Responses => Some(ApiShape::OpenAiResponses),
         Endpoint::Messages => Some(ApiShape::AnthropicMessages),
+        // Speech is audio; the rest are never billed.
         Endpoint::AudioSpeech
         | Endpoint::ListModels
         | Endpoint::GetModel
         | Endpoint::KeyInfo
         | Endpoint::KeyUsage
-        | Endpoint::Quota => None,
+        | Endpoint::Quota
+        | Endpoint::CountTokens
+        | Endpoint::GetResponse
+        | Endpoint::DeleteResponse
+        | Endpoint::ResponseInputItems
+        | Endpoint::ListFiles
+        | Endpoint::UploadFile
+        | Endpoint::GetFile
+        | Endpoint::DeleteFile
+        | Endpoint::FileContent
+        | Endpoint::ListBatches
+        | Endpoint::CreateBatch
+        | Endpoint::GetBatch
+        | Endpoint::CancelBatch => None,
     }
 }
 

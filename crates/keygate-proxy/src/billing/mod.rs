@@ -235,6 +235,7 @@ impl Billing {
                 .client_ip
                 .filter(|_| self.config.log_client_ip)
                 .map(|ip| ip.to_string()),
+            attempts: 0,
         };
         let charge = Charge::new(
             Arc::clone(&self.writer),

@@ -45,24 +45,26 @@ pub fn prefix() -> KeyPrefix {
 pub fn upstreams(mock: &MockUpstream) -> Vec<UpstreamConfig> {
     vec![
         UpstreamConfig {
-            name: "mock-openai".into(),
-            base_url: format!("{}/v1", mock.url()),
-            kind: ProviderKind::OpenAi,
-            provider_key: Some(ProviderKey::new(PROVIDER_KEY.into())),
-            models: vec![
-                "gpt-4o*".into(),
-                "o3".into(),
-                "text-embedding-3-small".into(),
-            ],
-            ca_file: None,
+            provider_keys: vec![ProviderKey::new(PROVIDER_KEY.into())],
+            ..UpstreamConfig::new(
+                "mock-openai",
+                &format!("{}/v1", mock.url()),
+                ProviderKind::OpenAi,
+                vec![
+                    "gpt-4o*".into(),
+                    "o3".into(),
+                    "text-embedding-3-small".into(),
+                ],
+            )
         },
         UpstreamConfig {
-            name: "mock-anthropic".into(),
-            base_url: format!("{}/v1", mock.url()),
-            kind: ProviderKind::Anthropic,
-            provider_key: Some(ProviderKey::new(ANTHROPIC_PROVIDER_KEY.into())),
-            models: vec!["claude-*".into()],
-            ca_file: None,
+            provider_keys: vec![ProviderKey::new(ANTHROPIC_PROVIDER_KEY.into())],
+            ..UpstreamConfig::new(
+                "mock-anthropic",
+                &format!("{}/v1", mock.url()),
+                ProviderKind::Anthropic,
+                vec!["claude-*".into()],
+            )
         },
     ]
 }

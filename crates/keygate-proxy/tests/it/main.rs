@@ -11,9 +11,12 @@
 
 mod billing;
 mod conn;
+mod failover;
 mod faults;
 mod harness;
 mod inputs;
+mod objects;
 mod proxy;
+mod signing;
 mod tls;
 mod upstream_faults;

@@ -56,6 +56,7 @@ struct NewUsageRow<'a> {
     client_name: Option<&'a str>,
     usage_source: &'a str,
     client_ip: Option<&'a str>,
+    attempts: i64,
 }
 
 #[derive(Queryable, Selectable, Debug)]
@@ -77,6 +78,7 @@ struct UsageRow {
     client_name: Option<String>,
     usage_source: String,
     client_ip: Option<String>,
+    attempts: i64,
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -105,6 +107,7 @@ fn usage_row(r: &UsageRecord) -> NewUsageRow<'_> {
         client_name: r.client_name.as_deref(),
         usage_source: r.usage_source.name(),
         client_ip: r.client_ip.as_deref(),
+        attempts: i64::from(r.attempts),
     }
 }
 
@@ -178,6 +181,7 @@ impl TryFrom<UsageRow> for UsageRecord {
             usage_source: UsageSource::parse(&row.usage_source)
                 .ok_or_else(|| corrupt("an unknown usage source"))?,
             client_ip: row.client_ip,
+            attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
         })
     }
 }

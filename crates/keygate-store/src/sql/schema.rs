@@ -77,6 +77,7 @@ diesel::table! {
         client_name -> Nullable<Text>,
         usage_source -> Text,
         client_ip -> Nullable<Text>,
+        attempts -> BigInt,
     }
 }
 

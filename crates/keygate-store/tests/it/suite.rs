@@ -912,6 +912,7 @@ pub(crate) async fn usage_records_are_never_refused_for_their_numbers(backend: &
         client_name: None,
         usage_source: UsageSource::Capped,
         client_ip: None,
+        attempts: 3,
     };
     ledger
         .record_usage(std::slice::from_ref(&record))
@@ -963,6 +964,7 @@ pub(crate) async fn usage_records_round_trip_and_purge(backend: &Backend) {
             UsageSource::Reported
         },
         client_ip: None,
+        attempts: 1,
     };
     let records = vec![
         record(3, "gpt-4o"),
@@ -1033,6 +1035,7 @@ fn usage(when: &str, key: &ApiKey, model: &str, tokens: (u64, u64, u64), cost: i
         client_name: None,
         usage_source: UsageSource::Reported,
         client_ip: None,
+        attempts: 1,
     }
 }
 

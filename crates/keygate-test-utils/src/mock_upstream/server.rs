@@ -66,7 +66,7 @@ async fn serve_connection(
     stopped: watch::Receiver<()>,
 ) {
     let builder = auto::Builder::new(StoppableExecutor { stopped });
-    let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+    let service = service_fn(move |request| with_extra_headers(Arc::clone(&shared), request));
     match tls {
         None => {
             let _ = builder
@@ -106,4 +106,18 @@ where
             }
         });
     }
+}
+
+/// [`handle`], then the headers `set_response_header` asked for, on every
+/// answer, failures included.
+async fn with_extra_headers(
+    shared: Arc<Shared>,
+    request: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<super::body::MockBody>, std::convert::Infallible> {
+    let mut response = handle(Arc::clone(&shared), request).await?;
+    let extra = shared.behaviour().extra_headers.clone();
+    for (name, value) in extra {
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
 }

@@ -80,6 +80,8 @@ pub(super) struct Behaviour {
     /// Prompt and completion counts to report instead of the real ones, as
     /// raw JSON values.
     pub(super) reported_usage: Option<(serde_json::Value, serde_json::Value)>,
+    /// Headers added to every answer, failures included.
+    pub(super) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Default for Behaviour {
@@ -93,6 +95,7 @@ impl Default for Behaviour {
             fault: None,
             cached_tokens: 0,
             reported_usage: None,
+            extra_headers: Vec::new(),
         }
     }
 }

@@ -1,0 +1,167 @@
+//! Criterion bench: what routing costs. `routing/pick`: candidate selection per
+//! request (candidates, tier and weight pick, health report) for one upstream,
+//! four upstreams in two tiers with key pools, and the same under key affinity.
+//! `routing/failover`: a whole request through an in-process gateway on
+//! loopback to a mock upstream, directly and with a first candidate whose port
+//! refuses connections (its breaker never opens here, so every request pays the
+//! failover).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "benchmark"
+)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use keygate_proxy::{
+    Affinity, BreakerSettings, Gateway, ProviderKey, ProviderKind, ProxyConfig, Router,
+    RoutingSettings, ServerOptions, Upstream, UpstreamConfig, defaults,
+};
+use keygate_store::{CredentialStore, MemoryStore, Micros};
+use keygate_test_utils::{MockUpstream, fixture};
+
+fn upstream(name: &str, url: &str, priority: i32, weight: u32, keys: usize) -> UpstreamConfig {
+    UpstreamConfig {
+        priority,
+        weight,
+        provider_keys: (0..keys)
+            .map(|k| ProviderKey::new(format!("sk-{name}-{k}")))
+            .collect(),
+        ..UpstreamConfig::new(name, url, ProviderKind::OpenAi, vec!["gpt-4o*".into()])
+    }
+}
+
+fn router(configs: &[UpstreamConfig], affinity: Affinity) -> Router {
+    let timeouts = keygate_proxy::UpstreamTimeouts {
+        connect: defaults::CONNECT_TIMEOUT,
+        first_byte: defaults::FIRST_BYTE_TIMEOUT,
+        idle: defaults::IDLE_TIMEOUT,
+    };
+    let upstreams = configs
+        .iter()
+        .map(|c| Arc::new(Upstream::new(c, &c.name, timeouts).unwrap()))
+        .collect();
+    let settings = RoutingSettings {
+        affinity,
+        ..RoutingSettings::default()
+    };
+    Router::with_settings(upstreams, settings)
+}
+
+fn pick(c: &mut Criterion) {
+    let url = "http://127.0.0.1:9/v1";
+    let one = router(&[upstream("a", url, 0, 1, 1)], Affinity::None);
+    let four = [
+        upstream("a", url, 0, 3, 3),
+        upstream("b", url, 0, 1, 3),
+        upstream("c", url, 1, 1, 3),
+        upstream("d", url, 1, 1, 3),
+    ];
+    let spread = router(&four, Affinity::None);
+    let sticky = router(&four, Affinity::Key);
+    let mut group = c.benchmark_group("routing/pick");
+    for (name, router) in [
+        ("one_upstream", &one),
+        ("four_upstreams_two_tiers_pools", &spread),
+        ("four_upstreams_affinity", &sticky),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                keygate_proxy::bench::route(black_box(router), "gpt-4o", "key_0123456789abcdef")
+                    .unwrap()
+            });
+        });
+    }
+    group.finish();
+}
+
+/// A gateway on loopback in front of `upstreams`, with one key.
+struct Running {
+    url: String,
+    auth: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+async fn start(upstreams: Vec<UpstreamConfig>) -> Running {
+    let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
+    let account = fixture::account(&*store, "bench", Micros(1_000_000_000)).await;
+    let (secret, _) = fixture::private_key(&*store, &account.id).await;
+    let mut config = ProxyConfig::new(fixture::prefix(), upstreams);
+    config.routing.breaker = BreakerSettings {
+        failures: u32::MAX,
+        ..BreakerSettings::default()
+    };
+    let gateway = Arc::new(Gateway::new(config, store).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Who waits: nobody; the runtime drops it when the bench ends.
+    tokio::spawn(keygate_proxy::serve(
+        listener,
+        gateway,
+        ServerOptions::new(),
+        std::future::pending::<()>(),
+    ));
+    Running {
+        url: format!("http://{addr}/v1/chat/completions"),
+        auth: format!("Bearer {}", secret.expose()),
+        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+    }
+}
+
+async fn chat(gw: &Running) {
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#;
+    let request = Request::post(&gw.url)
+        .header("authorization", &gw.auth)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let response = gw.client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+}
+
+fn failover(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mock, direct, refused_first) = runtime.block_on(async {
+        let mock = MockUpstream::start().await;
+        mock.set_recording(false);
+        mock.set_nodelay(true);
+        let good = format!("{}/v1", mock.url());
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = format!("http://{}/v1", closed.local_addr().unwrap());
+        drop(closed);
+        let direct = start(vec![upstream("good", &good, 0, 1, 1)]).await;
+        let refused_first = start(vec![
+            upstream("refused", &refused, 0, 1, 1),
+            upstream("good", &good, 1, 1, 1),
+        ])
+        .await;
+        (mock, direct, refused_first)
+    });
+    let mut group = c.benchmark_group("routing/failover");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("direct", |b| b.iter(|| runtime.block_on(chat(&direct))));
+    group.bench_function("first_candidate_refused", |b| {
+        b.iter(|| runtime.block_on(chat(&refused_first)));
+    });
+    group.finish();
+    drop(mock);
+}
+
+criterion_group!(benches, pick, failover);
+criterion_main!(benches);
