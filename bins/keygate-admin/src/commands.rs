@@ -130,6 +130,7 @@ async fn create_key(
     settings.expires_at = args.expiry.resolve(Utc::now())?;
     settings.rpm = args.rpm;
     settings.tpm = args.tpm;
+    settings.max_parallel = args.max_parallel;
     settings.spend_limit = args.spend_limit;
     settings.metadata = metadata(args.metadata)?;
     // Check before generating, so a bad flag never costs a key.
@@ -190,6 +191,7 @@ async fn update_key(store: &dyn CredentialStore, args: KeyUpdateArgs, out: &Outp
         expires_at,
         rpm: args.rpm.map(|l| l.0),
         tpm: args.tpm.map(|l| l.0),
+        max_parallel: args.max_parallel.map(|l| l.0),
         spend_limit: args.spend_limit.map(|c| c.0),
         metadata: if args.no_meta {
             Some(BTreeMap::new())
@@ -199,7 +201,7 @@ async fn update_key(store: &dyn CredentialStore, args: KeyUpdateArgs, out: &Outp
     };
     if update.is_empty() {
         bail!(
-            "nothing to update: give at least one of --name, --scopes, --models, --origins, --expires-in, --expires-at, --no-expiry, --rpm, --tpm, --spend-limit, --meta, --no-meta"
+            "nothing to update: give at least one of --name, --scopes, --models, --origins, --expires-in, --expires-at, --no-expiry, --rpm, --tpm, --max-parallel, --spend-limit, --meta, --no-meta"
         );
     }
     out.key(&store.update_key(&args.id.parse()?, update).await?)

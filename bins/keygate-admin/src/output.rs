@@ -48,6 +48,7 @@ fn key_json(k: &ApiKey) -> Value {
         "revoked_at": opt_time(k.revoked_at),
         "rpm": k.rpm,
         "tpm": k.tpm,
+        "max_parallel": k.max_parallel,
         "spend_limit_micros": k.spend_limit.map(|m| m.0),
         "metadata": k.metadata,
         "created_at": time(k.created_at),
@@ -150,6 +151,7 @@ fn key_rows(k: &ApiKey) -> Vec<(&'static str, String)> {
         ("revoked", k.revoked_at.map_or("-".to_owned(), time)),
         ("rpm", limit(k.rpm)),
         ("tpm", limit(k.tpm)),
+        ("max parallel", limit(k.max_parallel)),
         (
             "spend limit",
             k.spend_limit.map_or("-".to_owned(), |m| m.to_string()),

@@ -191,6 +191,7 @@ impl CredentialStore for MemoryStore {
         key.expires_at = s.expires_at;
         key.rpm = s.rpm;
         key.tpm = s.tpm;
+        key.max_parallel = s.max_parallel;
         key.spend_limit = s.spend_limit;
         key.metadata = s.metadata;
         state.record_change(index);

@@ -109,6 +109,9 @@ impl KeySettings {
         if self.tpm == Some(0) {
             return Err(StoreError::invalid("tpm", "must be at least 1"));
         }
+        if self.max_parallel == Some(0) {
+            return Err(StoreError::invalid("max_parallel", "must be at least 1"));
+        }
         if self.spend_limit.is_some_and(|limit| limit < Micros::ZERO) {
             return Err(StoreError::invalid("spend limit", "must not be negative"));
         }
@@ -168,6 +171,9 @@ impl KeyUpdate {
         }
         if let Some(tpm) = self.tpm {
             settings.tpm = tpm;
+        }
+        if let Some(max_parallel) = self.max_parallel {
+            settings.max_parallel = max_parallel;
         }
         if let Some(limit) = self.spend_limit {
             settings.spend_limit = limit;

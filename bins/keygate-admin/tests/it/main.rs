@@ -204,6 +204,8 @@ fn key_settings_round_trip_through_the_cli() {
         "60",
         "--tpm",
         "1000",
+        "--max-parallel",
+        "3",
         "--spend-limit",
         "2.5",
         "--meta",
@@ -218,6 +220,7 @@ fn key_settings_round_trip_through_the_cli() {
         serde_json::json!(["https://app.example"])
     );
     assert_eq!(created["spend_limit_micros"], 2_500_000);
+    assert_eq!(created["max_parallel"], 3);
     assert_eq!(created["metadata"]["team"], "web");
     assert_eq!(created["status"], "active");
     assert!(created["expires_at"].is_string());
@@ -232,8 +235,11 @@ fn key_settings_round_trip_through_the_cli() {
         "--no-expiry",
         "--name",
         "web",
+        "--max-parallel",
+        "none",
     ]);
     assert_eq!(updated["rpm"], Value::Null);
+    assert_eq!(updated["max_parallel"], Value::Null);
     assert_eq!(updated["expires_at"], Value::Null);
     assert_eq!(updated["name"], "web");
     assert_eq!(updated["tpm"], 1000);

@@ -28,6 +28,7 @@ diesel::table! {
         revoked_at -> Nullable<BigInt>,
         rpm -> Nullable<BigInt>,
         tpm -> Nullable<BigInt>,
+        max_parallel -> Nullable<BigInt>,
         spend_limit_micros -> Nullable<BigInt>,
         metadata -> Text,
         created_at -> BigInt,

@@ -165,6 +165,7 @@ pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
         expires_at: Some(expires),
         rpm: Some(60),
         tpm: Some(100_000),
+        max_parallel: Some(4),
         spend_limit: Some(credits(3)),
         metadata: [("team".to_owned(), "search".to_owned())].into(),
         ..KeySettings::new(KeyKind::Private)
@@ -185,7 +186,10 @@ pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
         found.expires_at.map(|t| t.timestamp_millis()),
         Some(expires.timestamp_millis())
     );
-    assert_eq!((found.rpm, found.tpm), (Some(60), Some(100_000)));
+    assert_eq!(
+        (found.rpm, found.tpm, found.max_parallel),
+        (Some(60), Some(100_000), Some(4))
+    );
     assert_eq!(found.spend_limit, Some(credits(3)));
     assert_eq!(
         found.metadata.get("team").map(String::as_str),
@@ -293,6 +297,7 @@ pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
                 rpm: Some(None),
                 expires_at: Some(None),
                 tpm: Some(Some(500)),
+                max_parallel: Some(None),
                 ..KeyUpdate::default()
             },
         )
@@ -300,7 +305,10 @@ pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
         .unwrap();
     assert_eq!(updated.name, "after");
     assert_eq!(updated.scopes, "embeddings".parse().unwrap());
-    assert_eq!((updated.rpm, updated.tpm), (None, Some(500)));
+    assert_eq!(
+        (updated.rpm, updated.tpm, updated.max_parallel),
+        (None, Some(500), None)
+    );
     assert_eq!(updated.expires_at, None);
     assert_eq!(
         updated.spend_limit,
