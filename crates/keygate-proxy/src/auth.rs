@@ -27,14 +27,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::AuthSettings;
 use crate::error::ProxyError;
-use crate::limits::{RequestAllowance, RequestLimit};
 
-/// A key found in the store, shared by every request that presents it.
+/// A key found in the store, shared by every request that presents it. It
+/// holds no limiter state: limits are keyed by key id (`keygate-limits`), so a
+/// refreshed entry starts no fresh allowance.
 #[derive(Debug)]
 pub struct CachedKey {
     /// The stored key.
     pub key: ApiKey,
-    requests: Option<RequestLimit>,
     last_used_ms: AtomicI64,
     flushed_ms: AtomicI64,
 }
@@ -42,16 +42,10 @@ pub struct CachedKey {
 impl CachedKey {
     fn new(key: ApiKey) -> Self {
         Self {
-            requests: RequestLimit::new(key.rpm),
             key,
             last_used_ms: AtomicI64::new(0),
             flushed_ms: AtomicI64::new(0),
         }
-    }
-
-    /// Admits one request under the key's `rpm`, if it has one.
-    pub fn admit(&self) -> Result<Option<RequestAllowance>, ProxyError> {
-        self.requests.as_ref().map(RequestLimit::check).transpose()
     }
 
     fn touch(&self, now: DateTime<Utc>) {

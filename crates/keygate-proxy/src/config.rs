@@ -4,9 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use keygate_keys::KeyPrefix;
 
 use crate::error::ConfigError;
+use crate::limits::LimitSettings;
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
 
 /// Everything the proxy service needs besides the store.
@@ -30,6 +32,10 @@ pub struct ProxyConfig {
     /// serves them (the binary passes the `[prices]` table's models), besides the
     /// exact names in the upstreams' `models`.
     pub listed_models: Vec<String>,
+    /// Limits besides each key's own: failed authentications, public keys.
+    pub limits: LimitSettings,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` names the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The auth cache in front of the store.
@@ -107,6 +113,8 @@ impl ProxyConfig {
             },
             auth: AuthSettings::default(),
             listed_models: Vec::new(),
+            limits: LimitSettings::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 
