@@ -5,7 +5,8 @@
 //! One module per section: `server` (listen, TLS, shutdown, logs, body size,
 //! connections),
 //! `auth` (key prefix, query parameter, auth cache), `upstreams` (timeouts and
-//! upstreams with their provider keys), `billing` (prices, billing, privacy);
+//! upstreams with their provider keys), `billing` (prices, billing, privacy),
+//! `limits` (`[limits]`, `[public_keys]`, trusted proxies);
 //! `duration` is how they all read a duration, `builtin` the configuration without
 //! a file. The sections import only `duration`, never each other or this module.
 
@@ -13,6 +14,7 @@ mod auth;
 mod billing;
 mod builtin;
 mod duration;
+mod limits;
 mod server;
 mod upstreams;
 
@@ -23,6 +25,7 @@ use anyhow::anyhow;
 use keygate_config::RawConfig;
 use keygate_proxy::{BillingConfig, ProxyConfig, ServerOptions};
 
+pub(crate) use self::limits::Backend as LimitsBackend;
 pub(crate) use self::server::{LogFormat, TlsFiles};
 
 /// The default config file, read when present.
@@ -50,6 +53,8 @@ pub(crate) struct Config {
     pub(crate) skipped: Vec<String>,
     /// Billing: prices, reservations, retention.
     pub(crate) billing: BillingConfig,
+    /// Where rate limits are kept.
+    pub(crate) limits: LimitsBackend,
 }
 
 /// Variables the environment can override. `keygate-admin` applies the same two
@@ -63,6 +68,8 @@ pub(crate) struct Overrides {
     pub(crate) database_url: Option<String>,
     /// `KEYGATE_KEY_PREFIX`.
     pub(crate) key_prefix: Option<String>,
+    /// `KEYGATE_REDIS_URL`.
+    pub(crate) redis_url: Option<String>,
 }
 
 /// Loads `path` (or `keygate.toml` if present, else built-in defaults), applies the
@@ -137,7 +144,18 @@ fn validate(
         &upstreams,
         &timeouts,
     )?;
+    let limits::Limits {
+        backend: limits,
+        settings: limit_settings,
+    } = limits::limits(
+        raw.limits.as_ref(),
+        raw.public_keys.as_ref(),
+        overrides.redis_url.as_deref(),
+    )?;
+    let trusted_proxies = limits::trusted_proxies(raw.server.as_ref())?;
     let mut proxy = ProxyConfig::new(key_prefix, upstreams);
+    proxy.limits = limit_settings;
+    proxy.trusted_proxies = trusted_proxies;
     proxy.query_param = query_param;
     proxy.max_body_bytes = max_body_bytes;
     proxy.body_read_timeout = body_read_timeout;
@@ -154,6 +172,7 @@ fn validate(
         proxy,
         skipped,
         billing,
+        limits,
     })
 }
 
@@ -223,6 +242,59 @@ output_per_mtok = 8.0
             !format!("{config:?}").contains("sk-test"),
             "provider key in Debug"
         );
+    }
+
+    #[test]
+    fn limits_sections_validate_and_name_the_field() {
+        let config = load_text(ISSUE_SHAPE, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        assert!(matches!(config.limits, LimitsBackend::Local));
+        assert_eq!(config.proxy.limits.auth_failures_per_minute, 30);
+        let text = format!(
+            "{ISSUE_SHAPE}[limits]\nbackend = \"redis\"\nredis_url = \"redis://:pw@127.0.0.1:6379\"\n\
+             on_backend_error = \"deny\"\nauth_failures_per_minute = 5\n\
+             [public_keys]\nrpm_per_address = 3\nmax_output_tokens = 64\n\
+             [server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n"
+        );
+        let config = load_text(&text, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        match &config.limits {
+            LimitsBackend::Redis(settings, on_error) => {
+                assert_eq!(settings.prefix, "keygate");
+                assert_eq!(*on_error, keygate_proxy::OnBackendError::Deny);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !format!("{config:?}").contains(":pw@"),
+            "redis password in Debug"
+        );
+        assert_eq!(config.proxy.limits.auth_failures_per_minute, 5);
+        assert_eq!(config.proxy.limits.public_keys.rpm_per_address, Some(3));
+        assert_eq!(config.proxy.trusted_proxies.len(), 2);
+        for (section, bad, field) in [
+            ("limits", "backend = \"memcached\"", "limits.backend"),
+            ("limits", "backend = \"redis\"", "limits.redis_url"),
+            ("limits", "redis_url = \"redis://x\"", "limits.redis_url"),
+            (
+                "limits",
+                "on_backend_error = \"maybe\"",
+                "limits.on_backend_error",
+            ),
+            (
+                "public_keys",
+                "max_output_tokens = 0",
+                "public_keys.max_output_tokens",
+            ),
+            (
+                "server",
+                "trusted_proxies = [\"10.0.0.0/33\"]",
+                "server.trusted_proxies",
+            ),
+        ] {
+            let err = load_text(&format!("[{section}]\n{bad}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]
@@ -346,6 +418,7 @@ output_per_mtok = 8.0
             listen: Some("127.0.0.1:9999".into()),
             database_url: Some("sqlite://other.db".into()),
             key_prefix: Some("acme".into()),
+            redis_url: None,
         };
         let config = validate(
             builtin_defaults(),
