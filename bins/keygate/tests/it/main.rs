@@ -9,6 +9,8 @@
     reason = "tests"
 )]
 
+mod limits;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
