@@ -96,6 +96,17 @@ pub(crate) enum AccountCommand {
         /// Contact email.
         #[arg(long)]
         email: Option<String>,
+        /// Tier: a [tiers.NAME] of the gateway's config.
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// Change an account's tier.
+    Update {
+        /// Account id (acct_…).
+        id: String,
+        /// Tier: a [tiers.NAME] of the gateway's config, or "none".
+        #[arg(long)]
+        tier: String,
     },
     /// List accounts.
     List,

@@ -56,7 +56,12 @@ async fn account(store: &dyn CredentialStore, command: AccountCommand, out: &Out
             name,
             balance,
             email,
+            tier,
         } => {
+            // Checked before anything is written.
+            if let Some(tier) = &tier {
+                keygate_store::validate_tier(Some(tier))?;
+            }
             let account = store
                 .create_account(NewAccount {
                     name,
@@ -64,7 +69,15 @@ async fn account(store: &dyn CredentialStore, command: AccountCommand, out: &Out
                     balance,
                 })
                 .await?;
+            let account = match tier {
+                Some(tier) => store.set_account_tier(&account.id, Some(tier)).await?,
+                None => account,
+            };
             out.account(&account)
+        }
+        AccountCommand::Update { id, tier } => {
+            let tier = (!tier.eq_ignore_ascii_case("none")).then_some(tier);
+            out.account(&store.set_account_tier(&id.parse()?, tier).await?)
         }
         AccountCommand::List => out.accounts(&store.list_accounts().await?),
         AccountCommand::Show { id } => out.account(&store.get_account(&id.parse()?).await?),

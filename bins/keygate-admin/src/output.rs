@@ -29,6 +29,7 @@ fn account_json(a: &Account) -> Value {
         "email": a.email,
         "balance_micros": a.balance.0,
         "reserved_micros": a.reserved.0,
+        "tier": a.tier,
         "created_at": time(a.created_at),
     })
 }
@@ -214,6 +215,7 @@ impl Output {
             ("email", a.email.clone().unwrap_or_else(|| "-".to_owned())),
             ("balance", a.balance.to_string()),
             ("reserved", a.reserved.to_string()),
+            ("tier", a.tier.clone().unwrap_or_else(|| "-".to_owned())),
             ("created", time(a.created_at)),
         ])
     }

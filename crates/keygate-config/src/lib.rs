@@ -117,6 +117,23 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     /// `[public_keys]`: limits per client address, output ceiling.
     pub public_keys: Option<RawPublicKeys>,
+    /// `[tiers.NAME]`: named limit sets for accounts.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, RawTier>,
+}
+
+/// One `[tiers.NAME]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub max_parallel: Option<u32>,
+    /// The limits hold for all the account's keys together.
+    pub account_wide: Option<bool>,
 }
 
 /// `[limits]`.
@@ -136,6 +153,8 @@ pub struct RawLimits {
     /// `auth_failures_per_minute`: failed authentications per client address
     /// before 429; `0` turns it off.
     pub auth_failures_per_minute: Option<u32>,
+    /// `default_tier`: the `[tiers.NAME]` of accounts without one.
+    pub default_tier: Option<String>,
 }
 
 /// `[public_keys]`.

@@ -35,13 +35,17 @@ use crate::error::ProxyError;
 pub struct CachedKey {
     /// The stored key.
     pub key: ApiKey,
+    /// Its account's tier, read with the key (an account's tier change appears
+    /// in the change feed as a change of each of its keys).
+    pub tier: Option<String>,
     last_used_ms: AtomicI64,
     flushed_ms: AtomicI64,
 }
 
 impl CachedKey {
-    fn new(key: ApiKey) -> Self {
+    fn new(key: ApiKey, tier: Option<String>) -> Self {
         Self {
+            tier,
             key,
             last_used_ms: AtomicI64::new(0),
             flushed_ms: AtomicI64::new(0),
@@ -241,11 +245,14 @@ impl Authenticator {
         let store = Arc::clone(&self.store);
         self.cache
             .try_get_with(hash, async move {
-                let found = store.find_key_by_hash(&hash).await?;
-                Ok::<_, StoreError>(Entry {
-                    key: found.map(|k| Arc::new(CachedKey::new(k))),
-                    as_of,
-                })
+                let key = match store.find_key_by_hash(&hash).await? {
+                    Some(key) => {
+                        let tier = store.get_account(&key.account_id).await?.tier;
+                        Some(Arc::new(CachedKey::new(key, tier)))
+                    }
+                    None => None,
+                };
+                Ok::<_, StoreError>(Entry { key, as_of })
             })
             .await
             .map_err(ProxyError::from)

@@ -87,7 +87,7 @@ pub use endpoint::{BodyFormat, Endpoint, ProviderKind};
 pub use error::{BoxError, ConfigError, ErrorKind, ErrorSource, ProxyError};
 pub use gateway::{Background, Exchange, Gateway, ResponseTap};
 pub use keygate_limits::{Limits, OnBackendError, RedisLimiter, RedisSettings};
-pub use limits::{DEFAULT_AUTH_FAILURES_PER_MINUTE, LimitSettings, PublicKeyLimits};
+pub use limits::{DEFAULT_AUTH_FAILURES_PER_MINUTE, LimitSettings, PublicKeyLimits, Tier};
 pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
 pub use rate::{LimitKind, RateHeaders};
 pub use routing::Router;

@@ -14,6 +14,12 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::auth::CachedKey;
+use crate::billing::{ESTIMATE_BYTES_PER_TOKEN, shape_of};
+use crate::body::{BodyEnd, BodyObserver, GatewayBody};
+use crate::endpoint::Endpoint;
+use crate::error::ProxyError;
+use crate::rate::{LimitKind, RateHeaders};
 use bytes::Bytes;
 use http::{header, response};
 use keygate_billing::{
@@ -21,19 +27,26 @@ use keygate_billing::{
 };
 use keygate_keys::KeyKind;
 use keygate_limits::{Check, Decision, Lease, LimitError, Limits, Rate, Refused, Slot};
-use keygate_store::ApiKey;
-
-use crate::billing::{ESTIMATE_BYTES_PER_TOKEN, shape_of};
-use crate::body::{BodyEnd, BodyObserver, GatewayBody};
-use crate::endpoint::Endpoint;
-use crate::error::ProxyError;
-use crate::rate::{LimitKind, RateHeaders};
 
 /// Failed authentications one address may make per minute by default.
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 30;
 
 /// The window failed authentications are counted in.
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
+
+/// `[tiers.NAME]`: limits every key of an account on the tier is held to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tier {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub max_parallel: Option<u32>,
+    /// Whether the limits hold for all the account's keys together (else for
+    /// each key: a key's own limits can only tighten them).
+    pub account_wide: bool,
+}
 
 /// The limits besides each key's own.
 #[derive(Clone, Debug)]
@@ -43,6 +56,10 @@ pub struct LimitSettings {
     pub auth_failures_per_minute: u32,
     /// What public keys are held to.
     pub public_keys: PublicKeyLimits,
+    /// Named tiers.
+    pub tiers: std::collections::BTreeMap<String, Tier>,
+    /// The tier of an account that has none (or names one not configured).
+    pub default_tier: Option<String>,
 }
 
 impl Default for LimitSettings {
@@ -50,6 +67,8 @@ impl Default for LimitSettings {
         Self {
             auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
             public_keys: PublicKeyLimits::default(),
+            tiers: std::collections::BTreeMap::new(),
+            default_tier: None,
         }
     }
 }
@@ -195,7 +214,7 @@ impl RequestLimiter {
     /// limits and hold no slot). `None` when nothing limits the key.
     pub(crate) async fn admit(
         &self,
-        key: &ApiKey,
+        key: &CachedKey,
         client: Option<IpAddr>,
         request: Option<(Endpoint, &Demand)>,
     ) -> Result<Option<LimitHold>, ProxyError> {
@@ -254,8 +273,40 @@ impl RequestLimiter {
     }
 
     /// The rates and slots a request needs.
-    fn plan(&self, key: &ApiKey, client: Option<IpAddr>, demand: Option<&Demand>) -> Plan {
+    /// The tier a key is held to: its account's, else the default.
+    fn tier(&self, key: &CachedKey) -> Option<Tier> {
+        let tiers = &self.settings.tiers;
+        key.tier
+            .as_deref()
+            .and_then(|name| tiers.get(name))
+            .or_else(|| {
+                self.settings
+                    .default_tier
+                    .as_deref()
+                    .and_then(|n| tiers.get(n))
+            })
+            .copied()
+    }
+
+    fn plan(&self, cached: &CachedKey, client: Option<IpAddr>, demand: Option<&Demand>) -> Plan {
+        let key = &cached.key;
         let id = key.id.as_str();
+        let tier = self.tier(cached).unwrap_or_default();
+        // A per-key tier bounds the key's own limits; an account-wide one
+        // is a bucket of the account's besides them.
+        let tighter = |own: Option<u32>, tier: Option<u32>| match (own, tier) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (rpm, tpm, max_parallel) = if tier.account_wide {
+            (key.rpm, key.tpm, key.max_parallel)
+        } else {
+            (
+                tighter(key.rpm, tier.rpm),
+                tighter(key.tpm, tier.tpm),
+                tighter(key.max_parallel, tier.max_parallel),
+            )
+        };
         let estimate = demand.map_or(0, token_estimate);
         let mut plan = Plan {
             check: Check::default(),
@@ -274,8 +325,21 @@ impl RequestLimiter {
                 plan.rate_kinds.push(kind);
             }
         };
-        rate(LimitKind::Requests, format!("key:{id}:rpm"), key.rpm);
-        rate(LimitKind::Tokens, format!("key:{id}:tpm"), key.tpm);
+        rate(LimitKind::Requests, format!("key:{id}:rpm"), rpm);
+        rate(LimitKind::Tokens, format!("key:{id}:tpm"), tpm);
+        let account = key.account_id.as_str();
+        if tier.account_wide {
+            rate(
+                LimitKind::Requests,
+                format!("account:{account}:rpm"),
+                tier.rpm,
+            );
+            rate(
+                LimitKind::Tokens,
+                format!("account:{account}:tpm"),
+                tier.tpm,
+            );
+        }
         if key.kind == KeyKind::Public
             && let Some(client) = client
         {
@@ -291,11 +355,18 @@ impl RequestLimiter {
                 public.tpm_per_address,
             );
         }
-        if let Some(max) = key.max_parallel.filter(|m| *m > 0 && demand.is_some()) {
-            plan.check.slots.push(Slot {
-                key: format!("key:{id}:parallel"),
-                max,
-            });
+        if demand.is_some() {
+            for (slot, max) in [
+                (format!("key:{id}:parallel"), max_parallel),
+                (
+                    format!("account:{account}:parallel"),
+                    tier.max_parallel.filter(|_| tier.account_wide),
+                ),
+            ] {
+                if let Some(max) = max.filter(|m| *m > 0) {
+                    plan.check.slots.push(Slot { key: slot, max });
+                }
+            }
         }
         plan
     }

@@ -59,7 +59,7 @@ impl Gateway {
         ctx.log.key_id = Some(key.id.as_str().to_owned());
         policy::admit_key(&authed.key, endpoint, &parts.headers, ctx)?;
         if Models::serves(endpoint) {
-            policy::admit_limits(&self.limiter, key, None, ctx).await?;
+            policy::admit_limits(&self.limiter, &authed.key, None, ctx).await?;
             let mut response = self.models.answer(&self.router, model_id, key)?;
             ctx.rate_headers(response.headers_mut());
             return Ok(response);
@@ -81,7 +81,13 @@ impl Gateway {
         } else {
             probed
         };
-        policy::admit_limits(&self.limiter, key, Some((endpoint, &probed.demand)), ctx).await?;
+        policy::admit_limits(
+            &self.limiter,
+            &authed.key,
+            Some((endpoint, &probed.demand)),
+            ctx,
+        )
+        .await?;
         let upstream = self.router.route(endpoint.provider(), &probed.model)?;
         ctx.log.upstream = Some(upstream.name().to_owned());
         let probed = self

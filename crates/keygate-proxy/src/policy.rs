@@ -51,7 +51,7 @@ pub(crate) fn admit_key(
 /// request without a body. The hold and the headers go in `ctx`.
 pub(crate) async fn admit_limits(
     limiter: &RequestLimiter,
-    key: &ApiKey,
+    key: &CachedKey,
     request: Option<(Endpoint, &Demand)>,
     ctx: &mut RequestContext,
 ) -> Result<(), ProxyError> {

@@ -23,6 +23,8 @@ pub struct Account {
     pub balance: Micros,
     /// Money held by in-flight requests, in micro-units.
     pub reserved: Micros,
+    /// The account's tier (a `[tiers.NAME]` of the gateway's config), if set.
+    pub tier: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }

@@ -268,6 +268,29 @@ pub(crate) fn stored_usage_record(record: &UsageRecord) -> UsageRecord {
     }
 }
 
+/// Checks a tier name: 1 to `MAX_TIER_LEN` letters, digits, `-` and `_`.
+pub fn validate_tier(tier: Option<&str>) -> Result<()> {
+    let Some(tier) = tier else {
+        return Ok(());
+    };
+    let ok = !tier.is_empty()
+        && tier.len() <= keygate_types::limits::MAX_TIER_LEN
+        && tier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            "tier",
+            format!(
+                "a tier name is 1 to {} letters, digits, '-' and '_'",
+                keygate_types::limits::MAX_TIER_LEN
+            ),
+        ))
+    }
+}
+
 fn validate_name(field: &'static str, name: &str, may_be_empty: bool) -> Result<()> {
     if !may_be_empty && name.trim().is_empty() {
         return Err(StoreError::invalid(field, "must not be empty"));

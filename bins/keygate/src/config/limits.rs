@@ -1,14 +1,16 @@
 //! Where rate limits are kept and what they cover besides each key's own:
 //! `[limits]` (backend, Redis, failed authentications), `[public_keys]`
-//! (per-address limits, output ceiling) and `[server] trusted_proxies`.
+//! (per-address limits, output ceiling), `[tiers.NAME]` and `[server]
+//! trusted_proxies`.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use ipnet::IpNet;
-use keygate_config::{RawLimits, RawPublicKeys, RawServer};
+use keygate_config::{RawLimits, RawPublicKeys, RawServer, RawTier};
 use keygate_proxy::{
-    DEFAULT_AUTH_FAILURES_PER_MINUTE, LimitSettings, OnBackendError, PublicKeyLimits, RedisSettings,
+    DEFAULT_AUTH_FAILURES_PER_MINUTE, LimitSettings, OnBackendError, PublicKeyLimits,
+    RedisSettings, Tier,
 };
 
 use super::duration;
@@ -40,6 +42,7 @@ pub(crate) struct Limits {
 pub(super) fn limits(
     raw: Option<&RawLimits>,
     public: Option<&RawPublicKeys>,
+    tiers: &std::collections::BTreeMap<String, RawTier>,
     redis_url: Option<&str>,
 ) -> anyhow::Result<Limits> {
     let empty = RawLimits::default();
@@ -119,6 +122,35 @@ pub(super) fn limits(
             bail!("{field}: must be at least 1 (leave it out for no limit)");
         }
     }
+    let mut named = std::collections::BTreeMap::new();
+    for (name, tier) in tiers {
+        if keygate_store::validate_tier(Some(name)).is_err() {
+            bail!("tiers.{name}: a tier name is 1 to 64 letters, digits, '-' and '_'");
+        }
+        for (field, value) in [
+            ("rpm", tier.rpm),
+            ("tpm", tier.tpm),
+            ("max_parallel", tier.max_parallel),
+        ] {
+            if value == Some(0) {
+                bail!("tiers.{name}.{field}: must be at least 1 (leave it out for no limit)");
+            }
+        }
+        named.insert(
+            name.clone(),
+            Tier {
+                rpm: tier.rpm,
+                tpm: tier.tpm,
+                max_parallel: tier.max_parallel,
+                account_wide: tier.account_wide.unwrap_or(false),
+            },
+        );
+    }
+    if let Some(default) = &raw.default_tier
+        && !named.contains_key(default)
+    {
+        bail!("limits.default_tier: {default:?} is not a [tiers.NAME] table of this file");
+    }
     Ok(Limits {
         backend,
         settings: LimitSettings {
@@ -130,6 +162,8 @@ pub(super) fn limits(
                 tpm_per_address: public.tpm_per_address,
                 max_output_tokens: public.max_output_tokens,
             },
+            tiers: named,
+            default_tier: raw.default_tier.clone(),
         },
     })
 }

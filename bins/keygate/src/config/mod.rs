@@ -150,6 +150,7 @@ fn validate(
     } = limits::limits(
         raw.limits.as_ref(),
         raw.public_keys.as_ref(),
+        &raw.tiers,
         overrides.redis_url.as_deref(),
     )?;
     let trusted_proxies = limits::trusted_proxies(raw.server.as_ref())?;
@@ -272,6 +273,8 @@ output_per_mtok = 8.0
         assert_eq!(config.proxy.trusted_proxies.len(), 2);
         for (section, bad, field) in [
             ("limits", "backend = \"memcached\"", "limits.backend"),
+            ("limits", "default_tier = \"gold\"", "limits.default_tier"),
+            ("tiers.free", "rpm = 0", "tiers.free.rpm"),
             ("limits", "backend = \"redis\"", "limits.redis_url"),
             ("limits", "redis_url = \"redis://x\"", "limits.redis_url"),
             (

@@ -19,6 +19,7 @@ pub(super) struct AccountRow {
     pub(super) balance_micros: i64,
     pub(super) reserved_micros: i64,
     pub(super) created_at: i64,
+    pub(super) tier: Option<String>,
 }
 
 #[derive(Queryable, Selectable, Insertable, Debug)]
@@ -112,6 +113,7 @@ impl TryFrom<AccountRow> for Account {
             email: row.email,
             balance: Micros(row.balance_micros),
             reserved: Micros(row.reserved_micros),
+            tier: row.tier,
             created_at: time("accounts.created_at", row.created_at)?,
         })
     }

@@ -10,6 +10,7 @@ diesel::table! {
         balance_micros -> BigInt,
         reserved_micros -> BigInt,
         created_at -> BigInt,
+        tier -> Nullable<Text>,
     }
 }
 
