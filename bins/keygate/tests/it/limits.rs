@@ -423,3 +423,76 @@ async fn public_keys_are_restricted_and_limited_per_address() {
     assert_eq!(call(&b, &gateway.base_url, &key, &chat()).await.0, 200);
     assert_eq!(call(&b, &gateway.base_url, &key, &chat()).await.0, 429);
 }
+
+/// Tiers: `default_tier` holds an account's keys together when account-wide;
+/// `account update --tier` moves the account to another tier within a poll;
+/// a key's own limit only tightens a per-key tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_bound_an_account_and_its_keys() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(dir.path());
+    let extra = "[limits]\ndefault_tier = \"free\"\n\
+                 [tiers.free]\nrpm = 3\naccount_wide = true\n\
+                 [tiers.pro]\nrpm = 100\nmax_parallel = 10\n";
+    let gateway = GatewayProcess::start(&config(dir.path(), &mock, &url, extra), &ENV).await;
+    let client = client(None);
+    // Two keys of one account on the default, account-wide tier: 3 in all.
+    let account = admin(
+        &url,
+        &[
+            "--json",
+            "account",
+            "create",
+            "--name",
+            "t",
+            "--balance",
+            "100",
+        ],
+    )
+    .await;
+    assert!(account.success, "{}", account.stderr);
+    let account: Value = serde_json::from_str(&account.stdout).unwrap();
+    let account = account["id"].as_str().unwrap().to_owned();
+    let mut keys = Vec::new();
+    for extra in [&[][..], &["--rpm", "1"][..]] {
+        let mut args = vec!["--json", "key", "create", "--account", &account];
+        args.extend_from_slice(extra);
+        let key = admin(&url, &args).await;
+        assert!(key.success, "{}", key.stderr);
+        let key: Value = serde_json::from_str(&key.stdout).unwrap();
+        keys.push(key["key"].as_str().unwrap().to_owned());
+    }
+    let (a, b) = (&keys[0], &keys[1]);
+    let mut statuses = Vec::new();
+    for key in [a, b, a, b, a] {
+        statuses.push(call(&client, &gateway.base_url, key, &chat()).await.0);
+    }
+    // b's own rpm of 1 refuses its second request; the account's 3 the fifth.
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // On the per-key "pro" tier: a has 100 a minute, b its own 1 (already used).
+    let moved = admin(
+        &url,
+        &["--json", "account", "update", &account, "--tier", "pro"],
+    )
+    .await;
+    assert!(moved.success, "{}", moved.stderr);
+    assert!(
+        moved.stdout.contains("\"tier\": \"pro\""),
+        "{}",
+        moved.stdout
+    );
+    let mut a_ok = false;
+    for _ in 0..50 {
+        if call(&client, &gateway.base_url, a, &chat()).await.0 == 200 {
+            a_ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a_ok, "the pro tier never reached the gateway");
+    let (status, headers, _) = call(&client, &gateway.base_url, a, &chat()).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "100");
+    assert_eq!(call(&client, &gateway.base_url, b, &chat()).await.0, 429);
+}
