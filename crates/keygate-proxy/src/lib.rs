@@ -81,13 +81,15 @@ pub use billing::{
     WriterSettings,
 };
 pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody, IdleTimeout};
-pub use config::{AuthSettings, ProxyConfig, defaults};
+pub use config::{
+    AuthSettings, DEFAULT_AUTH_FAILURES_PER_MINUTE, LimitSettings, ProxyConfig, PublicKeyLimits,
+    Tier, defaults,
+};
 pub use context::PeerAddr;
 pub use endpoint::{BodyFormat, Endpoint, ProviderKind};
 pub use error::{BoxError, ConfigError, ErrorKind, ErrorSource, ProxyError};
 pub use gateway::{Background, Exchange, Gateway, ResponseTap};
 pub use keygate_limits::{Limits, OnBackendError, RedisLimiter, RedisSettings};
-pub use limits::{DEFAULT_AUTH_FAILURES_PER_MINUTE, LimitSettings, PublicKeyLimits, Tier};
 pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
 pub use rate::{LimitKind, RateHeaders};
 pub use routing::Router;

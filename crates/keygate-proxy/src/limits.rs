@@ -14,12 +14,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::auth::CachedKey;
-use crate::billing::{ESTIMATE_BYTES_PER_TOKEN, shape_of};
-use crate::body::{BodyEnd, BodyObserver, GatewayBody};
-use crate::endpoint::Endpoint;
-use crate::error::ProxyError;
-use crate::rate::{LimitKind, RateHeaders};
 use bytes::Bytes;
 use http::{header, response};
 use keygate_billing::{
@@ -28,62 +22,16 @@ use keygate_billing::{
 use keygate_keys::KeyKind;
 use keygate_limits::{Check, Decision, Lease, LimitError, Limits, Rate, Refused, Slot};
 
-/// Failed authentications one address may make per minute by default.
-pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 30;
+use crate::auth::CachedKey;
+use crate::billing::{ESTIMATE_BYTES_PER_TOKEN, shape_of};
+use crate::body::{BodyEnd, BodyObserver, GatewayBody};
+use crate::config::{LimitSettings, Tier};
+use crate::endpoint::Endpoint;
+use crate::error::ProxyError;
+use crate::rate::{LimitKind, RateHeaders};
 
 /// The window failed authentications are counted in.
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
-
-/// `[tiers.NAME]`: limits every key of an account on the tier is held to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tier {
-    /// Requests per minute.
-    pub rpm: Option<u32>,
-    /// Tokens per minute.
-    pub tpm: Option<u32>,
-    /// Requests in flight at once.
-    pub max_parallel: Option<u32>,
-    /// Whether the limits hold for all the account's keys together (else for
-    /// each key: a key's own limits can only tighten them).
-    pub account_wide: bool,
-}
-
-/// The limits besides each key's own.
-#[derive(Clone, Debug)]
-pub struct LimitSettings {
-    /// Failed authentications one client address may make per minute before
-    /// it gets 429 for the rest of the minute; 0 turns the check off.
-    pub auth_failures_per_minute: u32,
-    /// What public keys are held to.
-    pub public_keys: PublicKeyLimits,
-    /// Named tiers.
-    pub tiers: std::collections::BTreeMap<String, Tier>,
-    /// The tier of an account that has none (or names one not configured).
-    pub default_tier: Option<String>,
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        Self {
-            auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
-            public_keys: PublicKeyLimits::default(),
-            tiers: std::collections::BTreeMap::new(),
-            default_tier: None,
-        }
-    }
-}
-
-/// `[public_keys]`: limits per client address, and the output ceiling.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PublicKeyLimits {
-    /// Requests per minute one client address may send with one public key.
-    pub rpm_per_address: Option<u32>,
-    /// Tokens per minute one client address may use with one public key.
-    pub tpm_per_address: Option<u32>,
-    /// The most output tokens a public key's request may ask for; set on a
-    /// request that asks for no limit.
-    pub max_output_tokens: Option<u64>,
-}
 
 /// The gateway's limits and their counters.
 #[derive(Debug)]
