@@ -182,6 +182,23 @@ fn accounts_show_money_as_integer_micros_in_json() {
 }
 
 #[test]
+fn account_tiers_are_set_and_cleared() {
+    let admin = Admin::sqlite().migrated();
+    let created = admin.json(&["account", "create", "--name", "t", "--tier", "free"]);
+    assert_eq!(created["tier"], "free");
+    let id = created["id"].as_str().unwrap();
+    let moved = admin.json(&["account", "update", id, "--tier", "pro"]);
+    assert_eq!(moved["tier"], "pro");
+    let cleared = admin.json(&["account", "update", id, "--tier", "none"]);
+    assert_eq!(cleared["tier"], Value::Null);
+    let err = admin.fails(&["account", "create", "--name", "u", "--tier", "not a tier"]);
+    assert!(err.contains("tier"), "{err}");
+    // A refused tier writes nothing.
+    let listed = admin.json(&["account", "list"]);
+    assert_eq!(listed["accounts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
 fn key_settings_round_trip_through_the_cli() {
     let admin = Admin::sqlite().migrated();
     let account = admin.account();
