@@ -36,6 +36,7 @@ const COLUMN_LIMITS: &[(&str, &str, &str, usize)] = &[
     ("accounts", "id", "MAX_ID_LEN", limits::MAX_ID_LEN),
     ("accounts", "name", "MAX_NAME_LEN", limits::MAX_NAME_LEN),
     ("accounts", "email", "MAX_EMAIL_LEN", limits::MAX_EMAIL_LEN),
+    ("accounts", "tier", "MAX_TIER_LEN", limits::MAX_TIER_LEN),
     ("api_keys", "id", "MAX_ID_LEN", limits::MAX_ID_LEN),
     ("api_keys", "name", "MAX_NAME_LEN", limits::MAX_NAME_LEN),
     ("key_changes", "key_id", "MAX_ID_LEN", limits::MAX_ID_LEN),

@@ -137,6 +137,17 @@ pub(crate) enum AccountCommand {
         /// Contact email.
         #[arg(long)]
         email: Option<String>,
+        /// Tier: a [tiers.NAME] of the gateway's config.
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// Change an account's tier.
+    Update {
+        /// Account id (acct_…).
+        id: String,
+        /// Tier: a [tiers.NAME] of the gateway's config, or "none".
+        #[arg(long)]
+        tier: String,
     },
     /// List accounts.
     List,
@@ -283,6 +294,9 @@ pub(crate) struct KeyCreate {
     /// Tokens per minute.
     #[arg(long)]
     pub(crate) tpm: Option<u32>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    pub(crate) max_parallel: Option<u32>,
     /// Most this key may spend, in credits.
     #[arg(long, value_parser = credits)]
     pub(crate) spend_limit: Option<Micros>,
@@ -318,6 +332,9 @@ pub(crate) struct KeyUpdateArgs {
     /// Tokens per minute, or "none".
     #[arg(long, value_parser = optional_limit)]
     pub(crate) tpm: Option<Limit>,
+    /// Requests in flight at once, or "none".
+    #[arg(long, value_parser = optional_limit)]
+    pub(crate) max_parallel: Option<Limit>,
     /// Spend limit in credits, or "none".
     #[arg(long, value_parser = optional_credits)]
     pub(crate) spend_limit: Option<OptionalCredits>,

@@ -64,7 +64,12 @@ async fn account(store: &DbStore, command: AccountCommand, out: &Output) -> Resu
             name,
             balance,
             email,
+            tier,
         } => {
+            // Checked before anything is written.
+            if let Some(tier) = &tier {
+                keygate_store::validate_tier(Some(tier))?;
+            }
             let account = store
                 .create_account(NewAccount {
                     name,
@@ -72,7 +77,17 @@ async fn account(store: &DbStore, command: AccountCommand, out: &Output) -> Resu
                     balance,
                 })
                 .await?;
+            let account = match tier {
+                Some(tier) => store.set_account_tier(&account.id, Some(tier)).await?,
+                None => account,
+            };
             audit(store, "account.create", account.id.to_string()).await?;
+            out.account(&account)
+        }
+        AccountCommand::Update { id, tier } => {
+            let tier = (!tier.eq_ignore_ascii_case("none")).then_some(tier);
+            let account = store.set_account_tier(&id.parse()?, tier).await?;
+            audit(store, "account.update", account.id.to_string()).await?;
             out.account(&account)
         }
         AccountCommand::List => out.accounts(&store.list_accounts().await?),
@@ -143,6 +158,7 @@ async fn create_key(
     settings.expires_at = args.expiry.resolve(Utc::now())?;
     settings.rpm = args.rpm;
     settings.tpm = args.tpm;
+    settings.max_parallel = args.max_parallel;
     settings.spend_limit = args.spend_limit;
     settings.metadata = metadata(args.metadata)?;
     // Check before generating, so a bad flag never costs a key.
@@ -204,6 +220,7 @@ async fn update_key(store: &DbStore, args: KeyUpdateArgs, out: &Output) -> Resul
         expires_at,
         rpm: args.rpm.map(|l| l.0),
         tpm: args.tpm.map(|l| l.0),
+        max_parallel: args.max_parallel.map(|l| l.0),
         spend_limit: args.spend_limit.map(|c| c.0),
         metadata: if args.no_meta {
             Some(BTreeMap::new())
@@ -213,7 +230,7 @@ async fn update_key(store: &DbStore, args: KeyUpdateArgs, out: &Output) -> Resul
     };
     if update.is_empty() {
         bail!(
-            "nothing to update: give at least one of --name, --scopes, --models, --origins, --expires-in, --expires-at, --no-expiry, --rpm, --tpm, --spend-limit, --meta, --no-meta"
+            "nothing to update: give at least one of --name, --scopes, --models, --origins, --expires-in, --expires-at, --no-expiry, --rpm, --tpm, --max-parallel, --spend-limit, --meta, --no-meta"
         );
     }
     let key = store.update_key(&args.id.parse()?, update).await?;

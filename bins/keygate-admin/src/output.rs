@@ -29,6 +29,7 @@ fn account_json(a: &Account) -> Value {
         "email": a.email,
         "balance_micros": a.balance.0,
         "reserved_micros": a.reserved.0,
+        "tier": a.tier,
         "created_at": time(a.created_at),
     })
 }
@@ -48,6 +49,7 @@ fn key_json(k: &ApiKey) -> Value {
         "revoked_at": opt_time(k.revoked_at),
         "rpm": k.rpm,
         "tpm": k.tpm,
+        "max_parallel": k.max_parallel,
         "spend_limit_micros": k.spend_limit.map(|m| m.0),
         "metadata": k.metadata,
         "created_at": time(k.created_at),
@@ -150,6 +152,7 @@ fn key_rows(k: &ApiKey) -> Vec<(&'static str, String)> {
         ("revoked", k.revoked_at.map_or("-".to_owned(), time)),
         ("rpm", limit(k.rpm)),
         ("tpm", limit(k.tpm)),
+        ("max parallel", limit(k.max_parallel)),
         (
             "spend limit",
             k.spend_limit.map_or("-".to_owned(), |m| m.to_string()),
@@ -212,6 +215,7 @@ impl Output {
             ("email", a.email.clone().unwrap_or_else(|| "-".to_owned())),
             ("balance", a.balance.to_string()),
             ("reserved", a.reserved.to_string()),
+            ("tier", a.tier.clone().unwrap_or_else(|| "-".to_owned())),
             ("created", time(a.created_at)),
         ])
     }

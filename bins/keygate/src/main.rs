@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use keygate_proxy::{Billing, Gateway, ServerOptions, Shutdown};
+use keygate_proxy::{Billing, Gateway, Limits, RedisLimiter, ServerOptions, Shutdown};
 use keygate_store::{CredentialStore as _, DatabaseUrl, DbStore, Ledger};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, LogFormat, Overrides};
+use crate::config::{Config, LimitsBackend, LogFormat, Overrides};
 
 /// keygate: an OpenAI-compatible, privacy-first API gateway for AI models.
 #[derive(Debug, Parser)]
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         listen: set("KEYGATE_LISTEN"),
         database_url: set(keygate_config::DATABASE_URL_ENV),
         key_prefix: set(keygate_config::KEY_PREFIX_ENV),
+        redis_url: set("KEYGATE_REDIS_URL"),
     };
     let config = match config::load(cli.config.as_deref(), &overrides, &|name| {
         std::env::var(name).ok()
@@ -147,6 +148,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let backend = store.backend();
     let store = Arc::new(store);
     let ledger: Arc<dyn Ledger> = Arc::clone(&store) as Arc<dyn Ledger>;
     // One shutdown signal for both listeners.
@@ -166,6 +168,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::new(config.proxy, store)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?
         .with_billing(billing);
+    let gateway = with_limits(gateway, &config.limits, backend).await?;
     for upstream in gateway.router().upstreams() {
         tracing::info!(
             upstream = upstream.name(),
@@ -200,6 +203,39 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The gateway's limits: in this instance (said at start when other instances
+/// may share the database), or shared through Redis.
+async fn with_limits(
+    gateway: Gateway,
+    limits: &LimitsBackend,
+    store_backend: &str,
+) -> anyhow::Result<Gateway> {
+    match limits {
+        LimitsBackend::Local => {
+            if store_backend == "postgres" {
+                tracing::warn!(
+                    "limits are per instance: [limits] backend = \"local\" counts rpm, tpm, max_parallel and failed authentications in this instance only; with several instances on this database set backend = \"redis\""
+                );
+            }
+            Ok(gateway)
+        }
+        LimitsBackend::Redis(settings, on_error) => {
+            let redis = RedisLimiter::new(settings).map_err(|e| anyhow::anyhow!("{e}"))?;
+            match redis.ping().await {
+                Ok(()) => {
+                    tracing::info!(prefix = %settings.prefix, "rate limits shared through Redis")
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    on_backend_error = ?on_error,
+                    "Redis is not answering at start; limits follow on_backend_error until it does"
+                ),
+            }
+            Ok(gateway.with_limits(Limits::shared(Arc::new(redis), *on_error)))
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -40,6 +40,7 @@ pub(crate) async fn run(
             let b: inputs::NewAccountBody = json_body(body)?;
             let balance = inputs::money(b.balance.as_deref(), b.balance_micros, "balance")?
                 .unwrap_or_default();
+            keygate_store::validate_tier(b.tier.as_deref())?;
             let account = s
                 .credentials
                 .create_account(NewAccount {
@@ -48,6 +49,14 @@ pub(crate) async fn run(
                     balance,
                 })
                 .await?;
+            let account = match b.tier {
+                Some(tier) => {
+                    s.credentials
+                        .set_account_tier(&account.id, Some(tier))
+                        .await?
+                }
+                None => account,
+            };
             audit(api, caller, "account.create", account.id.as_str()).await?;
             Ok(Answer::changed(
                 201,
@@ -63,17 +72,28 @@ pub(crate) async fn run(
         Op::UpdateAccount => {
             no_query(&[])?;
             let b: inputs::AccountPatchBody = json_body(body)?;
-            if b.name.is_none() && b.email.is_none() {
+            if b.name.is_none() && b.email.is_none() && b.tier.is_none() {
                 return Err(ApiError::Invalid {
                     param: None,
-                    message: "nothing to update: give name or email".into(),
+                    message: "nothing to update: give name, email or tier".into(),
                 });
             }
-            let update = keygate_store::AccountUpdate {
-                name: b.name,
-                email: b.email,
+            let id: keygate_store::AccountId = id.parse()?;
+            if let Some(tier) = &b.tier {
+                keygate_store::validate_tier(tier.as_deref())?;
+            }
+            let mut account = if b.name.is_some() || b.email.is_some() {
+                let update = keygate_store::AccountUpdate {
+                    name: b.name,
+                    email: b.email,
+                };
+                s.control.update_account(&id, update).await?
+            } else {
+                s.credentials.get_account(&id).await?
             };
-            let account = s.control.update_account(&id.parse()?, update).await?;
+            if let Some(tier) = b.tier {
+                account = s.credentials.set_account_tier(&id, tier).await?;
+            }
             audit(api, caller, "account.update", account.id.as_str()).await?;
             Ok(Answer::changed(
                 200,
@@ -321,6 +341,7 @@ async fn create_key(
     };
     settings.rpm = b.rpm;
     settings.tpm = b.tpm;
+    settings.max_parallel = b.max_parallel;
     settings.spend_limit = inputs::money(
         b.spend_limit.as_deref(),
         b.spend_limit_micros,
@@ -409,6 +430,7 @@ fn key_update(b: inputs::KeyPatchBody) -> Result<KeyUpdate, ApiError> {
             .transpose()?,
         rpm: b.rpm,
         tpm: b.tpm,
+        max_parallel: b.max_parallel,
         spend_limit: b.spend_limit_micros.map(|m| m.map(keygate_store::Micros)),
         metadata: b.metadata,
     })

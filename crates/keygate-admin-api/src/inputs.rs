@@ -106,6 +106,8 @@ pub(crate) struct NewAccountBody {
     pub(crate) email: Option<String>,
     pub(crate) balance: Option<String>,
     pub(crate) balance_micros: Option<i64>,
+    /// A `[tiers.NAME]` of the gateway's config.
+    pub(crate) tier: Option<String>,
 }
 
 /// `PATCH /api/accounts/{id}`: a left-out field stays, `null` clears the email.
@@ -115,6 +117,8 @@ pub(crate) struct AccountPatchBody {
     pub(crate) name: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub(crate) email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) tier: Option<Option<String>>,
 }
 
 /// `POST /api/accounts/{id}/top-up`.
@@ -142,6 +146,7 @@ pub(crate) struct NewKeyBody {
     pub(crate) expires_at: Option<String>,
     pub(crate) rpm: Option<u32>,
     pub(crate) tpm: Option<u32>,
+    pub(crate) max_parallel: Option<u32>,
     pub(crate) spend_limit: Option<String>,
     pub(crate) spend_limit_micros: Option<i64>,
     #[serde(default)]
@@ -162,6 +167,8 @@ pub(crate) struct KeyPatchBody {
     pub(crate) rpm: Option<Option<u32>>,
     #[serde(default, deserialize_with = "nullable")]
     pub(crate) tpm: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) max_parallel: Option<Option<u32>>,
     #[serde(default, deserialize_with = "nullable")]
     pub(crate) spend_limit_micros: Option<Option<i64>>,
     pub(crate) metadata: Option<BTreeMap<String, String>>,

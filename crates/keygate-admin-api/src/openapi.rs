@@ -153,7 +153,7 @@ fn schemas() -> Value {
         "status": { "type": "string", "enum": ["active", "expired", "revoked"] },
         "scopes": strings, "models": strings, "origins": strings,
         "expires_at": nullable("string"), "revoked_at": nullable("string"),
-        "rpm": nullable("integer"), "tpm": nullable("integer"),
+        "rpm": nullable("integer"), "tpm": nullable("integer"), "max_parallel": nullable("integer"),
         "spend_limit_micros": nullable("integer"),
         "metadata": { "type": "object", "additionalProperties": { "type": "string" } },
         "created_at": time, "last_used_at": nullable("string"),
@@ -172,6 +172,7 @@ fn schemas() -> Value {
         "revoked_at",
         "rpm",
         "tpm",
+        "max_parallel",
         "spend_limit_micros",
         "metadata",
         "created_at",
@@ -220,10 +221,11 @@ fn schemas() -> Value {
             }))
         })),
         "Account": object(
-            &["id", "name", "email", "balance_micros", "reserved_micros", "created_at"],
+            &["id", "name", "email", "balance_micros", "reserved_micros", "tier", "created_at"],
             json!({
                 "id": string, "name": string, "email": nullable("string"),
-                "balance_micros": int, "reserved_micros": int, "created_at": time,
+                "balance_micros": int, "reserved_micros": int,
+                "tier": nullable("string"), "created_at": time,
             }),
         ),
         "AccountList": object(&["accounts", "next"], json!({
@@ -232,8 +234,12 @@ fn schemas() -> Value {
         })),
         "NewAccount": object(&["name"], json!({
             "name": string, "email": nullable("string"), "balance": credits, "balance_micros": int,
+            "tier": { "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$" },
         })),
-        "AccountPatch": object(&[], json!({ "name": string, "email": nullable("string") })),
+        "AccountPatch": object(&[], json!({
+            "name": string, "email": nullable("string"),
+            "tier": { "type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{1,64}$" },
+        })),
         "TopUp": object(&[], json!({ "amount": credits, "amount_micros": int })),
         "Key": object(&key_required, key_fields),
         "NewKey": object(&new_key_required, new_key_fields),
@@ -249,6 +255,7 @@ fn schemas() -> Value {
             "expires_at": time,
             "rpm": { "type": "integer", "minimum": 1, "maximum": 4294967295_u64 },
             "tpm": { "type": "integer", "minimum": 1, "maximum": 4294967295_u64 },
+            "max_parallel": { "type": "integer", "minimum": 1, "maximum": 4294967295_u64 },
             "spend_limit": credits, "spend_limit_micros": int,
             "metadata": { "type": "object", "additionalProperties": { "type": "string" } },
         })),
@@ -257,6 +264,7 @@ fn schemas() -> Value {
             "expires_at": nullable("string"),
             "rpm": { "type": ["integer", "null"], "minimum": 1, "maximum": 4294967295_u64 },
             "tpm": { "type": ["integer", "null"], "minimum": 1, "maximum": 4294967295_u64 },
+            "max_parallel": { "type": ["integer", "null"], "minimum": 1, "maximum": 4294967295_u64 },
             "spend_limit_micros": nullable("integer"),
             "metadata": { "type": "object", "additionalProperties": { "type": "string" } },
         })),

@@ -23,6 +23,7 @@ pub(crate) fn account(a: &Account) -> Value {
         "email": a.email,
         "balance_micros": a.balance.0,
         "reserved_micros": a.reserved.0,
+        "tier": a.tier,
         "created_at": time(a.created_at),
     })
 }
@@ -43,6 +44,7 @@ pub(crate) fn key(k: &ApiKey) -> Value {
         "revoked_at": opt_time(k.revoked_at),
         "rpm": k.rpm,
         "tpm": k.tpm,
+        "max_parallel": k.max_parallel,
         "spend_limit_micros": k.spend_limit.map(|m| m.0),
         "metadata": k.metadata,
         "created_at": time(k.created_at),

@@ -119,6 +119,13 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     /// `[keys]`: key lifecycle.
     pub keys: Option<RawKeys>,
+    /// `[limits]`: where rate limits are kept, failed authentications.
+    pub limits: Option<RawLimits>,
+    /// `[public_keys]`: limits per client address, output ceiling.
+    pub public_keys: Option<RawPublicKeys>,
+    /// `[tiers.NAME]`: named limit sets for accounts.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, RawTier>,
 }
 
 /// `[admin]`: the admin API's own listener; off unless `listen` is set.
@@ -135,6 +142,53 @@ pub struct RawAdmin {
 pub struct RawKeys {
     /// Delete keys revoked or expired this long ago (a duration such as `"30d"`), daily.
     pub delete_after: Option<String>,
+}
+
+/// One `[tiers.NAME]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub max_parallel: Option<u32>,
+    /// The limits hold for all the account's keys together.
+    pub account_wide: Option<bool>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// `backend`: `"local"` (this instance) or `"redis"` (shared).
+    pub backend: Option<String>,
+    /// `redis_url`: `redis://…` (may hold a password).
+    pub redis_url: Option<String>,
+    /// `redis_prefix`: put before every key keygate writes in Redis.
+    pub redis_prefix: Option<String>,
+    /// `redis_timeout`: deadline for each Redis call (a duration).
+    pub redis_timeout: Option<String>,
+    /// `on_backend_error`: `"local"` or `"deny"`.
+    pub on_backend_error: Option<String>,
+    /// `auth_failures_per_minute`: failed authentications per client address
+    /// before 429; `0` turns it off.
+    pub auth_failures_per_minute: Option<u32>,
+    /// `default_tier`: the `[tiers.NAME]` of accounts without one.
+    pub default_tier: Option<String>,
+}
+
+/// `[public_keys]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPublicKeys {
+    /// `rpm_per_address`: requests per minute per client address and key.
+    pub rpm_per_address: Option<u32>,
+    /// `tpm_per_address`: tokens per minute per client address and key.
+    pub tpm_per_address: Option<u32>,
+    /// `max_output_tokens`: the output ceiling of a public key's request.
+    pub max_output_tokens: Option<u64>,
 }
 
 /// `[server]`: how many client connections are served at once and how long a
@@ -156,6 +210,8 @@ pub struct RawServer {
     pub http2_keepalive_interval: Option<String>,
     /// `http2_keepalive_timeout`: how long a ping may go unanswered.
     pub http2_keepalive_timeout: Option<String>,
+    /// `trusted_proxies`: CIDR blocks whose forwarding headers name the client.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[billing]`.
@@ -432,6 +488,17 @@ batch_window = "0s"
 charge_beyond_reservation = true
 [privacy]
 log_client_ip = true
+[limits]
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379"
+redis_prefix = "kg"
+redis_timeout = "200ms"
+on_backend_error = "deny"
+auth_failures_per_minute = 10
+[public_keys]
+rpm_per_address = 5
+tpm_per_address = 1000
+max_output_tokens = 256
 "#;
         let raw = parse(text, Path::new("keygate.toml")).unwrap();
         assert_eq!(raw.key_prefix.as_deref(), Some("acme"));
@@ -447,6 +514,8 @@ log_client_ip = true
         );
         assert_eq!(raw.prices["claude-haiku-4-5"].output_per_mtok, 5.0);
         assert_eq!(raw.privacy.and_then(|p| p.log_client_ip), Some(true));
+        assert_eq!(raw.limits.and_then(|l| l.backend).as_deref(), Some("redis"));
+        assert_eq!(raw.public_keys.and_then(|p| p.max_output_tokens), Some(256));
         assert_eq!(
             raw.billing.and_then(|b| b.charge_beyond_reservation),
             Some(true)

@@ -1,6 +1,7 @@
 //! Criterion bench: the gateway's per-request work before a byte goes upstream —
-//! a cache-hit key check through the real `Authenticator` over a `MemoryStore`,
-//! the per-key rate-limit check, and the `model`/`stream` peek at a JSON body.
+//! a cache-hit key check through the real `Authenticator` over a `MemoryStore`
+//! and the `model`/`stream` peek at a JSON body. One limit check, in process and
+//! through Redis, is `keygate-limits`' bench `limit_check`.
 
 #![allow(
     clippy::unwrap_used,
@@ -24,14 +25,11 @@ use keygate_test_utils::fixture;
 use serde_json::json;
 use tokio::runtime::Runtime;
 
-/// A store with one account and three keys (no limit, an rpm no bench can
-/// exhaust, rpm 1), and an authenticator over it.
+/// A store with one account and a key, and an authenticator over it.
 struct Fixture {
     runtime: Runtime,
     auth: Authenticator,
     unlimited: HeaderMap,
-    unexhaustible: HeaderMap,
-    one_rpm: HeaderMap,
     unknown: HeaderMap,
 }
 
@@ -63,10 +61,9 @@ fn fixture() -> Fixture {
     let keys = runtime.block_on(async {
         let account = fixture::account(&*store, "bench", Micros(1_000_000_000)).await;
         let mut keys = Vec::new();
-        for (byte, rpm) in [(1_u8, None), (2, Some(u32::MAX)), (3, Some(1))] {
+        for byte in [1_u8] {
             let secret = SecretKey::from_secret_bytes(&prefix, KeyKind::Private, &[byte; 32]);
-            let mut settings = KeySettings::new(KeyKind::Private);
-            settings.rpm = rpm;
+            let settings = KeySettings::new(KeyKind::Private);
             fixture::key_from(&*store, &account.id, &secret, settings).await;
             keys.push(secret);
         }
@@ -78,8 +75,6 @@ fn fixture() -> Fixture {
         runtime,
         auth,
         unlimited: bearer(&keys[0]),
-        unexhaustible: bearer(&keys[1]),
-        one_rpm: bearer(&keys[2]),
         unknown: bearer(&unknown),
     }
 }
@@ -108,9 +103,7 @@ fn auth(c: &mut Criterion) {
     let fixture = fixture();
     // Warm the cache: each key is looked up in the store once, here.
     fixture.runtime.block_on(async {
-        for headers in [&fixture.unlimited, &fixture.unexhaustible, &fixture.one_rpm] {
-            fixture.authenticate(headers).await.unwrap();
-        }
+        fixture.authenticate(&fixture.unlimited).await.unwrap();
         assert!(matches!(
             fixture.authenticate(&fixture.unknown).await,
             Err(ProxyError::InvalidApiKey)
@@ -136,31 +129,6 @@ fn auth(c: &mut Criterion) {
     });
     group.bench_function("unknown_key_cached", |b| {
         b.iter_custom(|iters| fixture.time_authenticate(&fixture.unknown, iters))
-    });
-    group.finish();
-
-    let unexhaustible = fixture
-        .runtime
-        .block_on(fixture.authenticate(&fixture.unexhaustible))
-        .unwrap();
-    let one_rpm = fixture
-        .runtime
-        .block_on(fixture.authenticate(&fixture.one_rpm))
-        .unwrap();
-    // The first request of the minute took the rpm-1 key's only allowance.
-    assert!(one_rpm.key.admit().unwrap().is_some());
-    assert!(matches!(
-        one_rpm.key.admit(),
-        Err(ProxyError::RateLimited { .. })
-    ));
-
-    let mut group = c.benchmark_group("rate_limit");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("admitted", |b| {
-        b.iter(|| black_box(&unexhaustible.key).admit().map(|a| a.is_some()))
-    });
-    group.bench_function("refused", |b| {
-        b.iter(|| black_box(&one_rpm.key).admit().map(|a| a.is_some()))
     });
     group.finish();
 }

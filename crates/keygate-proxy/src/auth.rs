@@ -27,31 +27,29 @@ use tokio::task::JoinHandle;
 
 use crate::config::AuthSettings;
 use crate::error::ProxyError;
-use crate::limits::{RequestAllowance, RequestLimit};
 
-/// A key found in the store, shared by every request that presents it.
+/// A key found in the store, shared by every request that presents it. It
+/// holds no limiter state: limits are keyed by key id (`keygate-limits`), so a
+/// refreshed entry starts no fresh allowance.
 #[derive(Debug)]
 pub struct CachedKey {
     /// The stored key.
     pub key: ApiKey,
-    requests: Option<RequestLimit>,
+    /// Its account's tier, read with the key (an account's tier change appears
+    /// in the change feed as a change of each of its keys).
+    pub tier: Option<String>,
     last_used_ms: AtomicI64,
     flushed_ms: AtomicI64,
 }
 
 impl CachedKey {
-    fn new(key: ApiKey) -> Self {
+    fn new(key: ApiKey, tier: Option<String>) -> Self {
         Self {
-            requests: RequestLimit::new(key.rpm),
+            tier,
             key,
             last_used_ms: AtomicI64::new(0),
             flushed_ms: AtomicI64::new(0),
         }
-    }
-
-    /// Admits one request under the key's `rpm`, if it has one.
-    pub fn admit(&self) -> Result<Option<RequestAllowance>, ProxyError> {
-        self.requests.as_ref().map(RequestLimit::check).transpose()
     }
 
     fn touch(&self, now: DateTime<Utc>) {
@@ -247,11 +245,14 @@ impl Authenticator {
         let store = Arc::clone(&self.store);
         self.cache
             .try_get_with(hash, async move {
-                let found = store.find_key_by_hash(&hash).await?;
-                Ok::<_, StoreError>(Entry {
-                    key: found.map(|k| Arc::new(CachedKey::new(k))),
-                    as_of,
-                })
+                let key = match store.find_key_by_hash(&hash).await? {
+                    Some(key) => {
+                        let tier = store.get_account(&key.account_id).await?.tier;
+                        Some(Arc::new(CachedKey::new(key, tier)))
+                    }
+                    None => None,
+                };
+                Ok::<_, StoreError>(Entry { key, as_of })
             })
             .await
             .map_err(ProxyError::from)

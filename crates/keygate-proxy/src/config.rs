@@ -4,11 +4,66 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use keygate_keys::KeyPrefix;
 
 use crate::error::ConfigError;
 use crate::routing::RoutingSettings;
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
+
+/// Failed authentications one address may make per minute by default.
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 30;
+
+/// `[tiers.NAME]`: limits every key of an account on the tier is held to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tier {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub max_parallel: Option<u32>,
+    /// Whether the limits hold for all the account's keys together (else for
+    /// each key: a key's own limits can only tighten them).
+    pub account_wide: bool,
+}
+
+/// The limits besides each key's own.
+#[derive(Clone, Debug)]
+pub struct LimitSettings {
+    /// Failed authentications one client address may make per minute before
+    /// it gets 429 for the rest of the minute; 0 turns the check off.
+    pub auth_failures_per_minute: u32,
+    /// What public keys are held to.
+    pub public_keys: PublicKeyLimits,
+    /// Named tiers.
+    pub tiers: std::collections::BTreeMap<String, Tier>,
+    /// The tier of an account that has none (or names one not configured).
+    pub default_tier: Option<String>,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
+            public_keys: PublicKeyLimits::default(),
+            tiers: std::collections::BTreeMap::new(),
+            default_tier: None,
+        }
+    }
+}
+
+/// `[public_keys]`: limits per client address, and the output ceiling.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PublicKeyLimits {
+    /// Requests per minute one client address may send with one public key.
+    pub rpm_per_address: Option<u32>,
+    /// Tokens per minute one client address may use with one public key.
+    pub tpm_per_address: Option<u32>,
+    /// The most output tokens a public key's request may ask for; set on a
+    /// request that asks for no limit.
+    pub max_output_tokens: Option<u64>,
+}
 
 /// Everything the proxy service needs besides the store.
 #[derive(Clone, Debug)]
@@ -34,6 +89,10 @@ pub struct ProxyConfig {
     /// serves them (the binary passes the `[prices]` table's models), besides the
     /// exact names in the upstreams' `models`.
     pub listed_models: Vec<String>,
+    /// Limits besides each key's own: failed authentications, public keys.
+    pub limits: LimitSettings,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` names the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The auth cache in front of the store.
@@ -112,6 +171,8 @@ impl ProxyConfig {
             auth: AuthSettings::default(),
             routing: RoutingSettings::default(),
             listed_models: Vec::new(),
+            limits: LimitSettings::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! one value, filled in stage by stage, that the response tail and the error
 //! tail read.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +13,8 @@ use crate::access_log::LogFields;
 use crate::billing::Charge;
 use crate::body::GatewayBody;
 use crate::error::ProxyError;
-use crate::limits::RequestAllowance;
+use crate::limits::LimitHold;
+use crate::rate::RateHeaders;
 
 /// The client's address, put in request extensions by the server.
 #[derive(Clone, Copy, Debug)]
@@ -28,8 +29,13 @@ pub(crate) struct RequestContext {
     pub(crate) log: LogFields,
     /// A public key's origin, allowed: echoed in CORS headers on every answer.
     pub(crate) cors: Option<HeaderValue>,
-    /// The key's request limit after this request, for `x-ratelimit-*`.
-    pub(crate) allowance: Option<RequestAllowance>,
+    /// The client's address (the peer, or who a trusted proxy forwarded for).
+    pub(crate) client: Option<IpAddr>,
+    /// The request's limits after its admission, for `x-ratelimit-*`.
+    pub(crate) rates: RateHeaders,
+    /// The request's limits, once admitted: the response body takes them; the
+    /// error tail drops them (the slot and the token estimate come back).
+    pub(crate) limits: Option<LimitHold>,
     /// The request's charge, once admitted for billing. The response takes it;
     /// the error tail abandons it.
     pub(crate) charge: Option<Charge>,
@@ -41,7 +47,9 @@ impl RequestContext {
             now: Utc::now(),
             log: LogFields::new(method, Instant::now()),
             cors: None,
-            allowance: None,
+            client: None,
+            rates: RateHeaders::default(),
+            limits: None,
             charge: None,
         }
     }
@@ -75,8 +83,13 @@ impl RequestContext {
             // Nothing was served: the hold is returned, the attempt recorded.
             charge.abandon(kind.status);
         }
+        drop(self.limits.take());
         self.log.log_error(kind);
+        let refused = matches!(error, ProxyError::RateLimited { .. });
         let mut response = error.into_response();
+        if !refused {
+            self.rate_headers(response.headers_mut());
+        }
         self.add_cors(response.headers_mut());
         response
     }
@@ -88,20 +101,10 @@ impl RequestContext {
         }
     }
 
-    /// The key's own request limit, in OpenAI's header names, replacing the
+    /// The request's limits in OpenAI's header names, replacing the
     /// provider's (which describe the operator's account, not this key).
     pub(crate) fn rate_headers(&self, headers: &mut HeaderMap) {
-        if let Some(allowance) = self.allowance {
-            headers.insert(
-                "x-ratelimit-limit-requests",
-                HeaderValue::from(allowance.limit),
-            );
-            headers.insert(
-                "x-ratelimit-remaining-requests",
-                HeaderValue::from(allowance.remaining),
-            );
-            headers.remove("x-ratelimit-reset-requests");
-        }
+        self.rates.write(headers);
     }
 }
 

@@ -11,6 +11,7 @@ use keygate_billing::{BodyError, InputError};
 use keygate_store::{Scope, StoreError};
 
 use crate::body::GatewayBody;
+use crate::rate::{LimitKind, RateHeaders};
 use crate::text::{model_phrase, shown_method};
 
 /// A boxed cause, kept on an error for the log line.
@@ -154,17 +155,23 @@ pub enum ProxyError {
         /// The deadline for the whole body.
         timeout: std::time::Duration,
     },
-    /// The key's request rate limit was hit.
-    #[error(
-        "rate limit exceeded: this API key may send {rpm} requests per minute; retry after {} s",
-        retry_after_secs(*retry_after)
-    )]
+    /// A limit was hit: the key's, its address's, or failed authentications
+    /// from the address.
+    #[error("{}", rate_message(*kind, *limit, *retry_after))]
     RateLimited {
-        /// The key's requests per minute.
-        rpm: u32,
+        /// Which limit.
+        kind: LimitKind,
+        /// Its size (per minute, or at once).
+        limit: u64,
         /// Until a retry can succeed.
         retry_after: std::time::Duration,
+        /// The request's limits as they stand, for `x-ratelimit-*`.
+        headers: RateHeaders,
     },
+    /// The shared rate-limit backend cannot answer and `[limits]
+    /// on_backend_error = "deny"`.
+    #[error("rate limits cannot be checked right now; retry shortly")]
+    LimitsUnavailable,
     /// The upstream could not be reached, or broke the connection.
     #[error("the upstream provider '{0}' is unavailable")]
     UpstreamUnavailable(String),
@@ -207,6 +214,31 @@ impl From<Arc<StoreError>> for ProxyError {
     fn from(error: Arc<StoreError>) -> Self {
         Self::Store(error)
     }
+}
+
+/// What a client is told about the limit it hit.
+fn rate_message(kind: LimitKind, limit: u64, retry_after: Duration) -> String {
+    let what = match kind {
+        LimitKind::Requests => format!("this API key may send {limit} requests per minute"),
+        LimitKind::Tokens => format!("this API key may use {limit} tokens per minute"),
+        LimitKind::Parallel => format!("this API key may have {limit} requests in flight at once"),
+        LimitKind::AddressRequests => {
+            format!("this API key may send {limit} requests per minute from one address")
+        }
+        LimitKind::AddressTokens => {
+            format!("this API key may use {limit} tokens per minute from one address")
+        }
+        LimitKind::AuthFailures => {
+            return format!(
+                "too many failed authentication attempts from this address; retry after {} s",
+                retry_after_secs(retry_after)
+            );
+        }
+    };
+    format!(
+        "rate limit exceeded: {what}; retry after {} s",
+        retry_after_secs(retry_after)
+    )
 }
 
 /// Whole seconds to wait, rounded up, at least 1.
@@ -267,6 +299,7 @@ impl ProxyError {
                 (408, "invalid_request_error", "request_timeout", Client)
             }
             Self::RateLimited { .. } => (429, "rate_limit_error", "rate_limit_exceeded", Client),
+            Self::LimitsUnavailable => (503, "server_error", "limits_unavailable", Gateway),
             Self::UpstreamUnavailable(_) => {
                 (502, "upstream_error", "upstream_unavailable", Upstream)
             }
@@ -321,15 +354,17 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         match &self {
-            Self::RateLimited { rpm, retry_after } => {
+            Self::RateLimited {
+                retry_after,
+                headers: rates,
+                ..
+            } => {
                 let secs = retry_after_secs(*retry_after);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                headers.insert("x-ratelimit-limit-requests", HeaderValue::from(*rpm));
-                headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(0_u32));
-                if let Ok(reset) = HeaderValue::from_str(&format!("{}ms", retry_after.as_millis()))
-                {
-                    headers.insert("x-ratelimit-reset-requests", reset);
-                }
+                rates.write(headers);
+            }
+            Self::LimitsUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::Store(e) if e.is_unavailable() => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -17,6 +17,7 @@ use crate::config::ProxyConfig;
 use crate::endpoint::Endpoint;
 use crate::error::ConfigError;
 use crate::forward::Forwarder;
+use crate::limits::RequestLimiter;
 use crate::local::{Local, Models};
 use crate::routing::Router;
 use crate::upstream::Upstream;
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub(crate) idle_timeout: Duration,
     pub(crate) taps: Vec<Arc<dyn ResponseTap>>,
     pub(crate) billing: Option<Arc<Billing>>,
+    pub(crate) limiter: Arc<RequestLimiter>,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     poll_interval: Duration,
     last_used_flush: Duration,
 }
@@ -92,6 +95,10 @@ impl Gateway {
             &config.auth,
         );
         let router = Arc::new(Router::with_settings(upstreams, config.routing));
+        let limiter = Arc::new(RequestLimiter::new(
+            keygate_limits::Limits::local(),
+            config.limits.clone(),
+        ));
         Ok(Self {
             auth: Arc::new(auth),
             router: Arc::clone(&router),
@@ -104,6 +111,7 @@ impl Gateway {
                 billing: None,
                 connections: Arc::default(),
                 router,
+                limiter: Arc::clone(&limiter),
             },
             models: Models::new(config.listed_models),
             max_body_bytes: config.max_body_bytes,
@@ -111,6 +119,8 @@ impl Gateway {
             idle_timeout: config.timeouts.idle,
             taps: Vec::new(),
             billing: None,
+            limiter,
+            trusted_proxies: config.trusted_proxies,
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
         })
@@ -127,6 +137,20 @@ impl Gateway {
         self.local.billing = Some(Arc::clone(&billing));
         self.billing = Some(billing);
         self
+    }
+
+    /// Checks limits through `limits` (shared through Redis, say) instead of
+    /// this process's own limiter.
+    pub fn with_limits(mut self, limits: keygate_limits::Limits) -> Self {
+        let settings = self.limiter.settings().clone();
+        self.limiter = Arc::new(RequestLimiter::new(limits, settings));
+        self.local.limiter = Arc::clone(&self.limiter);
+        self
+    }
+
+    /// The limits requests are checked against.
+    pub fn limits(&self) -> &keygate_limits::Limits {
+        self.limiter.limits()
     }
 
     /// The billing layer, when on.

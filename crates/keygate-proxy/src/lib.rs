@@ -55,6 +55,7 @@ mod auth;
 mod backoff;
 mod billing;
 mod body;
+mod client_addr;
 mod config;
 mod conn;
 mod context;
@@ -71,6 +72,8 @@ mod own_view;
 mod pipeline;
 mod policy;
 mod probe;
+mod public;
+mod rate;
 mod routing;
 mod server;
 mod signing;
@@ -83,14 +86,18 @@ pub use billing::{
     WriterSettings,
 };
 pub use body::{BodyEnd, BodyError, BodyObserver, GatewayBody, IdleTimeout};
-pub use config::{AuthSettings, ProxyConfig, defaults};
+pub use config::{
+    AuthSettings, DEFAULT_AUTH_FAILURES_PER_MINUTE, LimitSettings, ProxyConfig, PublicKeyLimits,
+    Tier, defaults,
+};
 pub use context::PeerAddr;
 pub use endpoint::{BodyFormat, Endpoint, ProviderKind};
 pub use error::{BoxError, ConfigError, ErrorKind, ErrorSource, ProxyError};
 pub use gateway::{Background, Exchange, Gateway, ResponseTap};
 pub use health::BreakerSettings;
-pub use limits::RequestAllowance;
+pub use keygate_limits::{Limits, OnBackendError, RedisLimiter, RedisSettings};
 pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
+pub use rate::{LimitKind, RateHeaders};
 pub use routing::{Affinity, RetryOn, Router, RoutingMetrics, RoutingSettings};
 pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
 pub use upstream::{

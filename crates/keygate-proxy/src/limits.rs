@@ -1,72 +1,452 @@
-//! Per-key request rate limits (`rpm`), enforced in this gateway instance with
-//! governor's GCRA: a key may burst up to its per-minute allowance, then gets one
-//! request per 60/rpm seconds. Shared limits across instances (Redis) and token
-//! limits (`tpm`, which need the usage the billing layer reads) come later.
+//! Limits on the request path, through `keygate_limits::Limits` (in this
+//! process, or shared through Redis): failed authentications per client
+//! address before any lookup; then, once the body is read, one check for the
+//! key's `rpm`, `tpm` and `max_parallel` and a public key's per-address
+//! limits. The state is keyed by key id and address, never held by the auth
+//! cache, so no key change or cache expiry resets an allowance.
+//!
+//! An admitted request carries a [`LimitHold`] from admission to the end of its
+//! body: it holds the request's slot (given back when the body ends or the
+//! client leaves), and corrects the token buckets from the estimate debited on
+//! admission to the tokens the upstream reports.
 
-use std::num::NonZeroU32;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
+use bytes::Bytes;
+use http::{header, response};
+use keygate_billing::{
+    ApiShape, DEFAULT_OUTPUT_RESERVE, Demand, JsonUsage, StreamUsage, Usage, UsageSource,
+};
+use keygate_keys::KeyKind;
+use keygate_limits::{Check, Decision, Lease, LimitError, Limits, Rate, Refused, Slot};
 
+use crate::auth::CachedKey;
+use crate::billing::{ESTIMATE_BYTES_PER_TOKEN, shape_of};
+use crate::body::{BodyEnd, BodyObserver, GatewayBody};
+use crate::config::{LimitSettings, Tier};
+use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
+use crate::rate::{LimitKind, RateHeaders};
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+/// The window failed authentications are counted in.
+const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
-/// A key's request limit. Lives in the key's cache entry, so a changed limit takes
-/// effect (with a fresh allowance) as soon as the change feed drops the entry.
-pub(crate) struct RequestLimit {
-    rpm: NonZeroU32,
-    limiter: Limiter,
-    clock: DefaultClock,
+/// The gateway's limits and their counters.
+#[derive(Debug)]
+pub(crate) struct RequestLimiter {
+    limits: Limits,
+    settings: LimitSettings,
+    refusals: [AtomicU64; LimitKind::ALL.len()],
 }
 
-impl std::fmt::Debug for RequestLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestLimit")
-            .field("rpm", &self.rpm)
-            .finish()
-    }
-}
-
-/// The state of a key's request limit after an admitted request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestAllowance {
-    /// Requests per minute.
-    pub limit: u32,
-    /// Requests that may still be sent at once.
-    pub remaining: u32,
-}
-
-impl RequestLimit {
-    /// A limit of `rpm` requests per minute; `None` for no limit.
-    pub(crate) fn new(rpm: Option<u32>) -> Option<Self> {
-        let rpm = NonZeroU32::new(rpm?)?;
-        let clock = DefaultClock::default();
-        let limiter = RateLimiter::direct_with_clock(Quota::per_minute(rpm), clock.clone())
-            .with_middleware::<StateInformationMiddleware>();
-        Some(Self {
-            rpm,
-            limiter,
-            clock,
-        })
+impl RequestLimiter {
+    pub(crate) fn new(limits: Limits, settings: LimitSettings) -> Self {
+        Self {
+            limits,
+            settings,
+            refusals: Default::default(),
+        }
     }
 
-    /// Admits one request, or says when the next one can be.
-    pub(crate) fn check(&self) -> Result<RequestAllowance, ProxyError> {
-        match self.limiter.check() {
-            Ok(state) => Ok(RequestAllowance {
-                limit: self.rpm.get(),
-                remaining: state.remaining_burst_capacity(),
-            }),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now());
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn settings(&self) -> &LimitSettings {
+        &self.settings
+    }
+
+    /// Refusals so far, by kind, for `/metrics`.
+    pub(crate) fn refusals(&self) -> impl Iterator<Item = (LimitKind, u64)> + '_ {
+        LimitKind::ALL
+            .iter()
+            .zip(&self.refusals)
+            .map(|(kind, n)| (*kind, n.load(Ordering::Relaxed)))
+    }
+
+    /// The limits' counters in Prometheus text: refusals by kind, and the
+    /// shared backend's failures.
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        out.push_str(
+            "# HELP keygate_limit_refusals_total Requests refused with 429, by the limit that refused.\n\
+             # TYPE keygate_limit_refusals_total counter\n",
+        );
+        for (kind, n) in self.refusals() {
+            out.push_str(&format!(
+                "keygate_limit_refusals_total{{limit=\"{}\"}} {n}\n",
+                kind.as_str()
+            ));
+        }
+        let m = self.limits.metrics();
+        for (name, help, value) in [
+            (
+                "keygate_limit_backend_errors_total",
+                "Calls to the shared rate-limit backend (Redis) that failed or timed out.",
+                m.backend_errors,
+            ),
+            (
+                "keygate_limit_fallbacks_total",
+                "Limit checks answered in this instance because the shared backend could not.",
+                m.fallbacks,
+            ),
+            (
+                "keygate_limit_denied_total",
+                "Requests refused (503) because the shared backend could not answer.",
+                m.denied,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+    }
+
+    fn refused(&self, kind: LimitKind) {
+        if let Some(n) = LimitKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.refusals.get(i))
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refuses an address that has failed to authenticate too often this
+    /// minute, before its credential is looked at.
+    pub(crate) async fn before_auth(&self, client: Option<IpAddr>) -> Result<(), ProxyError> {
+        let limit = self.settings.auth_failures_per_minute;
+        let Some(client) = client.filter(|_| limit > 0) else {
+            return Ok(());
+        };
+        let window = self
+            .limits
+            .window(&auth_key(client), AUTH_WINDOW, false)
+            .await
+            .map_err(limits_unavailable)?;
+        if window.count >= u64::from(limit) {
+            self.refused(LimitKind::AuthFailures);
+            return Err(ProxyError::RateLimited {
+                kind: LimitKind::AuthFailures,
+                limit: u64::from(limit),
+                retry_after: window.resets_in,
+                headers: RateHeaders::default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a failed authentication from `client` (a key that is malformed,
+    /// unknown, expired or revoked; not a request without any key).
+    pub(crate) async fn auth_failed(&self, client: Option<IpAddr>, error: &ProxyError) {
+        let counts = matches!(
+            error,
+            ProxyError::InvalidApiKey | ProxyError::ApiKeyExpired | ProxyError::ApiKeyRevoked
+        );
+        let Some(client) = client.filter(|_| counts && self.settings.auth_failures_per_minute > 0)
+        else {
+            return;
+        };
+        if let Err(e) = self
+            .limits
+            .window(&auth_key(client), AUTH_WINDOW, true)
+            .await
+        {
+            tracing::debug!(error = %e, "failed authentication not counted");
+        }
+    }
+
+    /// Admits one request of `key` from `client`: `demand` is what a body asks
+    /// for (`None` for requests without one, which count only against request
+    /// limits and hold no slot). `None` when nothing limits the key.
+    pub(crate) async fn admit(
+        &self,
+        key: &CachedKey,
+        client: Option<IpAddr>,
+        request: Option<(Endpoint, &Demand)>,
+    ) -> Result<Option<LimitHold>, ProxyError> {
+        let plan = self.plan(key, client, request.map(|(_, d)| d));
+        if plan.check.is_empty() {
+            return Ok(None);
+        }
+        let decision = self
+            .limits
+            .check(&plan.check)
+            .await
+            .map_err(limits_unavailable)?;
+        match decision {
+            Decision::Refused(refusal) => {
+                let mut headers = RateHeaders::default();
+                for (kind, state) in plan.rate_kinds.iter().zip(&refusal.rates) {
+                    headers.add(*kind, *state);
+                }
+                let (kind, limit) = match refusal.by {
+                    Refused::Rate(i) => (plan.rate_kinds[i], plan.check.rates[i].limit),
+                    Refused::Slot(i) => (LimitKind::Parallel, u64::from(plan.check.slots[i].max)),
+                };
+                self.refused(kind);
                 Err(ProxyError::RateLimited {
-                    rpm: self.rpm.get(),
-                    retry_after: wait,
+                    kind,
+                    limit,
+                    retry_after: refusal.retry_after,
+                    headers,
                 })
             }
+            Decision::Admitted { rates, lease } => {
+                let mut headers = RateHeaders::default();
+                for (kind, state) in plan.rate_kinds.iter().zip(&rates) {
+                    headers.add(*kind, *state);
+                }
+                let tokens = plan
+                    .check
+                    .rates
+                    .iter()
+                    .zip(&plan.rate_kinds)
+                    .filter(|(_, kind)| kind.counts_tokens())
+                    .map(|(rate, _)| (rate.key.clone(), rate.limit))
+                    .collect();
+                Ok(Some(LimitHold {
+                    lease,
+                    headers,
+                    tokens,
+                    estimate: plan.estimate,
+                    shape: request.and_then(|(endpoint, _)| shape_of(endpoint)),
+                    reader: None,
+                    success: false,
+                    settled: false,
+                }))
+            }
+        }
+    }
+
+    /// The rates and slots a request needs.
+    /// The tier a key is held to: its account's, else the default.
+    fn tier(&self, key: &CachedKey) -> Option<Tier> {
+        let tiers = &self.settings.tiers;
+        key.tier
+            .as_deref()
+            .and_then(|name| tiers.get(name))
+            .or_else(|| {
+                self.settings
+                    .default_tier
+                    .as_deref()
+                    .and_then(|n| tiers.get(n))
+            })
+            .copied()
+    }
+
+    fn plan(&self, cached: &CachedKey, client: Option<IpAddr>, demand: Option<&Demand>) -> Plan {
+        let key = &cached.key;
+        let id = key.id.as_str();
+        let tier = self.tier(cached).unwrap_or_default();
+        // A per-key tier bounds the key's own limits; an account-wide one
+        // is a bucket of the account's besides them.
+        let tighter = |own: Option<u32>, tier: Option<u32>| match (own, tier) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (rpm, tpm, max_parallel) = if tier.account_wide {
+            (key.rpm, key.tpm, key.max_parallel)
+        } else {
+            (
+                tighter(key.rpm, tier.rpm),
+                tighter(key.tpm, tier.tpm),
+                tighter(key.max_parallel, tier.max_parallel),
+            )
+        };
+        let estimate = demand.map_or(0, token_estimate);
+        let mut plan = Plan {
+            check: Check::default(),
+            rate_kinds: Vec::new(),
+            estimate,
+        };
+        let mut rate = |kind: LimitKind, key: String, limit: Option<u32>| {
+            if let Some(limit) = limit.filter(|l| *l > 0) {
+                let cost = if kind.counts_tokens() { estimate } else { 1 };
+                if kind.counts_tokens() && demand.is_none() {
+                    return;
+                }
+                plan.check
+                    .rates
+                    .push(Rate::new(key, u64::from(limit), cost));
+                plan.rate_kinds.push(kind);
+            }
+        };
+        rate(LimitKind::Requests, format!("key:{id}:rpm"), rpm);
+        rate(LimitKind::Tokens, format!("key:{id}:tpm"), tpm);
+        let account = key.account_id.as_str();
+        if tier.account_wide {
+            rate(
+                LimitKind::Requests,
+                format!("account:{account}:rpm"),
+                tier.rpm,
+            );
+            rate(
+                LimitKind::Tokens,
+                format!("account:{account}:tpm"),
+                tier.tpm,
+            );
+        }
+        if key.kind == KeyKind::Public
+            && let Some(client) = client
+        {
+            let public = self.settings.public_keys;
+            rate(
+                LimitKind::AddressRequests,
+                format!("addr:{id}:{client}:rpm"),
+                public.rpm_per_address,
+            );
+            rate(
+                LimitKind::AddressTokens,
+                format!("addr:{id}:{client}:tpm"),
+                public.tpm_per_address,
+            );
+        }
+        if demand.is_some() {
+            for (slot, max) in [
+                (format!("key:{id}:parallel"), max_parallel),
+                (
+                    format!("account:{account}:parallel"),
+                    tier.max_parallel.filter(|_| tier.account_wide),
+                ),
+            ] {
+                if let Some(max) = max.filter(|m| *m > 0) {
+                    plan.check.slots.push(Slot { key: slot, max });
+                }
+            }
+        }
+        plan
+    }
+}
+
+struct Plan {
+    check: Check,
+    /// What each of `check.rates` limits.
+    rate_kinds: Vec<LimitKind>,
+    estimate: u64,
+}
+
+fn auth_key(client: IpAddr) -> String {
+    format!("authfail:{client}")
+}
+
+fn limits_unavailable(error: LimitError) -> ProxyError {
+    match error {
+        LimitError::Unavailable(_) => ProxyError::LimitsUnavailable,
+        LimitError::Invalid(_) => ProxyError::Internal(Box::new(error)),
+    }
+}
+
+/// The tokens debited on admission: the input estimated from its bytes
+/// (`ESTIMATE_BYTES_PER_TOKEN`), plus the output cap times `n` (or the default
+/// output reserve when the request sets no cap).
+pub(crate) fn token_estimate(demand: &Demand) -> u64 {
+    let input = demand.input_tokens.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
+    let output = demand
+        .output_cap
+        .unwrap_or(DEFAULT_OUTPUT_RESERVE)
+        .saturating_mul(demand.n.max(1));
+    input.saturating_add(output)
+}
+
+/// An admitted request's limits, from admission to the end of its body.
+#[derive(Debug)]
+pub(crate) struct LimitHold {
+    lease: Lease,
+    pub(crate) headers: RateHeaders,
+    /// The token buckets debited by `estimate`: (key, limit).
+    tokens: Vec<(String, u64)>,
+    estimate: u64,
+    shape: Option<ApiShape>,
+    reader: Option<Reader>,
+    success: bool,
+    settled: bool,
+}
+
+#[derive(Debug)]
+enum Reader {
+    Json(JsonUsage),
+    Stream(Box<StreamUsage>),
+}
+
+impl LimitHold {
+    /// Rides on the response body until it ends, reading usage from the
+    /// upstream's own bytes when tokens are limited. Add it before any stage
+    /// that rewrites the body.
+    pub(crate) fn attach(mut self, head: &response::Parts, body: GatewayBody) -> GatewayBody {
+        self.success = head.status.is_success();
+        if !self.tokens.is_empty()
+            && let Some(shape) = self.shape
+        {
+            let stream = head
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            self.reader = Some(if stream {
+                Reader::Stream(Box::new(StreamUsage::new(shape)))
+            } else {
+                Reader::Json(JsonUsage::new(shape))
+            });
+        }
+        body.observe(Box::new(self))
+    }
+
+    /// The tokens the request used, when the upstream said.
+    fn used(&self) -> Option<Usage> {
+        let usage = match self.reader.as_ref()? {
+            Reader::Json(json) => json.usage(),
+            Reader::Stream(stream) => stream.usage(),
+        };
+        matches!(usage.source, UsageSource::Reported | UsageSource::Capped).then_some(usage)
+    }
+
+    fn correct(&mut self, delta: i64) {
+        self.settled = true;
+        for (key, limit) in &self.tokens {
+            self.lease.adjust(key, *limit, delta);
+        }
+    }
+}
+
+impl BodyObserver for LimitHold {
+    fn on_data(&mut self, data: &Bytes) {
+        match &mut self.reader {
+            None => {}
+            Some(Reader::Json(json)) => json.push(data),
+            Some(Reader::Stream(stream)) => stream.push(data),
+        }
+    }
+
+    fn on_end(&mut self, _end: BodyEnd) {
+        if self.tokens.is_empty() || self.settled {
+            return;
+        }
+        let estimate = i64::try_from(self.estimate).unwrap_or(i64::MAX);
+        let delta = if !self.success {
+            // An error answer used no tokens.
+            -estimate
+        } else if let Some(usage) = self.used() {
+            let used = usage.input_tokens.saturating_add(usage.output_tokens);
+            i64::try_from(used)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(estimate)
+        } else {
+            // Nothing reported (or the client left before the usage): the
+            // estimate stands.
+            0
+        };
+        self.correct(delta);
+    }
+}
+
+impl Drop for LimitHold {
+    fn drop(&mut self) {
+        // Never attached to an answer: nothing was served, the estimate comes
+        // back. The lease gives the slot back as it drops.
+        if !self.settled {
+            let estimate = i64::try_from(self.estimate).unwrap_or(i64::MAX);
+            self.correct(-estimate);
         }
     }
 }
@@ -74,23 +454,20 @@ impl RequestLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn a_burst_of_rpm_then_refusal() {
-        let limit = RequestLimit::new(Some(3)).unwrap();
-        let remaining: Vec<u32> = (0..3).map(|_| limit.check().unwrap().remaining).collect();
-        assert_eq!(remaining, [2, 1, 0]);
-        match limit.check() {
-            Err(ProxyError::RateLimited { rpm, retry_after }) => {
-                assert_eq!(rpm, 3);
-                assert!(
-                    retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20)
-                );
-            }
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-        assert!(RequestLimit::new(None).is_none());
-        assert!(RequestLimit::new(Some(0)).is_none());
+    fn the_estimate_is_input_bytes_over_four_plus_the_output_cap() {
+        let demand = Demand {
+            input_tokens: 400,
+            output_cap: Some(50),
+            n: 2,
+        };
+        assert_eq!(token_estimate(&demand), 100 + 100);
+        let uncapped = Demand {
+            output_cap: None,
+            n: 0,
+            ..demand
+        };
+        assert_eq!(token_estimate(&uncapped), 100 + DEFAULT_OUTPUT_RESERVE);
     }
 }

@@ -17,6 +17,7 @@ use crate::conn::ConnectionMetrics;
 use crate::context::allow_origin;
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
+use crate::limits::RequestLimiter;
 use crate::models::key_allows_model;
 use crate::routing::Router;
 use crate::text::model_phrase;
@@ -30,6 +31,8 @@ pub(crate) struct Local {
     pub(crate) connections: Arc<ConnectionMetrics>,
     /// For the upstream counters and health.
     pub(crate) router: Arc<Router>,
+    /// The limits' counters.
+    pub(crate) limiter: Arc<RequestLimiter>,
 }
 
 impl Local {
@@ -44,8 +47,8 @@ impl Local {
         })
     }
 
-    /// Prometheus text: connection counts, upstream attempts and health, and
-    /// billing counters when billing is on.
+    /// Prometheus text: connection counts, upstream attempts and health,
+    /// billing counters when billing is on, and the limits' counters.
     fn metrics(&self) -> Response<GatewayBody> {
         let c = &self.connections;
         let mut out = format!(
@@ -123,6 +126,7 @@ impl Local {
                 ));
             }
         }
+        self.limiter.write_metrics(&mut out);
         let mut response = Response::new(GatewayBody::full(out));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -1,6 +1,8 @@
-//! The request path, top to bottom: resolve → authenticate → policy → read and
-//! probe the body → route (the candidates) → admit → forward (with retries and
-//! failover, before the client sees a byte) → respond. Each stage lives in its
+//! The request path, top to bottom: resolve → authenticate (failed attempts
+//! throttled per client address) → policy → read and probe the body (a public
+//! key's parameters restricted) → limits → route (the candidates) → admit →
+//! forward (with retries and failover, before the client sees a byte) →
+//! respond. Each stage lives in its
 //! own module; this one only names them in order and hands them the request's
 //! [`RequestContext`].
 
@@ -11,8 +13,10 @@ use http::{Request, Response, request};
 use hyper::body::Incoming;
 use keygate_store::ApiKey;
 
+use crate::auth::Authenticated;
 use crate::billing::Admission;
 use crate::body::GatewayBody;
+use crate::client_addr::client_addr;
 use crate::conn;
 use crate::context::{PeerAddr, RequestContext};
 use crate::endpoint::{BodyFormat, Endpoint};
@@ -23,6 +27,7 @@ use crate::local::Models;
 use crate::own_view;
 use crate::policy;
 use crate::probe::{self, Probed};
+use crate::public;
 use crate::routing::{Candidates, sticky_hash};
 use crate::text::shown_model;
 use crate::upstream::Upstream;
@@ -57,14 +62,12 @@ impl Gateway {
         probe::check_headers(&parts.headers)?;
         let (endpoint, model_id) = Endpoint::resolve(&parts.method, parts.uri.path())?;
         ctx.log.route = endpoint.route();
-        let authed = self
-            .auth
-            .authenticate(&parts.headers, parts.uri.query(), ctx.now)
-            .await?;
+        let authed = self.authenticate(parts, ctx).await?;
         let key = &authed.key.key;
         ctx.log.key_id = Some(key.id.as_str().to_owned());
         policy::admit_key(&authed.key, endpoint, &parts.headers, ctx)?;
         if own_view::serves(endpoint) {
+            policy::admit_limits(&self.limiter, &authed.key, None, ctx).await?;
             let ledger = self.billing().map(|b| b.ledger().as_ref());
             let mut response = own_view::answer(
                 endpoint,
@@ -79,11 +82,13 @@ impl Gateway {
             return Ok(response);
         }
         if Models::serves(endpoint) {
+            policy::admit_limits(&self.limiter, &authed.key, None, ctx).await?;
             let mut response = self.models.answer(&self.router, model_id, key)?;
             ctx.rate_headers(response.headers_mut());
             return Ok(response);
         }
         if endpoint.body_format() == BodyFormat::Opaque {
+            policy::admit_limits(&self.limiter, &authed.key, None, ctx).await?;
             return self
                 .serve_object(ctx, endpoint, model_id, parts, body, key)
                 .await;
@@ -99,6 +104,19 @@ impl Gateway {
         .await?;
         ctx.log.model = shown_model(&probed.model).map(str::to_owned);
         policy::allow_model(key, &probed.model)?;
+        let probed = if key.kind == keygate_keys::KeyKind::Public {
+            let max_output = self.limiter.settings().public_keys.max_output_tokens;
+            public::restrict(probed, max_output)?
+        } else {
+            probed
+        };
+        policy::admit_limits(
+            &self.limiter,
+            &authed.key,
+            Some((endpoint, &probed.demand)),
+            ctx,
+        )
+        .await?;
         let candidates = self.router.candidates(endpoint.provider(), &probed.model)?;
         let first = Arc::clone(self.router.upstream(candidates.first()));
         ctx.log.upstream = Some(first.name().to_owned());
@@ -204,6 +222,26 @@ impl Gateway {
         result.map_err(|unserved| unserved.error)
     }
 
+    /// The request's key, checked after its client address passed the
+    /// failed-authentication throttle; a failure counts against the address.
+    async fn authenticate(
+        &self,
+        parts: &request::Parts,
+        ctx: &mut RequestContext,
+    ) -> Result<Authenticated, ProxyError> {
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
+        ctx.client = client_addr(peer, &parts.headers, &self.trusted_proxies);
+        self.limiter.before_auth(ctx.client).await?;
+        let authed = self
+            .auth
+            .authenticate(&parts.headers, parts.uri.query(), ctx.now)
+            .await;
+        if let Err(error) = &authed {
+            self.limiter.auth_failed(ctx.client, error).await;
+        }
+        authed
+    }
+
     /// Admits the request for billing, when billing is on: the charge goes in
     /// `ctx`, and the body comes back rewritten where the upstream must be asked
     /// for usage.
@@ -234,7 +272,7 @@ impl Gateway {
             stream,
             demand,
             client_name: probe::client_name(&parts.headers),
-            client_ip: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
+            client_ip: ctx.client,
         };
         let (charge, body) = billing
             .admit(admission, body, ctx.now, ctx.started())
@@ -264,6 +302,11 @@ impl Gateway {
         let (mut head, body) = answer.into_parts();
         ctx.rate_headers(&mut head.headers);
         let mut body = GatewayBody::stream(body, Some(self.idle_timeout));
+        if let Some(limits) = ctx.limits.take() {
+            // First: it reads usage from the upstream's own bytes, and holds
+            // the request's slot until the body ends.
+            body = limits.attach(&head, body);
+        }
         if let Some(charge) = ctx.charge.take() {
             body = charge.attach(&mut head, body, first_byte);
         }

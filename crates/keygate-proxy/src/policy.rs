@@ -1,20 +1,23 @@
 //! What an authenticated key may do: public keys only on their routes and from
-//! their origins, the route's scope, the key's request limit, and its models.
+//! their origins, the route's scope, its models, and its limits (checked by
+//! `limits::RequestLimiter`, in this process or shared).
 
 use http::header::{self, HeaderMap};
 use keygate_keys::KeyKind;
 use keygate_store::ApiKey;
 
+use keygate_billing::Demand;
+
 use crate::auth::CachedKey;
 use crate::context::RequestContext;
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
+use crate::limits::RequestLimiter;
 use crate::models::key_allows_model;
 
 /// Checks a key against the endpoint before the body is read: a public key's
 /// route and origin (an allowed origin goes in `ctx.cors` at once, so even a
-/// refusal after it can be read by the page), the endpoint's scope, then the
-/// key's request limit (`ctx.allowance`).
+/// refusal after it can be read by the page), then the endpoint's scope.
 pub(crate) fn admit_key(
     cached: &CachedKey,
     endpoint: Endpoint,
@@ -40,7 +43,22 @@ pub(crate) fn admit_key(
     if !key.scopes.contains(scope) {
         return Err(ProxyError::InsufficientScope(scope));
     }
-    ctx.allowance = cached.admit()?;
+    Ok(())
+}
+
+/// Admits the request under the key's limits (and a public key's per-address
+/// ones): `request` is the endpoint and what its body asks for, `None` for a
+/// request without a body. The hold and the headers go in `ctx`.
+pub(crate) async fn admit_limits(
+    limiter: &RequestLimiter,
+    key: &CachedKey,
+    request: Option<(Endpoint, &Demand)>,
+    ctx: &mut RequestContext,
+) -> Result<(), ProxyError> {
+    if let Some(hold) = limiter.admit(key, ctx.client, request).await? {
+        ctx.rates = hold.headers;
+        ctx.limits = Some(hold);
+    }
     Ok(())
 }
 

@@ -93,7 +93,7 @@ pub use types::{
     Account, ApiKey, KeyChange, KeySettings, KeyStatus, KeyUpdate, NewAccount, NewApiKey,
     ReplacementKey,
 };
-pub use validate::{MAX_METADATA_ENTRIES, MAX_MODELS, MAX_ORIGINS, MAX_TOP_UP};
+pub use validate::{MAX_METADATA_ENTRIES, MAX_MODELS, MAX_ORIGINS, MAX_TOP_UP, validate_tier};
 
 /// The database of a deployment that names none: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db";

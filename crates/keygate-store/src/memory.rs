@@ -23,6 +23,7 @@ use crate::store::CredentialStore;
 use crate::types::{Account, ApiKey, KeyChange, KeyUpdate, NewAccount, NewApiKey, ReplacementKey};
 use crate::validate::{
     check_reservation, check_rotatable, check_top_up, check_usage_record, stored_usage_record,
+    validate_tier,
 };
 
 /// An in-memory [`CredentialStore`].
@@ -171,6 +172,7 @@ impl CredentialStore for MemoryStore {
             email: new.email,
             balance: new.balance,
             reserved: Micros::ZERO,
+            tier: None,
             created_at: Utc::now(),
         };
         self.state().accounts.push(account.clone());
@@ -194,6 +196,19 @@ impl CredentialStore for MemoryStore {
             .checked_add(amount)
             .ok_or_else(|| StoreError::Conflict("the balance would overflow".into()))?;
         Ok(account.clone())
+    }
+
+    async fn set_account_tier(&self, id: &AccountId, tier: Option<String>) -> Result<Account> {
+        validate_tier(tier.as_deref())?;
+        let mut state = self.state();
+        state.account_mut(id)?.tier = tier;
+        let keys: Vec<usize> = (0..state.keys.len())
+            .filter(|i| state.keys[*i].account_id == *id)
+            .collect();
+        for key in keys {
+            state.record_change(key);
+        }
+        state.account_mut(id).map(|a| a.clone())
     }
 
     async fn create_key(&self, new: NewApiKey) -> Result<ApiKey> {
@@ -235,6 +250,7 @@ impl CredentialStore for MemoryStore {
         key.expires_at = s.expires_at;
         key.rpm = s.rpm;
         key.tpm = s.tpm;
+        key.max_parallel = s.max_parallel;
         key.spend_limit = s.spend_limit;
         key.metadata = s.metadata;
         state.record_change(index);

@@ -35,6 +35,11 @@ pub trait CredentialStore: Send + Sync + std::fmt::Debug {
     /// atomically.
     async fn top_up(&self, id: &AccountId, amount: Micros) -> Result<Account>;
 
+    /// Sets (or with `None` clears) the account's tier: a name of 1 to
+    /// 64 letters, digits, `-` and `_` (`MAX_TIER_LEN`). Every key of the
+    /// account appends to the change feed, so caches pick the tier up.
+    async fn set_account_tier(&self, id: &AccountId, tier: Option<String>) -> Result<Account>;
+
     /// Stores a new key for an existing account.
     async fn create_key(&self, new: NewApiKey) -> Result<ApiKey>;
 

@@ -23,6 +23,8 @@ pub struct Account {
     pub balance: Micros,
     /// Money held by in-flight requests, in micro-units.
     pub reserved: Micros,
+    /// The account's tier (a `[tiers.NAME]` of the gateway's config), if set.
+    pub tier: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
@@ -89,6 +91,8 @@ pub struct ApiKey {
     pub rpm: Option<u32>,
     /// Tokens per minute, if limited.
     pub tpm: Option<u32>,
+    /// Requests in flight at once, if limited.
+    pub max_parallel: Option<u32>,
     /// Most this key may spend, if limited.
     pub spend_limit: Option<Micros>,
     /// Small operator-defined labels.
@@ -117,6 +121,7 @@ impl ApiKey {
             revoked_at: None,
             rpm: s.rpm,
             tpm: s.tpm,
+            max_parallel: s.max_parallel,
             spend_limit: s.spend_limit,
             metadata: s.metadata,
             created_at,
@@ -135,6 +140,7 @@ impl ApiKey {
             expires_at: self.expires_at,
             rpm: self.rpm,
             tpm: self.tpm,
+            max_parallel: self.max_parallel,
             spend_limit: self.spend_limit,
             metadata: self.metadata.clone(),
         }
@@ -171,6 +177,8 @@ pub struct KeySettings {
     pub rpm: Option<u32>,
     /// Tokens per minute.
     pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub max_parallel: Option<u32>,
     /// Spend limit.
     pub spend_limit: Option<Micros>,
     /// Operator labels.
@@ -194,6 +202,7 @@ impl KeySettings {
             expires_at: None,
             rpm: None,
             tpm: None,
+            max_parallel: None,
             spend_limit: None,
             metadata: BTreeMap::new(),
         }
@@ -241,6 +250,8 @@ pub struct KeyUpdate {
     pub rpm: Option<Option<u32>>,
     /// New tpm limit.
     pub tpm: Option<Option<u32>>,
+    /// New limit of requests in flight.
+    pub max_parallel: Option<Option<u32>>,
     /// New spend limit.
     pub spend_limit: Option<Option<Micros>>,
     /// Replaces the metadata map.
@@ -257,6 +268,7 @@ impl KeyUpdate {
             && self.expires_at.is_none()
             && self.rpm.is_none()
             && self.tpm.is_none()
+            && self.max_parallel.is_none()
             && self.spend_limit.is_none()
             && self.metadata.is_none()
     }

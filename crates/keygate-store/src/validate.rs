@@ -109,6 +109,9 @@ impl KeySettings {
         if self.tpm == Some(0) {
             return Err(StoreError::invalid("tpm", "must be at least 1"));
         }
+        if self.max_parallel == Some(0) {
+            return Err(StoreError::invalid("max_parallel", "must be at least 1"));
+        }
         if self.spend_limit.is_some_and(|limit| limit < Micros::ZERO) {
             return Err(StoreError::invalid("spend limit", "must not be negative"));
         }
@@ -168,6 +171,9 @@ impl KeyUpdate {
         }
         if let Some(tpm) = self.tpm {
             settings.tpm = tpm;
+        }
+        if let Some(max_parallel) = self.max_parallel {
+            settings.max_parallel = max_parallel;
         }
         if let Some(limit) = self.spend_limit {
             settings.spend_limit = limit;
@@ -259,6 +265,29 @@ pub(crate) fn stored_usage_record(record: &UsageRecord) -> UsageRecord {
         latency_ms: clamp(record.latency_ms),
         ttfb_ms: clamp(record.ttfb_ms),
         ..record.clone()
+    }
+}
+
+/// Checks a tier name: 1 to `MAX_TIER_LEN` letters, digits, `-` and `_`.
+pub fn validate_tier(tier: Option<&str>) -> Result<()> {
+    let Some(tier) = tier else {
+        return Ok(());
+    };
+    let ok = !tier.is_empty()
+        && tier.len() <= keygate_types::limits::MAX_TIER_LEN
+        && tier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            "tier",
+            format!(
+                "a tier name is 1 to {} letters, digits, '-' and '_'",
+                keygate_types::limits::MAX_TIER_LEN
+            ),
+        ))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Helpers shared by keygate's tests. A dev-dependency only: nothing here ships.
 //!
 //! [`TestPostgres`] gives each test its own freshly created PostgreSQL database
-//! (dropped afterwards), so test runs never collide. [`MockUpstream`] is a real
+//! (dropped afterwards), so test runs never collide; [`TestRedis`] a fresh key
+//! prefix on the machine's Redis. [`MockUpstream`] is a real
 //! HTTP server that speaks just enough OpenAI and Anthropic to stand in for a
 //! provider, over plain HTTP or TLS with [`TestCerts`]. [`GatewayProcess`] and
 //! [`admin`] run the real binaries. With the `fixture` feature, [`fixture`] makes
@@ -18,6 +19,7 @@ pub mod fixture;
 mod mock_upstream;
 mod postgres;
 mod process;
+mod redis;
 mod tls;
 
 pub use mock_upstream::{Fault, MockUpstream, RecordedRequest};
@@ -26,4 +28,5 @@ pub use process::{
     AdminOutput, GatewayProcess, MOCK_ANTHROPIC_KEY_ENV, MOCK_OPENAI_KEY_ENV, admin,
     workspace_binary, write_mock_config,
 };
+pub use redis::{REDIS_URL_VAR, TestRedis};
 pub use tls::TestCerts;

@@ -18,6 +18,10 @@ pub const MAX_NAME_LEN: usize = 200;
 /// longest address SMTP carries).
 pub const MAX_EMAIL_LEN: usize = 254;
 
+/// The longest tier name (`accounts.tier`), in bytes: the name of a
+/// `[tiers.NAME]` table.
+pub const MAX_TIER_LEN: usize = 64;
+
 /// The longest model name a request may ask for, in bytes
 /// (`usage_records.model`).
 pub const MAX_MODEL_LEN: usize = 256;

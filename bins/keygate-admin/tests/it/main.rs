@@ -184,6 +184,23 @@ fn accounts_show_money_as_integer_micros_in_json() {
 }
 
 #[test]
+fn account_tiers_are_set_and_cleared() {
+    let admin = Admin::sqlite().migrated();
+    let created = admin.json(&["account", "create", "--name", "t", "--tier", "free"]);
+    assert_eq!(created["tier"], "free");
+    let id = created["id"].as_str().unwrap();
+    let moved = admin.json(&["account", "update", id, "--tier", "pro"]);
+    assert_eq!(moved["tier"], "pro");
+    let cleared = admin.json(&["account", "update", id, "--tier", "none"]);
+    assert_eq!(cleared["tier"], Value::Null);
+    let err = admin.fails(&["account", "create", "--name", "u", "--tier", "not a tier"]);
+    assert!(err.contains("tier"), "{err}");
+    // A refused tier writes nothing.
+    let listed = admin.json(&["account", "list"]);
+    assert_eq!(listed["accounts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
 fn key_settings_round_trip_through_the_cli() {
     let admin = Admin::sqlite().migrated();
     let account = admin.account();
@@ -206,6 +223,8 @@ fn key_settings_round_trip_through_the_cli() {
         "60",
         "--tpm",
         "1000",
+        "--max-parallel",
+        "3",
         "--spend-limit",
         "2.5",
         "--meta",
@@ -220,6 +239,7 @@ fn key_settings_round_trip_through_the_cli() {
         serde_json::json!(["https://app.example"])
     );
     assert_eq!(created["spend_limit_micros"], 2_500_000);
+    assert_eq!(created["max_parallel"], 3);
     assert_eq!(created["metadata"]["team"], "web");
     assert_eq!(created["status"], "active");
     assert!(created["expires_at"].is_string());
@@ -234,8 +254,11 @@ fn key_settings_round_trip_through_the_cli() {
         "--no-expiry",
         "--name",
         "web",
+        "--max-parallel",
+        "none",
     ]);
     assert_eq!(updated["rpm"], Value::Null);
+    assert_eq!(updated["max_parallel"], Value::Null);
     assert_eq!(updated["expires_at"], Value::Null);
     assert_eq!(updated["name"], "web");
     assert_eq!(updated["tpm"], 1000);

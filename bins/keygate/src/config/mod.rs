@@ -6,7 +6,8 @@
 //! connections),
 //! `auth` (key prefix, query parameter, auth cache), `upstreams` (timeouts and
 //! upstreams with their provider keys, priorities, weights and signing),
-//! `routing` (retries, affinity, breakers), `billing` (prices, billing, privacy);
+//! `routing` (retries, affinity, breakers), `billing` (prices, billing, privacy),
+//! `limits` (`[limits]`, `[public_keys]`, trusted proxies), `control` (`[admin]`, `[keys]`);
 //! `duration` is how they all read a duration, `builtin` the configuration without
 //! a file. The sections import only `duration`, never each other or this module.
 
@@ -15,6 +16,7 @@ mod billing;
 mod builtin;
 mod control;
 mod duration;
+mod limits;
 mod routing;
 mod server;
 mod upstreams;
@@ -27,6 +29,7 @@ use keygate_config::RawConfig;
 use keygate_proxy::{BillingConfig, ProxyConfig, ServerOptions};
 
 pub(crate) use self::control::ControlConfig;
+pub(crate) use self::limits::Backend as LimitsBackend;
 pub(crate) use self::server::{LogFormat, TlsFiles};
 
 /// The default config file, read when present.
@@ -56,6 +59,8 @@ pub(crate) struct Config {
     pub(crate) billing: BillingConfig,
     /// `[admin]` and `[keys]`.
     pub(crate) control: ControlConfig,
+    /// Where rate limits are kept.
+    pub(crate) limits: LimitsBackend,
 }
 
 /// Variables the environment can override. `keygate-admin` applies the same two
@@ -69,6 +74,8 @@ pub(crate) struct Overrides {
     pub(crate) database_url: Option<String>,
     /// `KEYGATE_KEY_PREFIX`.
     pub(crate) key_prefix: Option<String>,
+    /// `KEYGATE_REDIS_URL`.
+    pub(crate) redis_url: Option<String>,
 }
 
 /// Loads `path` (or `keygate.toml` if present, else built-in defaults), applies the
@@ -145,7 +152,19 @@ fn validate(
         &timeouts,
     )?;
     let control = control::control(raw.admin.as_ref(), raw.keys.as_ref())?;
+    let limits::Limits {
+        backend: limits,
+        settings: limit_settings,
+    } = limits::limits(
+        raw.limits.as_ref(),
+        raw.public_keys.as_ref(),
+        &raw.tiers,
+        overrides.redis_url.as_deref(),
+    )?;
+    let trusted_proxies = limits::trusted_proxies(raw.server.as_ref())?;
     let mut proxy = ProxyConfig::new(key_prefix, upstreams);
+    proxy.limits = limit_settings;
+    proxy.trusted_proxies = trusted_proxies;
     proxy.query_param = query_param;
     proxy.max_body_bytes = max_body_bytes;
     proxy.body_read_timeout = body_read_timeout;
@@ -164,6 +183,7 @@ fn validate(
         skipped,
         billing,
         control,
+        limits,
     })
 }
 
@@ -294,6 +314,61 @@ output_per_mtok = 8.0
     }
 
     #[test]
+    fn limits_sections_validate_and_name_the_field() {
+        let config = load_text(ISSUE_SHAPE, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        assert!(matches!(config.limits, LimitsBackend::Local));
+        assert_eq!(config.proxy.limits.auth_failures_per_minute, 30);
+        let text = format!(
+            "{ISSUE_SHAPE}[limits]\nbackend = \"redis\"\nredis_url = \"redis://:pw@127.0.0.1:6379\"\n\
+             on_backend_error = \"deny\"\nauth_failures_per_minute = 5\n\
+             [public_keys]\nrpm_per_address = 3\nmax_output_tokens = 64\n\
+             [server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n"
+        );
+        let config = load_text(&text, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
+        match &config.limits {
+            LimitsBackend::Redis(settings, on_error) => {
+                assert_eq!(settings.prefix, "keygate");
+                assert_eq!(*on_error, keygate_proxy::OnBackendError::Deny);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !format!("{config:?}").contains(":pw@"),
+            "redis password in Debug"
+        );
+        assert_eq!(config.proxy.limits.auth_failures_per_minute, 5);
+        assert_eq!(config.proxy.limits.public_keys.rpm_per_address, Some(3));
+        assert_eq!(config.proxy.trusted_proxies.len(), 2);
+        for (section, bad, field) in [
+            ("limits", "backend = \"memcached\"", "limits.backend"),
+            ("limits", "default_tier = \"gold\"", "limits.default_tier"),
+            ("tiers.free", "rpm = 0", "tiers.free.rpm"),
+            ("limits", "backend = \"redis\"", "limits.redis_url"),
+            ("limits", "redis_url = \"redis://x\"", "limits.redis_url"),
+            (
+                "limits",
+                "on_backend_error = \"maybe\"",
+                "limits.on_backend_error",
+            ),
+            (
+                "public_keys",
+                "max_output_tokens = 0",
+                "public_keys.max_output_tokens",
+            ),
+            (
+                "server",
+                "trusted_proxies = [\"10.0.0.0/33\"]",
+                "server.trusted_proxies",
+            ),
+        ] {
+            let err = load_text(&format!("[{section}]\n{bad}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
     fn server_section_sets_connection_limits() {
         let config = load_text(ISSUE_SHAPE, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
         assert!(config.server.max_connections >= 1);
@@ -414,6 +489,7 @@ output_per_mtok = 8.0
             listen: Some("127.0.0.1:9999".into()),
             database_url: Some("sqlite://other.db".into()),
             key_prefix: Some("acme".into()),
+            redis_url: None,
         };
         let config = validate(
             builtin_defaults(),

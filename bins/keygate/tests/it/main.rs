@@ -9,9 +9,10 @@
     reason = "tests"
 )]
 
-mod privacy;
 mod admin_api;
 mod console;
+mod limits;
+mod privacy;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -290,7 +290,7 @@ impl BodyFilter for UsageFilter {
 /// of token-priced models (`gpt-image-1`, `gpt-4o-transcribe`) carry a `usage`
 /// with `input_tokens`/`output_tokens`, read like a completion's; speech answers
 /// are audio and carry none.
-fn shape_of(endpoint: Endpoint) -> Option<ApiShape> {
+pub(crate) fn shape_of(endpoint: Endpoint) -> Option<ApiShape> {
     match endpoint {
         Endpoint::ChatCompletions
         | Endpoint::Completions

@@ -29,9 +29,9 @@ use keygate_store::{ApiKey, Ledger, Micros, UsageRecord, UsageSource};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-pub(crate) use charge::Charge;
 use charge::ChargeParts;
 pub use charge::ESTIMATE_BYTES_PER_TOKEN;
+pub(crate) use charge::{Charge, shape_of};
 pub use config::BillingConfig;
 use leases::{LeaseHold, Leased, Leases};
 use metrics::bump;

@@ -116,6 +116,13 @@ impl CredentialStore for FaultyStore {
     async fn top_up(&self, id: &AccountId, amount: Micros) -> keygate_store::Result<Account> {
         self.inner.top_up(id, amount).await
     }
+    async fn set_account_tier(
+        &self,
+        id: &AccountId,
+        tier: Option<String>,
+    ) -> keygate_store::Result<Account> {
+        self.inner.set_account_tier(id, tier).await
+    }
     async fn create_key(&self, new: NewApiKey) -> keygate_store::Result<ApiKey> {
         self.inner.create_key(new).await
     }

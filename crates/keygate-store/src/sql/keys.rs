@@ -18,7 +18,7 @@ use super::schema::{accounts, api_keys, key_changes};
 use crate::error::{Result, StoreError};
 use crate::store::CredentialStore;
 use crate::types::{Account, ApiKey, KeyChange, KeyUpdate, NewAccount, NewApiKey, ReplacementKey};
-use crate::validate::{check_rotatable, check_top_up};
+use crate::validate::{check_rotatable, check_top_up, validate_tier};
 
 /// The store's operations, written once and compiled per connection type.
 /// `$begin_key_change` is the statement every key-changing transaction starts with:
@@ -64,6 +64,7 @@ macro_rules! sql_ops {
                     balance_micros: new.balance.0,
                     reserved_micros: 0,
                     created_at: millis(Utc::now()),
+                    tier: None,
                 };
                 diesel::insert_into(accounts::table)
                     .values(&row)
@@ -112,6 +113,36 @@ macro_rules! sql_ops {
                     )));
                 }
                 Ok(account)
+            }
+
+            pub(super) async fn set_account_tier(
+                c: &mut C,
+                id: &AccountId,
+                tier: Option<String>,
+            ) -> Result<Account> {
+                validate_tier(tier.as_deref())?;
+                let id = id.clone();
+                c.transaction::<_, StoreError, _>(async move |c| {
+                    begin_key_change(c).await?;
+                    let updated = diesel::update(accounts::table.find(id.as_str()))
+                        .set(accounts::tier.eq(tier))
+                        .execute(c)
+                        .await?;
+                    if updated == 0 {
+                        return Err(StoreError::account_not_found(&id));
+                    }
+                    let keys: Vec<KeyRow> = api_keys::table
+                        .filter(api_keys::account_id.eq(id.as_str()))
+                        .select(KeyRow::as_select())
+                        .load(c)
+                        .await?;
+                    let now = millis(Utc::now());
+                    for key in &keys {
+                        record_change(c, key, now).await?;
+                    }
+                    get_account(c, &id).await
+                })
+                .await
             }
 
             async fn key_row(c: &mut C, id: &KeyId) -> Result<KeyRow> {
@@ -364,6 +395,14 @@ impl CredentialStore for DbStore {
 
     async fn top_up(&self, id: &AccountId, amount: Micros) -> Result<Account> {
         dispatch!(self.write().await?, sqlite_ops | pg_ops, top_up(id, amount))
+    }
+
+    async fn set_account_tier(&self, id: &AccountId, tier: Option<String>) -> Result<Account> {
+        dispatch!(
+            self.write().await?,
+            sqlite_ops | pg_ops,
+            set_account_tier(id, tier)
+        )
     }
 
     async fn create_key(&self, new: NewApiKey) -> Result<ApiKey> {

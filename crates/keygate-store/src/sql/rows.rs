@@ -19,6 +19,7 @@ pub(super) struct AccountRow {
     pub(super) balance_micros: i64,
     pub(super) reserved_micros: i64,
     pub(super) created_at: i64,
+    pub(super) tier: Option<String>,
 }
 
 #[derive(Queryable, Selectable, Insertable, Debug)]
@@ -37,6 +38,7 @@ pub(super) struct KeyRow {
     pub(super) revoked_at: Option<i64>,
     pub(super) rpm: Option<i64>,
     pub(super) tpm: Option<i64>,
+    pub(super) max_parallel: Option<i64>,
     pub(super) spend_limit_micros: Option<i64>,
     pub(super) metadata: String,
     pub(super) created_at: i64,
@@ -54,6 +56,7 @@ pub(super) struct KeySettingsRow {
     pub(super) expires_at: Option<i64>,
     pub(super) rpm: Option<i64>,
     pub(super) tpm: Option<i64>,
+    pub(super) max_parallel: Option<i64>,
     pub(super) spend_limit_micros: Option<i64>,
     pub(super) metadata: String,
 }
@@ -110,6 +113,7 @@ impl TryFrom<AccountRow> for Account {
             email: row.email,
             balance: Micros(row.balance_micros),
             reserved: Micros(row.reserved_micros),
+            tier: row.tier,
             created_at: time("accounts.created_at", row.created_at)?,
         })
     }
@@ -147,6 +151,7 @@ impl TryFrom<KeyRow> for ApiKey {
                 .transpose()?,
             rpm: limit("api_keys.rpm", row.rpm)?,
             tpm: limit("api_keys.tpm", row.tpm)?,
+            max_parallel: limit("api_keys.max_parallel", row.max_parallel)?,
             spend_limit: row.spend_limit_micros.map(Micros),
             metadata: from_json("api_keys.metadata", &row.metadata)?,
             created_at: time("api_keys.created_at", row.created_at)?,
@@ -184,6 +189,7 @@ impl KeySettingsRow {
             expires_at: s.expires_at.map(millis),
             rpm: s.rpm.map(i64::from),
             tpm: s.tpm.map(i64::from),
+            max_parallel: s.max_parallel.map(i64::from),
             spend_limit_micros: s.spend_limit.map(|m| m.0),
             metadata: to_json(&s.metadata)?,
         })
@@ -207,6 +213,7 @@ impl KeyRow {
             revoked_at: key.revoked_at.map(millis),
             rpm: s.rpm,
             tpm: s.tpm,
+            max_parallel: s.max_parallel,
             spend_limit_micros: s.spend_limit_micros,
             metadata: s.metadata,
             created_at: millis(key.created_at),

@@ -10,6 +10,7 @@ diesel::table! {
         balance_micros -> BigInt,
         reserved_micros -> BigInt,
         created_at -> BigInt,
+        tier -> Nullable<Text>,
     }
 }
 
@@ -28,6 +29,7 @@ diesel::table! {
         revoked_at -> Nullable<BigInt>,
         rpm -> Nullable<BigInt>,
         tpm -> Nullable<BigInt>,
+        max_parallel -> Nullable<BigInt>,
         spend_limit_micros -> Nullable<BigInt>,
         metadata -> Text,
         created_at -> BigInt,

@@ -9,8 +9,8 @@
     reason = "test code: a failed step fails the test"
 )]
 
-mod schema;
 mod control_suite;
+mod schema;
 mod suite;
 
 use std::sync::Arc;
@@ -191,6 +191,7 @@ backend_suite!(
     rotate_of_a_revoked_key_is_a_conflict,
     rotate_of_an_expired_key_is_a_conflict,
     every_key_change_is_in_the_feed_in_order,
+    an_account_tier_is_set_cleared_and_fed_to_its_keys,
     feed_is_shared_between_processes,
     last_used_only_moves_forward,
     revoke_racing_lookups_is_seen_by_every_later_lookup,

@@ -165,6 +165,7 @@ pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
         expires_at: Some(expires),
         rpm: Some(60),
         tpm: Some(100_000),
+        max_parallel: Some(4),
         spend_limit: Some(credits(3)),
         metadata: [("team".to_owned(), "search".to_owned())].into(),
         ..KeySettings::new(KeyKind::Private)
@@ -185,7 +186,10 @@ pub(crate) async fn keys_are_stored_by_hash_with_their_settings(b: &Backend) {
         found.expires_at.map(|t| t.timestamp_millis()),
         Some(expires.timestamp_millis())
     );
-    assert_eq!((found.rpm, found.tpm), (Some(60), Some(100_000)));
+    assert_eq!(
+        (found.rpm, found.tpm, found.max_parallel),
+        (Some(60), Some(100_000), Some(4))
+    );
     assert_eq!(found.spend_limit, Some(credits(3)));
     assert_eq!(
         found.metadata.get("team").map(String::as_str),
@@ -293,6 +297,7 @@ pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
                 rpm: Some(None),
                 expires_at: Some(None),
                 tpm: Some(Some(500)),
+                max_parallel: Some(None),
                 ..KeyUpdate::default()
             },
         )
@@ -300,7 +305,10 @@ pub(crate) async fn update_changes_only_what_it_names(b: &Backend) {
         .unwrap();
     assert_eq!(updated.name, "after");
     assert_eq!(updated.scopes, "embeddings".parse().unwrap());
-    assert_eq!((updated.rpm, updated.tpm), (None, Some(500)));
+    assert_eq!(
+        (updated.rpm, updated.tpm, updated.max_parallel),
+        (None, Some(500), None)
+    );
     assert_eq!(updated.expires_at, None);
     assert_eq!(
         updated.spend_limit,
@@ -1324,4 +1332,52 @@ pub(crate) async fn usage_report_refuses_totals_past_63_bits(backend: &Backend) 
     };
     let err = backend.ledger.usage_report(&query).await.unwrap_err();
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+}
+
+pub(crate) async fn an_account_tier_is_set_cleared_and_fed_to_its_keys(b: &Backend) {
+    let store = b.store.as_ref();
+    let acct = fixture::account(store, "tiered", Micros::ZERO).await;
+    assert_eq!(acct.tier, None);
+    let (_, k1) = fixture::private_key(store, &acct.id).await;
+    let (_, k2) = fixture::private_key(store, &acct.id).await;
+    let other = fixture::account(store, "other", Micros::ZERO).await;
+    let (_, k3) = fixture::private_key(store, &other.id).await;
+    let start = store.latest_key_change().await.unwrap();
+    let set = store
+        .set_account_tier(&acct.id, Some("free".into()))
+        .await
+        .unwrap();
+    assert_eq!(set.tier.as_deref(), Some("free"));
+    assert_eq!(
+        store.get_account(&acct.id).await.unwrap().tier.as_deref(),
+        Some("free")
+    );
+    let mut changed: Vec<_> = store
+        .key_changes_since(start, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.key_id)
+        .collect();
+    changed.sort();
+    let mut expected = vec![k1.id.clone(), k2.id.clone()];
+    expected.sort();
+    assert_eq!(changed, expected);
+    assert!(!changed.contains(&k3.id));
+    let cleared = store.set_account_tier(&acct.id, None).await.unwrap();
+    assert_eq!(cleared.tier, None);
+    for bad in ["", "has space", &"x".repeat(65)] {
+        assert!(
+            matches!(
+                store.set_account_tier(&acct.id, Some(bad.to_owned())).await,
+                Err(StoreError::Invalid { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    let missing: keygate_store::AccountId = "acct_00000000000000ff".parse().unwrap();
+    assert!(matches!(
+        store.set_account_tier(&missing, Some("free".into())).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -1,0 +1,2 @@
+ALTER TABLE accounts DROP COLUMN tier;
+ALTER TABLE api_keys DROP COLUMN max_parallel;
