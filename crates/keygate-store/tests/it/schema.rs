@@ -22,6 +22,8 @@ const METADATA_COLUMNS: &[(&str, &str)] = &[
     // operator-given names and contact
     ("accounts", "name"),
     ("accounts", "email"),
+    // the account's limit tier, a `[tiers.NAME]` of the config
+    ("accounts", "tier"),
     ("api_keys", "name"),
     // a key's SHA-256 (64 hex) and its display start (prefix, kind, 4 hex)
     ("api_keys", "key_hash"),
