@@ -229,6 +229,40 @@ async fn admin_api_end_to_end(database_url: &str) {
     .await;
     assert_eq!(renamed.status, 200, "{}", renamed.body);
     assert_eq!(renamed.body["email"], "ops@acme.example");
+    assert_eq!(renamed.body["tier"], Value::Null);
+    let path = format!("/api/accounts/{account}");
+    let tiered = call(
+        base,
+        "PATCH",
+        &path,
+        Some(&owner),
+        Some(json!({"tier": "free"})),
+        None,
+    )
+    .await;
+    assert_eq!(tiered.status, 200, "{}", tiered.body);
+    assert_eq!(tiered.body["tier"], "free");
+    assert_eq!(tiered.body["name"], "Acme Ltd");
+    let bad = call(
+        base,
+        "PATCH",
+        &path,
+        Some(&owner),
+        Some(json!({"tier": "no such"})),
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let cleared = call(
+        base,
+        "PATCH",
+        &path,
+        Some(&owner),
+        Some(json!({"tier": null})),
+        None,
+    )
+    .await;
+    assert_eq!(cleared.body["tier"], Value::Null);
     let shown = call(
         base,
         "GET",
@@ -305,13 +339,14 @@ async fn admin_api_end_to_end(database_url: &str) {
         "PATCH",
         &format!("/api/keys/{key_id}"),
         Some(&owner),
-        Some(json!({"name": "web-2", "rpm": null})),
+        Some(json!({"name": "web-2", "rpm": null, "max_parallel": 4})),
         None,
     )
     .await;
     assert_eq!(patched.status, 200, "{}", patched.body);
     assert_eq!(patched.body["name"], "web-2");
     assert_eq!(patched.body["rpm"], Value::Null);
+    assert_eq!(patched.body["max_parallel"], 4);
     let rotated = call(
         base,
         "POST",
@@ -415,6 +450,8 @@ async fn admin_api_end_to_end(database_url: &str) {
             "account.create",
             "account.top_up",
             "account.top_up",
+            "account.update",
+            "account.update",
             "account.update",
             "key.create",
             "key.update",
