@@ -1,7 +1,8 @@
 //! Limits end to end, on real gateway processes: one allowance shared by three
 //! instances through Redis, tokens per minute corrected from the answers,
 //! requests in flight, allowances that survive key changes and cache expiry, a
-//! Redis that is not there, failed logins per address, and public keys.
+//! Redis that is not there or stops mid-run, failed logins per address, and
+//! public keys.
 //! Client source addresses are bound (127.0.0.2, 127.0.0.3) so the gateway sees
 //! different clients on one loopback.
 
@@ -495,4 +496,119 @@ async fn tiers_bound_an_account_and_its_keys() {
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "100");
     assert_eq!(call(&client, &gateway.base_url, b, &chat()).await.0, 429);
+}
+
+/// A Redis server of this test's own on a free port, killed when dropped.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// `None` (and a SKIPPED line) when `redis-server` is not installed.
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self { port, child: None };
+        if !redis.spawn() {
+            println!("SKIPPED (Redis): redis-server is not installed");
+            return None;
+        }
+        Some(redis)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else { return false };
+        self.child = Some(child);
+        // Bounded: up to 5 s for the server to listen.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Redis stopped in the middle of a run, then started again: with
+/// `on_backend_error = "local"` requests go on being served by the in-process
+/// limiter (one log line for the outage); with `"deny"` they get 503
+/// `limits_unavailable` while it is down; either way the gateway goes back to
+/// Redis once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_follows_on_backend_error_and_recovers() {
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(dir.path());
+    let client = client(None);
+    let (key, _) = {
+        let migrate = admin(&url, &["migrate"]).await;
+        assert!(migrate.success, "{}", migrate.stderr);
+        cli_key(&url, &["--rpm", "1000"]).await
+    };
+    for policy in ["local", "deny"] {
+        let extra = format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n\
+             redis_prefix = \"kg-outage-{policy}:\"\nredis_timeout = \"200ms\"\n\
+             on_backend_error = \"{policy}\"\nauth_failures_per_minute = 0\n",
+            redis.port
+        );
+        let gateway = GatewayProcess::start(&config(dir.path(), &mock, &url, &extra), &ENV).await;
+        for _ in 0..3 {
+            let (status, _, body) = call(&client, &gateway.base_url, &key, &chat()).await;
+            assert_eq!(status, 200, "{policy}, Redis up: {body}");
+        }
+        redis.stop();
+        let want = if policy == "local" { 200 } else { 503 };
+        for _ in 0..3 {
+            let (status, _, body) = call(&client, &gateway.base_url, &key, &chat()).await;
+            assert_eq!(status, want, "{policy}, Redis down: {body}");
+            if want == 503 {
+                assert!(body.contains("limits_unavailable"), "{body}");
+            }
+        }
+        let log = gateway.log();
+        assert_eq!(
+            log.matches("rate-limit backend unavailable").count(),
+            1,
+            "one line per outage:\n{log}"
+        );
+        assert!(redis.spawn());
+        // Bounded: the connection manager reconnects within a few tries.
+        let mut served = false;
+        for _ in 0..50 {
+            let (status, _, _) = call(&client, &gateway.base_url, &key, &chat()).await;
+            if status == 200 && gateway.log().contains("reachable again") {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "{policy}: back on Redis:\n{}", gateway.log());
+    }
 }
