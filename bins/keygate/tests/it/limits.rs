@@ -514,7 +514,7 @@ impl OwnRedis {
             .port();
         let mut redis = Self { port, child: None };
         if !redis.spawn() {
-            println!("SKIPPED (Redis): redis-server is not installed");
+            eprintln!("SKIPPED (Redis): redis-server is not installed");
             return None;
         }
         Some(redis)
