@@ -15,7 +15,8 @@ use crate::cli::{
     UsageReportArgs,
 };
 use crate::control::{self, audit};
-use crate::output::{Output, time};
+use crate::output::Output;
+use keygate_store::json::time;
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     let out = Output { json: cli.json };

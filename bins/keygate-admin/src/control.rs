@@ -5,12 +5,11 @@
 use std::io::Write as _;
 
 use anyhow::{Context as _, Result};
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use comfy_table::{Table, presets};
 use keygate_keys::{AdminSecret, KeyPrefix};
-use keygate_store::{
-    Actor, AdminToken, AuditEntry, ControlStore, DbStore, NewAdminToken, NewAuditEntry,
-};
+use keygate_store::json::{admin_token as token_json, audit as audit_json, time};
+use keygate_store::{Actor, AdminToken, ControlStore, DbStore, NewAdminToken, NewAuditEntry};
 use serde_json::{Value, json};
 
 use crate::cli::{AdminTokenCommand, AuditCommand};
@@ -125,29 +124,6 @@ pub(crate) async fn purge_keys(
     ))
 }
 
-/// An admin token as `--json` and the admin API show it: never the token.
-pub(crate) fn token_json(t: &AdminToken) -> Value {
-    json!({
-        "id": t.id.as_str(),
-        "name": t.name,
-        "role": t.role.name(),
-        "start": t.start,
-        "status": if t.is_active(Utc::now()) { "active" } else { "revoked" },
-        "created_at": time(t.created_at),
-        "revoked_at": t.revoked_at.map(time),
-    })
-}
-
-fn audit_json(e: &AuditEntry) -> Value {
-    json!({
-        "seq": e.seq,
-        "at": time(e.at),
-        "actor": e.actor,
-        "action": e.action,
-        "target": e.target,
-    })
-}
-
 fn print_new_token(out: &Output, token: &AdminToken, secret: &AdminSecret) -> Result<()> {
     if out.json {
         let mut value = token_json(token);
@@ -209,10 +185,6 @@ fn token_rows(t: &AdminToken) -> Vec<(String, String)> {
         ("created".into(), time(t.created_at)),
         ("revoked".into(), t.revoked_at.map_or("-".to_owned(), time)),
     ]
-}
-
-fn time(at: chrono::DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 fn table() -> Table {

@@ -4,89 +4,18 @@
 use std::io::Write as _;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use comfy_table::{CellAlignment, Table, presets};
 use keygate_keys::SecretKey;
+use keygate_store::json::{
+    account as account_json, grand_total, key as key_json, opt_time, time, totals as totals_json,
+    usage_row as usage_row_json,
+};
 use keygate_store::{Account, ApiKey, DatabaseUrl, UsageQuery, UsageTotals};
 use serde_json::{Value, json};
 
 pub(crate) struct Output {
     pub(crate) json: bool,
-}
-
-pub(crate) fn time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn opt_time(at: Option<DateTime<Utc>>) -> Value {
-    at.map_or(Value::Null, |t| Value::String(time(t)))
-}
-
-fn account_json(a: &Account) -> Value {
-    json!({
-        "id": a.id.as_str(),
-        "name": a.name,
-        "email": a.email,
-        "balance_micros": a.balance.0,
-        "reserved_micros": a.reserved.0,
-        "tier": a.tier,
-        "created_at": time(a.created_at),
-    })
-}
-
-fn key_json(k: &ApiKey) -> Value {
-    json!({
-        "id": k.id.as_str(),
-        "account_id": k.account_id.as_str(),
-        "name": k.name,
-        "kind": k.kind.name(),
-        "start": k.start,
-        "status": k.status(Utc::now()).name(),
-        "scopes": k.scopes.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        "models": k.models,
-        "origins": k.origins,
-        "expires_at": opt_time(k.expires_at),
-        "revoked_at": opt_time(k.revoked_at),
-        "rpm": k.rpm,
-        "tpm": k.tpm,
-        "max_parallel": k.max_parallel,
-        "spend_limit_micros": k.spend_limit.map(|m| m.0),
-        "metadata": k.metadata,
-        "created_at": time(k.created_at),
-        "last_used_at": opt_time(k.last_used_at),
-    })
-}
-
-/// The counts and cost of usage totals, without the group.
-fn totals_json(t: &UsageTotals) -> serde_json::Map<String, Value> {
-    let mut map = serde_json::Map::new();
-    map.insert("requests".into(), t.requests.into());
-    map.insert("input_tokens".into(), t.input_tokens.into());
-    map.insert("output_tokens".into(), t.output_tokens.into());
-    map.insert("cached_tokens".into(), t.cached_tokens.into());
-    map.insert("cost_micros".into(), t.cost.0.into());
-    map
-}
-
-fn usage_row_json(t: &UsageTotals) -> Value {
-    let mut map = serde_json::Map::new();
-    map.insert("group".into(), t.group.clone().into());
-    map.extend(totals_json(t));
-    Value::Object(map)
-}
-
-/// The sum of report rows, or `None` if it does not fit.
-fn grand_total(rows: &[UsageTotals]) -> Option<UsageTotals> {
-    rows.iter().try_fold(UsageTotals::default(), |sum, row| {
-        Some(UsageTotals {
-            group: String::new(),
-            requests: sum.requests.checked_add(row.requests)?,
-            input_tokens: sum.input_tokens.checked_add(row.input_tokens)?,
-            output_tokens: sum.output_tokens.checked_add(row.output_tokens)?,
-            cached_tokens: sum.cached_tokens.checked_add(row.cached_tokens)?,
-            cost: sum.cost.checked_add(row.cost)?,
-        })
-    })
 }
 
 /// Text with its control characters escaped (`\u{1b}`), so a model name sent by a

@@ -14,7 +14,7 @@ use crate::context::{Answer, Caller, Deps};
 use crate::error::ApiError;
 use crate::inputs::{self, json_body};
 use crate::routes::{Matched, Op};
-use crate::views;
+use keygate_store::json as views;
 
 /// Runs the matched route's operation.
 pub(crate) async fn run(
@@ -467,11 +467,8 @@ async fn usage(api: &Deps, query: Option<&str>) -> Result<Answer, ApiError> {
     let rows = api.stores.ledger.usage_report(&query).await?;
     let total = views::grand_total(&rows)
         .ok_or_else(|| ApiError::Internal("usage totals overflow".into()))?;
-    let list: Vec<Value> = rows.iter().map(views::totals).collect();
-    let mut total = views::totals(&total);
-    if let Value::Object(map) = &mut total {
-        map.remove("group");
-    }
+    let list: Vec<Value> = rows.iter().map(views::usage_row).collect();
+    let total = Value::Object(views::totals(&total));
     Ok(Answer::json(
         200,
         json!({

@@ -20,7 +20,6 @@ mod openapi;
 mod routes;
 mod server;
 mod session;
-mod views;
 
 pub use api::{AdminApi, MAX_BODY_BYTES};
 pub use console::page_cost;

@@ -54,7 +54,7 @@ pub(crate) async fn sign_in(deps: &Deps, body: &Bytes) -> Result<Response<Body>,
             "name": token.name,
             "role": token.role.name(),
             "csrf": csrf.as_str(),
-            "expires_at": crate::views::time(expires_at),
+            "expires_at": keygate_store::json::time(expires_at),
         }),
     );
     let set = set_cookie(&cookie).ok_or_else(|| ApiError::Internal("cookie header".into()))?;

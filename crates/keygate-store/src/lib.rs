@@ -60,6 +60,7 @@
 
 mod control;
 mod error;
+pub mod json;
 mod ledger;
 mod memory;
 mod memory_control;

@@ -1,22 +1,24 @@
-//! The JSON the API answers with, in the shape `keygate-admin --json` prints:
-//! times in RFC 3339, money as integer `_micros`, never a key or a token except
-//! in the one response that creates it.
+//! The JSON shape of the store's records, shared by `keygate-admin --json` and
+//! the admin API: times in RFC 3339 (seconds, `Z`), money as integer `_micros`,
+//! never a key or a token (the one answer that creates a secret adds it itself).
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use keygate_store::{Account, AdminToken, ApiKey, AuditEntry, UsageTotals};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use crate::{Account, AdminToken, ApiKey, AuditEntry, UsageTotals};
 
 /// RFC 3339, seconds, `Z`.
-pub(crate) fn time(at: DateTime<Utc>) -> String {
+pub fn time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn opt_time(at: Option<DateTime<Utc>>) -> Value {
+/// [`time`], or `null`.
+pub fn opt_time(at: Option<DateTime<Utc>>) -> Value {
     at.map_or(Value::Null, |t| Value::String(time(t)))
 }
 
 /// An account.
-pub(crate) fn account(a: &Account) -> Value {
+pub fn account(a: &Account) -> Value {
     json!({
         "id": a.id.as_str(),
         "name": a.name,
@@ -29,7 +31,7 @@ pub(crate) fn account(a: &Account) -> Value {
 }
 
 /// A key, never the key itself.
-pub(crate) fn key(k: &ApiKey) -> Value {
+pub fn key(k: &ApiKey) -> Value {
     json!({
         "id": k.id.as_str(),
         "account_id": k.account_id.as_str(),
@@ -53,7 +55,7 @@ pub(crate) fn key(k: &ApiKey) -> Value {
 }
 
 /// An admin token, never the token itself.
-pub(crate) fn admin_token(t: &AdminToken) -> Value {
+pub fn admin_token(t: &AdminToken) -> Value {
     json!({
         "id": t.id.as_str(),
         "name": t.name,
@@ -66,7 +68,7 @@ pub(crate) fn admin_token(t: &AdminToken) -> Value {
 }
 
 /// An audit log entry.
-pub(crate) fn audit(e: &AuditEntry) -> Value {
+pub fn audit(e: &AuditEntry) -> Value {
     json!({
         "seq": e.seq,
         "at": time(e.at),
@@ -76,20 +78,27 @@ pub(crate) fn audit(e: &AuditEntry) -> Value {
     })
 }
 
-/// The counts and cost of one usage group.
-pub(crate) fn totals(t: &UsageTotals) -> Value {
-    json!({
-        "group": t.group,
-        "requests": t.requests,
-        "input_tokens": t.input_tokens,
-        "output_tokens": t.output_tokens,
-        "cached_tokens": t.cached_tokens,
-        "cost_micros": t.cost.0,
-    })
+/// The counts and cost of usage totals, without the group.
+pub fn totals(t: &UsageTotals) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("requests".into(), t.requests.into());
+    map.insert("input_tokens".into(), t.input_tokens.into());
+    map.insert("output_tokens".into(), t.output_tokens.into());
+    map.insert("cached_tokens".into(), t.cached_tokens.into());
+    map.insert("cost_micros".into(), t.cost.0.into());
+    map
+}
+
+/// One usage report row: its group, counts and cost.
+pub fn usage_row(t: &UsageTotals) -> Value {
+    let mut map = Map::new();
+    map.insert("group".into(), t.group.clone().into());
+    map.extend(totals(t));
+    Value::Object(map)
 }
 
 /// The sum of report rows, or `None` if it does not fit.
-pub(crate) fn grand_total(rows: &[UsageTotals]) -> Option<UsageTotals> {
+pub fn grand_total(rows: &[UsageTotals]) -> Option<UsageTotals> {
     rows.iter().try_fold(UsageTotals::default(), |sum, row| {
         Some(UsageTotals {
             group: String::new(),
