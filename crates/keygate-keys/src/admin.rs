@@ -8,19 +8,13 @@
 
 use std::fmt;
 
-use rand::TryRng;
-use rand::rngs::SysRng;
 use zeroize::Zeroizing;
 
-use crate::format::{KeyFormatError, KeyPrefix, RngError, SECRET_HEX_LEN};
+use crate::format::{KeyFormatError, KeyPrefix, RngError, check_format, compose, random_secret};
 use crate::hash::KeyHash;
 
 /// The kind code of an admin token.
 pub const ADMIN_TOKEN_CODE: &str = "ak";
-const CHECKSUM_HEX_LEN: usize = 8;
-const TAIL_LEN: usize = SECRET_HEX_LEN + CHECKSUM_HEX_LEN;
-/// Longest admin token any prefix can produce.
-const TOKEN_MAX_LEN: usize = 16 + 1 + 2 + 1 + TAIL_LEN;
 const START_SECRET_CHARS: usize = 4;
 
 /// A freshly generated admin token. `Debug` and `Display` show only its start;
@@ -33,15 +27,7 @@ pub struct AdminSecret {
 impl AdminSecret {
     /// Generates a new token from 32 bytes of the OS CSPRNG.
     pub fn generate(prefix: &KeyPrefix) -> Result<Self, RngError> {
-        let hex = random_hex()?;
-        let mut text = Zeroizing::new(String::with_capacity(prefix.as_str().len() + 4 + TAIL_LEN));
-        text.push_str(prefix.as_str());
-        text.push('_');
-        text.push_str(ADMIN_TOKEN_CODE);
-        text.push('_');
-        text.push_str(&hex);
-        let crc = crc32fast::hash(text.as_bytes());
-        text.push_str(&format!("{crc:08x}"));
+        let text = compose(prefix, ADMIN_TOKEN_CODE, &*random_secret()?);
         Ok(Self {
             text,
             prefix_len: prefix.as_str().len(),
@@ -79,46 +65,16 @@ impl fmt::Display for AdminSecret {
 /// Checks a presented admin token's prefix, kind, length, hex and checksum without
 /// IO, and returns its hash for the lookup.
 pub fn parse_admin_token(text: &str, prefix: &KeyPrefix) -> Result<KeyHash, KeyFormatError> {
-    if text.is_empty() {
-        return Err(KeyFormatError::Empty);
-    }
-    if text.len() > TOKEN_MAX_LEN {
-        return Err(KeyFormatError::TooLong);
-    }
-    let (given_prefix, rest) = text.split_once('_').ok_or(KeyFormatError::Malformed)?;
-    let (kind, tail) = rest.split_once('_').ok_or(KeyFormatError::Malformed)?;
-    if given_prefix != prefix.as_str() {
-        return Err(KeyFormatError::WrongPrefix);
-    }
-    if kind != ADMIN_TOKEN_CODE {
-        return Err(KeyFormatError::UnknownKind);
-    }
-    if tail.len() != TAIL_LEN {
-        return Err(KeyFormatError::BadLength);
-    }
-    if !tail.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(KeyFormatError::NotHex);
-    }
-    let (body, checksum) = text.split_at(text.len() - CHECKSUM_HEX_LEN);
-    let expected = u32::from_str_radix(checksum, 16).map_err(|_| KeyFormatError::NotHex)?;
-    if crc32fast::hash(body.as_bytes()) != expected {
-        return Err(KeyFormatError::BadChecksum);
-    }
+    check_format(text, prefix, |kind| {
+        (kind == ADMIN_TOKEN_CODE).then_some(())
+    })?;
     Ok(KeyHash::of(text))
 }
 
 /// 64 lowercase hex characters (32 bytes) from the OS CSPRNG: a console session
 /// token or a CSRF token. Stored, if at all, only as its [`KeyHash`].
 pub fn random_token() -> Result<Zeroizing<String>, RngError> {
-    random_hex()
-}
-
-fn random_hex() -> Result<Zeroizing<String>, RngError> {
-    let mut secret = Zeroizing::new([0_u8; SECRET_HEX_LEN / 2]);
-    SysRng
-        .try_fill_bytes(secret.as_mut_slice())
-        .map_err(|e| RngError::new(e.to_string()))?;
-    Ok(Zeroizing::new(hex::encode(secret.as_slice())))
+    Ok(Zeroizing::new(hex::encode(random_secret()?.as_slice())))
 }
 
 #[cfg(test)]

@@ -164,10 +164,64 @@ pub enum KeyFormatError {
 #[error("the OS random number generator failed: {0}")]
 pub struct RngError(String);
 
-impl RngError {
-    pub(crate) fn new(cause: String) -> Self {
-        Self(cause)
+/// 32 bytes from the OS CSPRNG: the secret of a key or an admin token.
+pub(crate) fn random_secret() -> Result<Zeroizing<[u8; SECRET_HEX_LEN / 2]>, RngError> {
+    let mut secret = Zeroizing::new([0_u8; SECRET_HEX_LEN / 2]);
+    SysRng
+        .try_fill_bytes(secret.as_mut_slice())
+        .map_err(|e| RngError(e.to_string()))?;
+    Ok(secret)
+}
+
+/// `{prefix}_{code}_{64 lowercase hex}{8 lowercase hex CRC32 of what precedes}`:
+/// the text of a key (`sk`, `pk`) or an admin token (`ak`).
+pub(crate) fn compose(prefix: &KeyPrefix, code: &str, secret: &[u8; 32]) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(String::with_capacity(prefix.as_str().len() + 4 + TAIL_LEN));
+    text.push_str(prefix.as_str());
+    text.push('_');
+    text.push_str(code);
+    text.push('_');
+    let mut hex_buf = Zeroizing::new([0_u8; SECRET_HEX_LEN]);
+    // Both lengths are fixed, so encoding cannot fail.
+    if hex::encode_to_slice(secret, hex_buf.as_mut_slice()).is_ok() {
+        text.extend(hex_buf.iter().map(|&b| char::from(b)));
     }
+    let crc = crc32fast::hash(text.as_bytes());
+    text.push_str(&format!("{crc:08x}"));
+    text
+}
+
+/// Validates a presented text's length, prefix, kind (`kind_of` its code),
+/// secret length, hex and checksum, in that order, without IO.
+pub(crate) fn check_format<K>(
+    text: &str,
+    expected_prefix: &KeyPrefix,
+    kind_of: impl FnOnce(&str) -> Option<K>,
+) -> Result<K, KeyFormatError> {
+    if text.is_empty() {
+        return Err(KeyFormatError::Empty);
+    }
+    if text.len() > KEY_MAX_LEN {
+        return Err(KeyFormatError::TooLong);
+    }
+    let (prefix, rest) = text.split_once('_').ok_or(KeyFormatError::Malformed)?;
+    let (kind, tail) = rest.split_once('_').ok_or(KeyFormatError::Malformed)?;
+    if prefix != expected_prefix.as_str() {
+        return Err(KeyFormatError::WrongPrefix);
+    }
+    let kind = kind_of(kind).ok_or(KeyFormatError::UnknownKind)?;
+    if tail.len() != TAIL_LEN {
+        return Err(KeyFormatError::BadLength);
+    }
+    if !tail.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(KeyFormatError::NotHex);
+    }
+    let (body, checksum) = text.split_at(text.len() - CHECKSUM_HEX_LEN);
+    let expected = u32::from_str_radix(checksum, 16).map_err(|_| KeyFormatError::NotHex)?;
+    if crc32fast::hash(body.as_bytes()) != expected {
+        return Err(KeyFormatError::BadChecksum);
+    }
+    Ok(kind)
 }
 
 /// A full API key held in memory. Its `Debug` and `Display` show only the display
@@ -182,28 +236,13 @@ pub struct SecretKey {
 impl SecretKey {
     /// Generates a new key from 32 bytes of the OS CSPRNG.
     pub fn generate(prefix: &KeyPrefix, kind: KeyKind) -> Result<Self, RngError> {
-        let mut secret = Zeroizing::new([0_u8; SECRET_HEX_LEN / 2]);
-        SysRng
-            .try_fill_bytes(secret.as_mut_slice())
-            .map_err(|e| RngError(e.to_string()))?;
-        Ok(Self::from_secret_bytes(prefix, kind, &secret))
+        Ok(Self::from_secret_bytes(prefix, kind, &*random_secret()?))
     }
 
     /// Builds the key for given secret bytes. Public for tests and fixtures that
     /// need a deterministic key; production code calls [`SecretKey::generate`].
     pub fn from_secret_bytes(prefix: &KeyPrefix, kind: KeyKind, secret: &[u8; 32]) -> Self {
-        let mut text = Zeroizing::new(String::with_capacity(prefix.as_str().len() + 4 + TAIL_LEN));
-        text.push_str(prefix.as_str());
-        text.push('_');
-        text.push_str(kind.code());
-        text.push('_');
-        let mut hex_buf = Zeroizing::new([0_u8; SECRET_HEX_LEN]);
-        // Both lengths are fixed, so encoding cannot fail.
-        if hex::encode_to_slice(secret, hex_buf.as_mut_slice()).is_ok() {
-            text.extend(hex_buf.iter().map(|&b| char::from(b)));
-        }
-        let crc = crc32fast::hash(text.as_bytes());
-        text.push_str(&format!("{crc:08x}"));
+        let text = compose(prefix, kind.code(), secret);
         Self {
             text,
             kind,
@@ -256,33 +295,11 @@ pub struct ParsedKey<'a> {
 impl<'a> ParsedKey<'a> {
     /// Validates prefix, kind, length, hex and checksum, in that order, without IO.
     pub fn parse(text: &'a str, expected_prefix: &KeyPrefix) -> Result<Self, KeyFormatError> {
-        if text.is_empty() {
-            return Err(KeyFormatError::Empty);
-        }
-        if text.len() > KEY_MAX_LEN {
-            return Err(KeyFormatError::TooLong);
-        }
-        let (prefix, rest) = text.split_once('_').ok_or(KeyFormatError::Malformed)?;
-        let (kind, tail) = rest.split_once('_').ok_or(KeyFormatError::Malformed)?;
-        if prefix != expected_prefix.as_str() {
-            return Err(KeyFormatError::WrongPrefix);
-        }
-        let kind = KeyKind::from_code(kind).ok_or(KeyFormatError::UnknownKind)?;
-        if tail.len() != TAIL_LEN {
-            return Err(KeyFormatError::BadLength);
-        }
-        if !tail.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(KeyFormatError::NotHex);
-        }
-        let (body, checksum) = text.split_at(text.len() - CHECKSUM_HEX_LEN);
-        let expected = u32::from_str_radix(checksum, 16).map_err(|_| KeyFormatError::NotHex)?;
-        if crc32fast::hash(body.as_bytes()) != expected {
-            return Err(KeyFormatError::BadChecksum);
-        }
+        let kind = check_format(text, expected_prefix, KeyKind::from_code)?;
         Ok(Self {
             text,
             kind,
-            prefix_len: prefix.len(),
+            prefix_len: expected_prefix.as_str().len(),
         })
     }
 
