@@ -9,6 +9,7 @@ use http::{Method, StatusCode};
 
 use crate::body::{BodyEnd, BodyObserver};
 use crate::error::ErrorKind;
+use crate::traces::RequestSpan;
 
 /// What the log line says about a request, filled in as the pipeline learns it.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub(crate) struct LogFields {
     pub(crate) upstream: Option<String>,
     /// Upstream attempts made (retries and failover included).
     pub(crate) attempts: u32,
+    /// The request's span, when tracing is on; it ends with the log line.
+    pub(crate) span: Option<RequestSpan>,
 }
 
 impl LogFields {
@@ -34,6 +37,7 @@ impl LogFields {
             key_id: None,
             upstream: None,
             attempts: 0,
+            span: None,
         }
     }
 
@@ -48,13 +52,22 @@ impl LogFields {
             key_id: self.key_id.take(),
             upstream: self.upstream.take(),
             attempts: self.attempts,
+            span: self.span.take(),
         }
     }
 
     /// Logs a request the gateway answered itself with an error. The outcome is
     /// the error's code; `fault` says who caused it.
-    pub(crate) fn log_error(&self, kind: ErrorKind) {
+    pub(crate) fn log_error(&mut self, kind: ErrorKind) {
         self.log(kind.status, None, 0, kind.code, kind.source.as_str());
+        self.end_span(kind.status, Some(kind.code));
+    }
+
+    /// Ends the request's span, if it has one.
+    fn end_span(&mut self, status: StatusCode, error: Option<&str>) {
+        if let Some(span) = self.span.take() {
+            span.end(self, status, error);
+        }
     }
 
     /// The observer that logs a forwarded request when its body ends.
@@ -123,5 +136,15 @@ impl BodyObserver for AccessLog {
             outcome,
             fault,
         );
+        // A failure: how the body ended, else the upstream's error status.
+        let status = self.status;
+        let error = match end {
+            BodyEnd::Complete if status.is_client_error() || status.is_server_error() => {
+                Some(status.as_str())
+            }
+            BodyEnd::Complete => None,
+            BodyEnd::Cancelled | BodyEnd::Failed => Some(outcome),
+        };
+        self.fields.end_span(self.status, error);
     }
 }

@@ -20,10 +20,13 @@ use crate::forward::Forwarder;
 use crate::limits::RequestLimiter;
 use crate::local::{Local, Models};
 use crate::routing::Router;
+use crate::traces::Tracing;
 use crate::upstream::Upstream;
 
 /// How long shutdown waits for settlements and the last usage batch.
 const BILLING_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the last spans to be exported.
+const TRACING_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a [`ResponseTap`] learns about a forwarded exchange.
 #[derive(Debug)]
@@ -63,6 +66,8 @@ pub struct Gateway {
     pub(crate) billing: Option<Arc<Billing>>,
     pub(crate) limiter: Arc<RequestLimiter>,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    /// Request spans, when tracing is on.
+    pub(crate) tracing: Option<Arc<Tracing>>,
     poll_interval: Duration,
     last_used_flush: Duration,
 }
@@ -121,6 +126,7 @@ impl Gateway {
             billing: None,
             limiter,
             trusted_proxies: config.trusted_proxies,
+            tracing: None,
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
         })
@@ -137,6 +143,18 @@ impl Gateway {
         self.local.billing = Some(Arc::clone(&billing));
         self.billing = Some(billing);
         self
+    }
+
+    /// Gives every proxied request a span through `tracing` (OTLP, or the
+    /// embedder's own tracer). [`Background::stop`] flushes it.
+    pub fn with_tracing(mut self, tracing: Arc<Tracing>) -> Self {
+        self.tracing = Some(tracing);
+        self
+    }
+
+    /// Request tracing, when on.
+    pub fn tracing(&self) -> Option<&Arc<Tracing>> {
+        self.tracing.as_ref()
     }
 
     /// Checks limits through `limits` (shared through Redis, say) instead of
@@ -180,6 +198,7 @@ impl Gateway {
         Background {
             auth: Arc::clone(&self.auth),
             billing: self.billing().cloned(),
+            tracing: self.tracing.clone(),
             tasks,
         }
     }
@@ -190,12 +209,14 @@ impl Gateway {
 pub struct Background {
     auth: Arc<Authenticator>,
     billing: Option<Arc<Billing>>,
+    tracing: Option<Arc<Tracing>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Background {
     /// Stops the tasks, writes the last `last_used_at` batch, and waits for the
-    /// pending settlements and the last usage records.
+    /// pending settlements and the last usage records, then exports the last
+    /// spans.
     pub async fn stop(self) {
         for task in &self.tasks {
             task.abort();
@@ -215,6 +236,10 @@ impl Background {
                 leases_released = metrics.released,
                 "billing stopped"
             );
+        }
+        // Last: every request's span has ended once its connection closed.
+        if let Some(tracing) = &self.tracing {
+            tracing.shutdown(TRACING_SHUTDOWN_LIMIT).await;
         }
     }
 }

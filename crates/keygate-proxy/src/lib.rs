@@ -12,6 +12,9 @@
 //! builds no database driver; pick the store's backends with `keygate-store`'s
 //! `sqlite` and `postgres` features.
 //!
+//! With [`Tracing`] on ([`Gateway::with_tracing`]), each proxied request gets an
+//! OpenTelemetry span in the GenAI conventions, exported over OTLP/HTTP.
+//!
 //! Embedding the gateway in a service of your own takes a store, a config with the
 //! upstreams, and a listener:
 //!
@@ -78,6 +81,7 @@ mod routing;
 mod server;
 mod signing;
 mod text;
+mod traces;
 mod upstream;
 
 pub use auth::{Authenticated, Authenticator, CachedKey};
@@ -100,6 +104,7 @@ pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
 pub use rate::{LimitKind, RateHeaders};
 pub use routing::{Affinity, RetryOn, Router, RoutingMetrics, RoutingSettings};
 pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
+pub use traces::{Tracing, TracingConfig};
 pub use upstream::{
     HookSecret, ProviderKey, SigningConfig, Upstream, UpstreamConfig, UpstreamTimeouts,
 };

@@ -30,6 +30,7 @@ use crate::probe::{self, Probed};
 use crate::public;
 use crate::routing::{Candidates, sticky_hash};
 use crate::text::shown_model;
+use crate::traces;
 use crate::upstream::Upstream;
 
 impl Gateway {
@@ -39,7 +40,11 @@ impl Gateway {
             return response;
         }
         let mut ctx = RequestContext::new(request.method().clone());
-        let (parts, mut body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
+        if let Some(tracing) = &self.tracing {
+            // Started on arrival; the upstream gets its `traceparent`.
+            ctx.log.span = Some(tracing.start(&parts.method, &mut parts.headers));
+        }
         let mut response = match self.serve(&parts, &mut body, &mut ctx).await {
             Ok(mut response) => {
                 ctx.add_cors(response.headers_mut());
@@ -62,6 +67,10 @@ impl Gateway {
         probe::check_headers(&parts.headers)?;
         let (endpoint, model_id) = Endpoint::resolve(&parts.method, parts.uri.path())?;
         ctx.log.route = endpoint.route();
+        if let Some(span) = &mut ctx.log.span {
+            span.operation = traces::operation(endpoint);
+            span.provider = Some(endpoint.provider().name());
+        }
         let authed = self.authenticate(parts, ctx).await?;
         let key = &authed.key.key;
         ctx.log.key_id = Some(key.id.as_str().to_owned());
@@ -213,8 +222,12 @@ impl Gateway {
         };
         ctx.log.attempts = attempts;
         if let Some(index) = upstream {
-            let name = self.router.upstream(index).name();
+            let upstream = self.router.upstream(index);
+            let name = upstream.name();
             ctx.log.upstream = Some(name.to_owned());
+            if let Some(span) = &mut ctx.log.span {
+                span.provider = Some(upstream.kind().name());
+            }
             if let Some(charge) = &mut ctx.charge {
                 charge.served_by(name, attempts);
             }
@@ -307,8 +320,17 @@ impl Gateway {
             // the request's slot until the body ends.
             body = limits.attach(&head, body);
         }
-        if let Some(charge) = ctx.charge.take() {
+        let usage_slot = ctx.log.span.as_ref().and_then(|s| s.usage_slot());
+        if let Some(mut charge) = ctx.charge.take() {
+            if let Some(slot) = usage_slot {
+                // Billing reads the usage; the span takes it at the end.
+                charge.report_usage(slot);
+            }
             body = charge.attach(&mut head, body, first_byte);
+        } else if let Some(reader) = ctx.log.span.as_ref().and_then(|span| {
+            span.usage_reader(exchange.endpoint, event_stream(&head))
+        }) {
+            body = body.observe(reader);
         }
         for observer in taps {
             body = body.observe(observer);
@@ -316,4 +338,11 @@ impl Gateway {
         let log = ctx.log.take().into_observer(head.status, first_byte);
         Response::from_parts(head, body.observe(Box::new(log)))
     }
+}
+
+/// Whether an answer is an event stream.
+fn event_stream(head: &http::response::Parts) -> bool {
+    head.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }

@@ -19,6 +19,7 @@ use super::metrics::bump;
 use super::usage_writer::UsageWriter;
 use crate::body::{BodyEnd, BodyFilter, BodyObserver, GatewayBody};
 use crate::endpoint::Endpoint;
+use crate::traces::UsageSlot;
 
 /// Bytes of request body counted as one input token when usage has to be
 /// estimated. About four bytes of English text make a token in OpenAI's and
@@ -45,6 +46,8 @@ pub(crate) struct Charge {
     /// Taken when the request is billed; a charge dropped with it still here
     /// was cut short (the client left, or a panic).
     record: Option<UsageRecord>,
+    /// Where the request's span takes the usage billed, when it is traced.
+    usage_slot: Option<UsageSlot>,
 }
 
 /// What [`Charge::new`] needs besides the writer.
@@ -78,6 +81,7 @@ impl Charge {
             started: parts.started,
             reader: None,
             record: Some(parts.record),
+            usage_slot: None,
         }
     }
 
@@ -112,6 +116,11 @@ impl Charge {
         }
         head.headers.remove(header::CONTENT_LENGTH);
         body.filter(Box::new(UsageFilter(Some(UsageChunkFilter::new()))))
+    }
+
+    /// Hands the usage billed to the request's span, at the body's end.
+    pub(crate) fn report_usage(&mut self, slot: UsageSlot) {
+        self.usage_slot = Some(slot);
     }
 
     /// Names the upstream that served the answer (or was tried last) and the
@@ -208,6 +217,9 @@ impl BodyObserver for Charge {
             Some(hold) => hold.settle(cost),
             None => Micros::ZERO,
         };
+        if let (Some(usage), Some(slot)) = (&usage, &self.usage_slot) {
+            slot.set(usage.input_tokens, usage.output_tokens);
+        }
         if let Some(usage) = &usage {
             let metrics = self.writer.metrics();
             record.input_tokens = usage.input_tokens;
