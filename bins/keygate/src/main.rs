@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use keygate_proxy::{Billing, Gateway, Limits, RedisLimiter, ServerOptions, Shutdown};
+use keygate_proxy::{
+    Billing, Gateway, Limits, RedisLimiter, ServerOptions, Shutdown, Tracing,
+};
 use keygate_store::{CredentialStore as _, DatabaseUrl, DbStore, Ledger};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -169,6 +171,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?
         .with_billing(billing);
     let gateway = with_limits(gateway, &config.limits, backend).await?;
+    let gateway = match &config.tracing {
+        Some(settings) => {
+            let tracing = Tracing::otlp(settings)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?;
+            tracing::info!(
+                endpoint = %settings.shown_endpoint(),
+                service_name = %settings.service_name,
+                sample_ratio = settings.sample_ratio,
+                "traces exported over OTLP/HTTP"
+            );
+            gateway.with_tracing(Arc::new(tracing))
+        }
+        None => gateway,
+    };
     for upstream in gateway.router().upstreams() {
         tracing::info!(
             upstream = upstream.name(),

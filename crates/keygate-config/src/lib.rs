@@ -126,6 +126,39 @@ pub struct RawConfig {
     /// `[tiers.NAME]`: named limit sets for accounts.
     #[serde(default)]
     pub tiers: BTreeMap<String, RawTier>,
+    /// `[tracing]`: OpenTelemetry traces over OTLP/HTTP; off unless
+    /// `otlp_endpoint` is set.
+    pub tracing: Option<RawTracing>,
+}
+
+/// `[tracing]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// The collector's base URL; spans go to `{otlp_endpoint}/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute (default `keygate`).
+    pub service_name: Option<String>,
+    /// The share of new traces sampled, `0.0..=1.0` (default 1.0).
+    pub sample_ratio: Option<f64>,
+    /// Longest wait for one export (a duration).
+    pub timeout: Option<String>,
+    /// Headers sent with every export; their values are secrets.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RawTracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values are credentials: names only.
+        f.debug_struct("RawTracing")
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("service_name", &self.service_name)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// `[admin]`: the admin API's own listener; off unless `listen` is set.
@@ -499,6 +532,12 @@ auth_failures_per_minute = 10
 rpm_per_address = 5
 tpm_per_address = 1000
 max_output_tokens = 256
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318"
+service_name = "gw"
+sample_ratio = 0.5
+timeout = "5s"
+headers = { authorization = "Bearer otlp-secret" }
 "#;
         let raw = parse(text, Path::new("keygate.toml")).unwrap();
         assert_eq!(raw.key_prefix.as_deref(), Some("acme"));
@@ -520,5 +559,27 @@ max_output_tokens = 256
             raw.billing.and_then(|b| b.charge_beyond_reservation),
             Some(true)
         );
+        let tracing = raw.tracing.unwrap();
+        assert_eq!(
+            tracing.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(tracing.sample_ratio, Some(0.5));
+        let shown = format!("{tracing:?}");
+        assert!(
+            shown.contains("authorization") && !shown.contains("otlp-secret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_tracing_key_is_refused() {
+        let err = parse(
+            "[tracing]\notlp_endpoint = \"http://c:4318\"\nendpoint = \"x\"\n",
+            Path::new("k.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("endpoint") && err.contains("line 3"), "{err}");
     }
 }

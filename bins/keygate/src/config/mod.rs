@@ -7,7 +7,8 @@
 //! `auth` (key prefix, query parameter, auth cache), `upstreams` (timeouts and
 //! upstreams with their provider keys, priorities, weights and signing),
 //! `routing` (retries, affinity, breakers), `billing` (prices, billing, privacy),
-//! `limits` (`[limits]`, `[public_keys]`, trusted proxies), `control` (`[admin]`, `[keys]`);
+//! `limits` (`[limits]`, `[public_keys]`, trusted proxies), `control` (`[admin]`, `[keys]`),
+//! `tracing` (`[tracing]`);
 //! `duration` is how they all read a duration, `builtin` the configuration without
 //! a file. The sections import only `duration`, never each other or this module.
 
@@ -19,6 +20,7 @@ mod duration;
 mod limits;
 mod routing;
 mod server;
+mod tracing;
 mod upstreams;
 
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use keygate_config::RawConfig;
-use keygate_proxy::{BillingConfig, ProxyConfig, ServerOptions};
+use keygate_proxy::{BillingConfig, ProxyConfig, ServerOptions, TracingConfig};
 
 pub(crate) use self::control::ControlConfig;
 pub(crate) use self::limits::Backend as LimitsBackend;
@@ -61,6 +63,8 @@ pub(crate) struct Config {
     pub(crate) control: ControlConfig,
     /// Where rate limits are kept.
     pub(crate) limits: LimitsBackend,
+    /// `[tracing]`, when on.
+    pub(crate) tracing: Option<TracingConfig>,
 }
 
 /// Variables the environment can override. `keygate-admin` applies the same two
@@ -162,6 +166,7 @@ fn validate(
         overrides.redis_url.as_deref(),
     )?;
     let trusted_proxies = limits::trusted_proxies(raw.server.as_ref())?;
+    let tracing = tracing::tracing(raw.tracing.as_ref())?;
     let mut proxy = ProxyConfig::new(key_prefix, upstreams);
     proxy.limits = limit_settings;
     proxy.trusted_proxies = trusted_proxies;
@@ -184,6 +189,7 @@ fn validate(
         billing,
         control,
         limits,
+        tracing,
     })
 }
 
@@ -311,6 +317,24 @@ output_per_mtok = 8.0
             !format!("{config:?}").contains("sk-test"),
             "provider key in Debug"
         );
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_loads_from_its_section() {
+        let env = [("OPENAI_API_KEY", "sk-test")];
+        assert!(load_text(ISSUE_SHAPE, &env).unwrap().tracing.is_none());
+        let text = format!(
+            "{ISSUE_SHAPE}[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.1\n\
+             headers = {{ authorization = \"Bearer otlp-secret\" }}\n"
+        );
+        let config = load_text(&text, &env).unwrap();
+        let tracing = config.tracing.as_ref().unwrap();
+        assert_eq!(tracing.otlp_endpoint, "http://127.0.0.1:4318");
+        assert_eq!(tracing.sample_ratio, 0.1);
+        assert!(!format!("{config:?}").contains("otlp-secret"));
+        let bad = text.replace("sample_ratio = 0.1", "sample_ratio = 2.0");
+        let err = load_text(&bad, &env).unwrap_err().to_string();
+        assert!(err.contains("keygate.toml: tracing.sample_ratio"), "{err}");
     }
 
     #[test]
