@@ -18,7 +18,7 @@ use keygate_billing::PriceTable;
 use keygate_keys::KeyPrefix;
 use keygate_proxy::{
     Billing, BillingConfig, Gateway, ProviderKey, ProviderKind, ProxyConfig, ResponseTap,
-    ServerOptions, Shutdown, UpstreamConfig, WriterSettings,
+    ServerOptions, Shutdown, Tracing, UpstreamConfig, WriterSettings,
 };
 use keygate_store::{
     AccountId, CredentialStore, DbStore, KeyId, KeySettings, Ledger, MemoryStore, Micros,
@@ -90,6 +90,7 @@ pub struct GatewayBuilder {
     taps: Vec<Arc<dyn ResponseTap>>,
     faulty: bool,
     options: ServerOptions,
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl GatewayBuilder {
@@ -120,6 +121,12 @@ impl GatewayBuilder {
     /// Changes the billing config; [`Self::billed`] comes first.
     pub fn billing(mut self, tweak: impl FnOnce(&mut BillingConfig)) -> Self {
         tweak(self.billing.as_mut().expect("billing() before billed()"));
+        self
+    }
+
+    /// Traces every request through `tracing`.
+    pub fn tracing(mut self, tracing: Arc<Tracing>) -> Self {
+        self.tracing = Some(tracing);
         self
     }
 
@@ -196,6 +203,9 @@ impl GatewayBuilder {
         for tap in self.taps {
             gateway = gateway.with_tap(tap);
         }
+        if let Some(tracing) = self.tracing {
+            gateway = gateway.with_tracing(tracing);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -252,6 +262,7 @@ impl TestGateway {
             billing: None,
             taps: Vec::new(),
             faulty: false,
+            tracing: None,
             options: ServerOptions {
                 grace: Duration::from_secs(5),
                 ..ServerOptions::new()

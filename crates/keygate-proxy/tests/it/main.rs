@@ -19,4 +19,5 @@ mod objects;
 mod proxy;
 mod signing;
 mod tls;
+mod traces;
 mod upstream_faults;
