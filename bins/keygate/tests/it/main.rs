@@ -13,6 +13,7 @@ mod admin_api;
 mod console;
 mod limits;
 mod privacy;
+mod traces;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
