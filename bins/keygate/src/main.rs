@@ -16,9 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use keygate_proxy::{
-    Billing, Gateway, Limits, RedisLimiter, ServerOptions, Shutdown, Tracing,
-};
+use keygate_proxy::{Billing, Gateway, Limits, RedisLimiter, ServerOptions, Shutdown, Tracing};
 use keygate_store::{CredentialStore as _, DatabaseUrl, DbStore, Ledger};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -173,8 +171,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let gateway = with_limits(gateway, &config.limits, backend).await?;
     let gateway = match &config.tracing {
         Some(settings) => {
-            let tracing = Tracing::otlp(settings)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?;
+            let tracing =
+                Tracing::otlp(settings).map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?;
             tracing::info!(
                 endpoint = %settings.shown_endpoint(),
                 service_name = %settings.service_name,

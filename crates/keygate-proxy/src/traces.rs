@@ -35,7 +35,9 @@ use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError}
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 
 use crate::access_log::LogFields;
 use crate::body::{BodyEnd, BodyObserver};
@@ -128,7 +130,10 @@ impl TracingConfig {
             ));
         }
         if self.timeout.is_zero() {
-            return Err(ConfigError::new("tracing.timeout", "must be more than zero"));
+            return Err(ConfigError::new(
+                "tracing.timeout",
+                "must be more than zero",
+            ));
         }
         for (name, value) in &self.headers {
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -156,7 +161,10 @@ impl TracingConfig {
                 let host = uri.host().unwrap_or("?");
                 let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
                 let scheme = uri.scheme_str().unwrap_or("?");
-                format!("{scheme}://{host}{port}{}", uri.path().trim_end_matches('/'))
+                format!(
+                    "{scheme}://{host}{port}{}",
+                    uri.path().trim_end_matches('/')
+                )
             }
             Err(_) => "<invalid>".to_owned(),
         }
@@ -220,9 +228,8 @@ impl Tracing {
     pub fn otlp(config: &TracingConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let endpoint = config.traces_uri()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            ConfigError::new("tracing", "must be set up inside a tokio runtime")
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| ConfigError::new("tracing", "must be set up inside a tokio runtime"))?;
         let client = ExportClient::new(runtime, config.timeout)?;
         let headers: HashMap<String, String> = config.headers.iter().cloned().collect();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -416,7 +423,11 @@ impl RequestSpan {
             return None;
         }
         let shape = crate::billing::shape_of(endpoint)?;
-        Some(Box::new(UsageReader::new(shape, event_stream, self.usage.clone())))
+        Some(Box::new(UsageReader::new(
+            shape,
+            event_stream,
+            self.usage.clone(),
+        )))
     }
 
     /// Ends the span with the request's fields, its status, and on a failure
@@ -479,9 +490,8 @@ impl RequestSpan {
             }
             self.span.set_attributes(attributes);
             if status.is_server_error() {
-                self.span.set_status(Status::error(
-                    error.unwrap_or(status.as_str()).to_owned(),
-                ));
+                self.span
+                    .set_status(Status::error(error.unwrap_or(status.as_str()).to_owned()));
             }
         }
         self.span.end();

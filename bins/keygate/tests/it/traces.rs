@@ -53,6 +53,9 @@ async fn the_binary_exports_a_request_span_and_flushes_it_at_shutdown() {
     );
     let log = gateway.log();
     assert!(log.contains("traces flushed"), "{log}");
-    assert!(!log.contains("otlp-secret-e2e"), "the header value is logged");
+    assert!(
+        !log.contains("otlp-secret-e2e"),
+        "the header value is logged"
+    );
     assert!(!log.contains("PRIVATE-PROMPT-MARKER"));
 }

@@ -368,10 +368,16 @@ async fn an_invalid_traceparent_is_ignored_and_sampling_applies_to_new_traces() 
     let requests = mock.requests();
     // The upstream still gets keygate's own (valid, unsampled) traceparent.
     let first = requests[0].headers["traceparent"].to_str().unwrap();
-    assert!(first.starts_with("00-") && first.ends_with("-00"), "{first}");
+    assert!(
+        first.starts_with("00-") && first.ends_with("-00"),
+        "{first}"
+    );
     assert!(!first.contains("not-a-trace"));
     let second = requests[1].headers["traceparent"].to_str().unwrap();
-    assert!(second.starts_with(&format!("00-{CLIENT_TRACE}-")), "{second}");
+    assert!(
+        second.starts_with(&format!("00-{CLIENT_TRACE}-")),
+        "{second}"
+    );
     assert!(!second.contains(CLIENT_SPAN), "{second}");
 }
 
