@@ -1,0 +1,104 @@
+//! Criterion bench: what tracing adds to one request — the span started from
+//! the request's headers (`traceparent` read and replaced), the GenAI and
+//! keygate attributes set, the usage handed over, the span ended — with
+//! tracing off, with the span sampled out, through the SDK's batch processor
+//! into an exporter that discards, and through the batch processor into the
+//! real OTLP/HTTP exporter sending to a collector on loopback.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs,
+    reason = "benchmark"
+)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use keygate_proxy::{Tracing, TracingConfig};
+use keygate_test_utils::OtlpCollector;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+};
+
+/// Takes every batch and drops it.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+fn headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    headers
+}
+
+fn bench(c: &mut Criterion, name: &str, tracing: &Tracing) {
+    let template = headers();
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            // A fresh client header each time, as each request brings its own.
+            let mut headers = template.clone();
+            keygate_proxy::bench::request_span(tracing, &mut headers);
+            black_box(headers);
+        });
+    });
+}
+
+fn spans(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Tracing off: what the request path does instead (nothing but the header
+    // map it has anyway).
+    let template = headers();
+    c.bench_function("span/off", |b| {
+        b.iter(|| black_box(template.clone()));
+    });
+
+    let sampled_out = Tracing::with_provider(
+        SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .with_span_processor(BatchSpanProcessor::builder(Discard).build())
+            .build(),
+    );
+    // The client's parent is sampled; ParentBased would honour it, so a plain
+    // AlwaysOff stands for "not sampled".
+    bench(c, "span/sampled_out", &sampled_out);
+
+    let discard = Tracing::with_provider(
+        SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(Discard).build())
+            .build(),
+    );
+    bench(c, "span/batch_discard", &discard);
+    runtime.block_on(discard.shutdown(Duration::from_secs(5)));
+
+    let collector = runtime.block_on(OtlpCollector::start());
+    let otlp = runtime
+        .block_on(async { Tracing::otlp(&TracingConfig::new(collector.endpoint())) })
+        .unwrap();
+    bench(c, "span/batch_otlp_http", &otlp);
+    runtime.block_on(otlp.shutdown(Duration::from_secs(10)));
+    let exported = collector.spans().len();
+    eprintln!("span/batch_otlp_http: {exported} spans reached the collector");
+}
+
+criterion_group!(benches, spans);
+criterion_main!(benches);
