@@ -136,10 +136,8 @@ pub mod bench {
     /// request's headers (its `traceparent` read and replaced), the GenAI and
     /// keygate attributes set, the usage handed over, and the span ended.
     pub fn request_span(tracing: &crate::Tracing, headers: &mut http::HeaderMap) {
-        let mut fields = crate::access_log::LogFields::new(
-            http::Method::POST,
-            std::time::Instant::now(),
-        );
+        let mut fields =
+            crate::access_log::LogFields::new(http::Method::POST, std::time::Instant::now());
         let mut span = tracing.start(&fields.method, headers);
         fields.route = "/v1/chat/completions";
         span.operation = crate::traces::operation(crate::Endpoint::ChatCompletions);

@@ -331,6 +331,7 @@ impl Tracing {
         self.propagator
             .inject_context(&own, &mut HeaderInjector(headers));
         RequestSpan {
+            ended: false,
             recording: span.is_recording(),
             span,
             method: method.clone(),
@@ -388,6 +389,8 @@ impl UsageSlot {
 /// One request's span, carried in its [`LogFields`] and ended with them.
 pub(crate) struct RequestSpan {
     span: BoxedSpan,
+    /// Set by [`RequestSpan::end`]; a span dropped without it was cut short.
+    ended: bool,
     recording: bool,
     method: Method,
     /// `gen_ai.operation.name`, once the endpoint is known.
@@ -493,6 +496,24 @@ impl RequestSpan {
                 self.span
                     .set_status(Status::error(error.unwrap_or(status.as_str()).to_owned()));
             }
+        }
+        self.ended = true;
+        self.span.end();
+    }
+}
+
+impl Drop for RequestSpan {
+    fn drop(&mut self) {
+        // The request was dropped before it was answered (the client left
+        // while keygate was still at work): said so, with what is known.
+        if !self.ended && self.recording {
+            if let Some(op) = self.operation {
+                self.span.update_name(op.to_owned());
+            }
+            self.span.set_attributes([
+                KeyValue::new("http.request.method", self.method.as_str().to_owned()),
+                KeyValue::new("error.type", "client_cancelled"),
+            ]);
         }
         self.span.end();
     }
@@ -617,5 +638,40 @@ impl HttpClient for ExportClient {
             }
         });
         sent.await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_is_shown_without_secrets_and_headers_are_redacted() {
+        let mut config = TracingConfig::new("https://otel.example:4318/base/");
+        config.headers = vec![("authorization".into(), "Bearer otlp-secret".into())];
+        assert_eq!(config.shown_endpoint(), "https://otel.example:4318/base");
+        assert_eq!(
+            config.traces_uri().unwrap(),
+            "https://otel.example:4318/base/v1/traces"
+        );
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("authorization") && !shown.contains("otlp-secret"),
+            "{shown}"
+        );
+        let creds = TracingConfig::new("http://user:pw@c:4318");
+        let err = creds.validate().unwrap_err();
+        assert_eq!(err.field, "tracing.otlp_endpoint");
+        assert!(!err.message.contains("pw"));
+        assert_eq!(creds.shown_endpoint(), "http://c:4318");
+    }
+
+    #[test]
+    fn operations_follow_the_genai_names() {
+        assert_eq!(operation(Endpoint::ChatCompletions), Some("chat"));
+        assert_eq!(operation(Endpoint::Messages), Some("chat"));
+        assert_eq!(operation(Endpoint::Completions), Some("text_completion"));
+        assert_eq!(operation(Endpoint::Embeddings), Some("embeddings"));
+        assert_eq!(operation(Endpoint::ListFiles), None);
     }
 }
