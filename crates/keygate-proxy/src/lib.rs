@@ -67,6 +67,7 @@ mod gateway;
 mod health;
 mod limits;
 mod local;
+mod metrics;
 mod models;
 mod own_view;
 mod pipeline;
@@ -96,10 +97,11 @@ pub use error::{BoxError, ConfigError, ErrorKind, ErrorSource, ProxyError};
 pub use gateway::{Background, Exchange, Gateway, ResponseTap};
 pub use health::BreakerSettings;
 pub use keygate_limits::{Limits, OnBackendError, RedisLimiter, RedisSettings};
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsSettings};
 pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
 pub use rate::{LimitKind, RateHeaders};
 pub use routing::{Affinity, RetryOn, Router, RoutingMetrics, RoutingSettings};
-pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
+pub use server::{ServerOptions, Shutdown, load_tls, serve, serve_metrics, server_tls};
 pub use upstream::{
     HookSecret, ProviderKey, SigningConfig, Upstream, UpstreamConfig, UpstreamTimeouts,
 };
