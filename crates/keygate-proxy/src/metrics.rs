@@ -317,64 +317,65 @@ impl GatewayMetrics {
             .inc();
     }
 
-    /// Registers the families in `registry`.
+    /// Registers the families in `registry` (which ends each help text with
+    /// a period).
     pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "keygate_requests",
-            "Requests answered, by canonical route, HTTP status and the upstream that answered (none: keygate answered itself).",
+            "Requests answered, by canonical route, HTTP status and the upstream that answered (none: keygate answered itself)",
             self.requests.clone(),
         );
         registry.register_with_unit(
             "keygate_request_duration",
-            "Time from the request's arrival to the last byte of its answer (streams included), by route.",
+            "Time from the request's arrival to the last byte of its answer (streams included), by route",
             Unit::Seconds,
             self.duration.clone(),
         );
         registry.register_with_unit(
             "keygate_time_to_first_byte",
-            "Time from the request's arrival to the first byte of a forwarded answer's body (for a stream, its first event), by route.",
+            "Time from the request's arrival to the first byte of a forwarded answer's body (for a stream, its first event), by route",
             Unit::Seconds,
             self.first_byte.clone(),
         );
         registry.register(
             "keygate_responses_incomplete",
-            "Forwarded answers that ended early: the client left (client_cancelled) or the upstream broke off (upstream_broke).",
+            "Forwarded answers that ended early: the client left (client_cancelled) or the upstream broke off (upstream_broke)",
             self.incomplete.clone(),
         );
         registry.register(
             "keygate_in_flight_requests",
-            "Requests being answered now, streams included.",
+            "Requests being answered now, streams included",
             self.in_flight.clone(),
         );
         registry.register(
             "keygate_tokens",
-            "Tokens billed, by model (models the config does not name are 'other') and direction (input includes cached_input).",
+            "Tokens billed, by model (models the config does not name are 'other') and direction (input includes cached_input)",
             self.tokens.clone(),
         );
         registry.register(
             "keygate_cost_micros",
-            "Money charged, in micro-units of the account's credit, by model.",
+            "Money charged, in micro-units of the account's credit, by model",
             self.cost.clone(),
         );
         registry.register(
             "keygate_auth_failures",
-            "Requests refused with 401, by reason (the error code).",
+            "Requests refused with 401, by reason (the error code)",
             self.auth_failures.clone(),
         );
         if self.per_key {
             registry.register(
                 "keygate_key_requests",
-                "Requests answered, by key and account ([metrics] per_key).",
+                "Requests answered, by key and account ([metrics] per_key)",
                 self.key_requests.clone(),
             );
             registry.register(
                 "keygate_key_tokens",
-                "Tokens billed, by key, account and direction ([metrics] per_key).",
+                "Tokens billed, by key, account and direction ([metrics] per_key)",
                 self.key_tokens.clone(),
             );
             registry.register(
                 "keygate_key_cost_micros",
-                "Money charged, by key and account ([metrics] per_key).",
+                "Money charged, by key and account ([metrics] per_key)",
                 self.key_cost.clone(),
             );
         }

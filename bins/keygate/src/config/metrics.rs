@@ -44,3 +44,42 @@ pub(super) fn metrics(raw: Option<&RawMetrics>) -> anyhow::Result<Metrics> {
         listen,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(enabled: Option<bool>, listen: Option<&str>, per_key: Option<bool>) -> RawMetrics {
+        RawMetrics {
+            enabled,
+            listen: listen.map(str::to_owned),
+            per_key,
+        }
+    }
+
+    #[test]
+    fn metrics_are_on_the_gateway_port_by_default() {
+        let m = metrics(None).unwrap();
+        assert_eq!(m.settings, MetricsSettings::default());
+        assert!(m.settings.enabled && m.settings.on_gateway_port && !m.settings.per_key);
+        assert_eq!(m.listen, None);
+    }
+
+    #[test]
+    fn listen_moves_them_off_the_gateway_port() {
+        let m = metrics(Some(&raw(None, Some("127.0.0.1:9090"), Some(true)))).unwrap();
+        assert_eq!(m.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert!(!m.settings.on_gateway_port);
+        assert!(m.settings.per_key);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = metrics(Some(&raw(None, Some("localhost"), None))).unwrap_err();
+        assert!(e.to_string().starts_with("metrics.listen:"), "{e}");
+        let e = metrics(Some(&raw(Some(false), None, Some(true)))).unwrap_err();
+        assert!(e.to_string().contains("enabled = false"), "{e}");
+        let off = metrics(Some(&raw(Some(false), None, None))).unwrap();
+        assert!(!off.settings.enabled);
+    }
+}

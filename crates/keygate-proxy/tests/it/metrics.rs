@@ -141,6 +141,7 @@ async fn scrape(gw: &TestGateway) -> (String, Scrape) {
     );
     let text = reply.text();
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    assert!(!text.contains(".."), "one period after each help text");
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let parsed = Scrape::parse(lines).expect("the exposition parses");
     (text, parsed)
