@@ -19,6 +19,7 @@ use crate::error::ConfigError;
 use crate::forward::Forwarder;
 use crate::limits::RequestLimiter;
 use crate::local::{Local, Models};
+use crate::metrics::GatewayMetrics;
 use crate::routing::Router;
 use crate::traces::Tracing;
 use crate::upstream::Upstream;
@@ -66,6 +67,8 @@ pub struct Gateway {
     pub(crate) billing: Option<Arc<Billing>>,
     pub(crate) limiter: Arc<RequestLimiter>,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    /// The request path's metric families; `None` when metrics are off.
+    pub(crate) metrics: Option<Arc<GatewayMetrics>>,
     /// Request spans, when tracing is on.
     pub(crate) tracing: Option<Arc<Tracing>>,
     poll_interval: Duration,
@@ -99,13 +102,26 @@ impl Gateway {
             config.query_param.clone(),
             &config.auth,
         );
+        let metrics = config.metrics.enabled.then(|| {
+            let exact = config
+                .upstreams
+                .iter()
+                .flat_map(|u| u.models.iter().map(String::as_str))
+                .filter(|m| !m.ends_with('*'));
+            Arc::new(GatewayMetrics::new(
+                config.metrics.per_key,
+                upstreams.iter().map(|u| u.name()),
+                exact.chain(config.listed_models.iter().map(String::as_str)),
+            ))
+        });
         let router = Arc::new(Router::with_settings(upstreams, config.routing));
+        let auth = Arc::new(auth);
         let limiter = Arc::new(RequestLimiter::new(
             keygate_limits::Limits::local(),
             config.limits.clone(),
         ));
         Ok(Self {
-            auth: Arc::new(auth),
+            auth: Arc::clone(&auth),
             router: Arc::clone(&router),
             forwarder: Forwarder {
                 query_param: config.query_param,
@@ -117,6 +133,9 @@ impl Gateway {
                 connections: Arc::default(),
                 router,
                 limiter: Arc::clone(&limiter),
+                auth,
+                metrics: metrics.clone(),
+                metrics_on_gateway_port: config.metrics.on_gateway_port,
             },
             models: Models::new(config.listed_models),
             max_body_bytes: config.max_body_bytes,
@@ -126,6 +145,7 @@ impl Gateway {
             billing: None,
             limiter,
             trusted_proxies: config.trusted_proxies,
+            metrics,
             tracing: None,
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
@@ -174,6 +194,13 @@ impl Gateway {
     /// The billing layer, when on.
     pub fn billing(&self) -> Option<&Arc<Billing>> {
         self.billing.as_ref()
+    }
+
+    /// The Prometheus exposition (OpenMetrics text) of one scrape, or `None`
+    /// when metrics are off: for serving `/metrics` on a listener of its own
+    /// (see [`crate::serve_metrics`]).
+    pub fn metrics_text(&self) -> Option<String> {
+        self.local.exposition()
     }
 
     /// The routing table.

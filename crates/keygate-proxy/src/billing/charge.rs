@@ -19,6 +19,7 @@ use super::metrics::bump;
 use super::usage_writer::UsageWriter;
 use crate::body::{BodyEnd, BodyFilter, BodyObserver, GatewayBody};
 use crate::endpoint::Endpoint;
+use crate::metrics::GatewayMetrics;
 use crate::traces::UsageSlot;
 
 /// Bytes of request body counted as one input token when usage has to be
@@ -46,6 +47,8 @@ pub(crate) struct Charge {
     /// Taken when the request is billed; a charge dropped with it still here
     /// was cut short (the client left, or a panic).
     record: Option<UsageRecord>,
+    /// Where the request's tokens and cost are counted, when metrics are on.
+    metrics: Option<Arc<GatewayMetrics>>,
     /// Where the request's span takes the usage billed, when it is traced.
     usage_slot: Option<UsageSlot>,
 }
@@ -81,8 +84,14 @@ impl Charge {
             started: parts.started,
             reader: None,
             record: Some(parts.record),
+            metrics: None,
             usage_slot: None,
         }
+    }
+
+    /// Counts the request's tokens and cost in `metrics` when it settles.
+    pub(crate) fn count_in(&mut self, metrics: Arc<GatewayMetrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// Attaches the charge to the upstream's answer: it reads usage from the
@@ -254,6 +263,14 @@ impl BodyObserver for Charge {
             }
         }
         record.cost = charged;
+        if let (Some(metrics), Some(usage)) = (&self.metrics, &usage) {
+            metrics.usage(
+                &record.model,
+                (&record.key_id, &record.account_id),
+                usage,
+                charged,
+            );
+        }
         record.latency_ms = millis(self.started.elapsed());
         if end != BodyEnd::Complete && success {
             // What the client got is not what the upstream meant to send.
