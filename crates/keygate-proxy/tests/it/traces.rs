@@ -91,6 +91,12 @@ fn assert_chat_span(span: &CollectedSpan, key_id: &str, tokens: Option<(i64, i64
     assert!(span.span.end_time_unix_nano >= span.span.start_time_unix_nano);
 }
 
+/// `key` with its last character changed: well-formed, but not a key.
+fn wrong_key(key: &str) -> String {
+    let (head, last) = key.split_at(key.len() - 1);
+    format!("{head}{}", if last == "0" { "1" } else { "0" })
+}
+
 /// A private key on the gateway's account, and its id.
 async fn key_and_id(gw: &TestGateway) -> (String, String) {
     let (secret, key) = fixture::private_key(&*gw.store, &gw.account).await;
@@ -242,7 +248,7 @@ async fn a_refused_key_gets_a_401_span_with_its_error_type() {
     let tracing = tracing_to(&collector, 1.0);
     let gw = traced(&mock, &tracing, true).start().await;
     let key = gw.key().await;
-    let wrong = format!("{}0", &key[..key.len() - 1]);
+    let wrong = wrong_key(&key);
     let reply = post(
         &gw.url("/v1/chat/completions"),
         &wrong,
@@ -406,7 +412,7 @@ async fn no_content_key_query_or_header_value_is_exported() {
     let reply = send(request(Method::POST, &url, &headers, body.to_string())).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     // A refused key's text must not leak either.
-    let wrong = format!("{}0", &key[..key.len() - 1]);
+    let wrong = wrong_key(&key);
     let wrong_auth = format!("Bearer {wrong}");
     let refused = send(request(
         Method::POST,
@@ -484,4 +490,29 @@ async fn shutdown_exports_the_last_spans() {
     gw.shutdown().await;
     let spans = collector.wait_for_spans(1, WAIT).await;
     assert_eq!(spans[0].span.name, "chat gpt-4o");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_keygate_makes_itself_ends_its_span_as_served() {
+    let mock = MockUpstream::start().await;
+    let collector = OtlpCollector::start().await;
+    let tracing = tracing_to(&collector, 1.0);
+    let gw = traced(&mock, &tracing, false).start().await;
+    let (key, id) = key_and_id(&gw).await;
+    let auth = format!("Bearer {key}");
+    let reply = send(request(
+        Method::GET,
+        &gw.url("/v1/models"),
+        &[("authorization", &auth)],
+        "",
+    ))
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let span = one_span(&tracing, &collector).await;
+    assert_eq!(span.span.name, "GET /v1/models");
+    assert_eq!(span.int_attr("http.response.status_code"), Some(200));
+    assert_eq!(span.str_attr("error.type"), None);
+    assert_eq!(span.str_attr("gen_ai.operation.name"), None);
+    assert_eq!(span.str_attr("keygate.key_id"), Some(id.as_str()));
+    assert!(mock.requests().is_empty());
 }
