@@ -27,8 +27,8 @@ use crate::bench_nginx::{self, NginxChild, Role};
 use crate::bench_report::{self, ARM_COUNT, ARMS, Arm, Meta, OBSERVABILITY_ARMS, Results, Rss};
 use crate::bench_serve::{self, Launch, ServerChild};
 use crate::bench_setup::{
-    Gateway, GatewaySpec, METRICS_OFF, PROVIDER_KEY, Pins, Upstream, build, chat_body, commit,
-    loadavg, nginx_version, rustc, start_gateway, tracing_config, usage,
+    Gateway, GatewaySpec, METRICS_OFF, OBSERVABILITY_HINT, PROVIDER_KEY, Pins, Upstream, build,
+    chat_body, commit, loadavg, nginx_version, rustc, start_gateway, tracing_config, usage,
 };
 
 /// What `cargo xtask bench` was asked to do.
@@ -317,8 +317,12 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         let otlp = ServerChild::start(&["--serve-otlp-sink"], &Launch::pinned(pins.mock)).await?;
         let metrics_off = gateway("metrics-off", false, METRICS_OFF.to_owned());
         let traced = gateway("traced", false, tracing_config(&otlp.url));
-        observed.push(start_gateway(metrics_off, &proxy_launch).await?);
-        observed.push(start_gateway(traced, &proxy_launch).await?);
+        for spec in [metrics_off, traced] {
+            let gateway = start_gateway(spec, &proxy_launch)
+                .await
+                .context(OBSERVABILITY_HINT)?;
+            observed.push(gateway);
+        }
         sink = Some(otlp);
     }
     println!(

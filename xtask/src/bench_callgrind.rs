@@ -263,7 +263,11 @@ async fn count(
                 }
                 _ => String::new(),
             };
-            let gateway = start_gateway(gateway(tag_name(server), extra), &launch).await?;
+            let started = start_gateway(gateway(tag_name(server), extra), &launch).await;
+            let gateway = match server {
+                Counted::Keygate => started?,
+                _ => started.context(bench::OBSERVABILITY_HINT)?,
+            };
             let target = Target::new(gateway.process.addr, &gateway.key)?;
             (target, Running::Gateway(Box::new(gateway)))
         }

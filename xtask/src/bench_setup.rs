@@ -25,6 +25,8 @@ pub(crate) const GATEWAY_ENV: [(&str, &str); 2] = [
 const MODEL: &str = "gpt-4o-mini";
 /// Credits on each bench account: far more than the bench can spend.
 const BALANCE: &str = "1000000";
+/// Why an `--observability` arm may not start.
+pub(crate) const OBSERVABILITY_HINT: &str = "--observability needs a keygate whose config knows `[metrics] enabled` and `[tracing] otlp_endpoint`";
 /// What the `keygate, metrics off` arm adds to its config.
 pub(crate) const METRICS_OFF: &str = "[metrics]\nenabled = false\n";
 /// The upstream every proxy forwards to: the mock or nginx's canned answers.
