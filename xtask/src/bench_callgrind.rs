@@ -178,7 +178,7 @@ pub(crate) async fn run(setup: Setup) -> Result<(String, bool)> {
     );
     let _ = writeln!(
         out,
-        "- Valgrind runs a program's threads one at a time, so the count does not include contention between threads; it is the work, not the time."
+        "- Valgrind runs a program's threads one at a time, so the count does not include contention between threads; it is the work, not the time. The kernel's share (system calls, wake-ups) is not in it either, which is why these ratios are larger than the load runs' server CPU per request, which counts both."
     );
     let _ = writeln!(out, "- Hardware counters: {perf}");
     Ok((out, failures.is_empty()))
