@@ -193,9 +193,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let shutdown =
-        keygate_proxy::serve(listener, Arc::new(gateway), options, stopped(stop_rx)).await;
+    let gateway = Arc::new(gateway);
+    let metrics = match config.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics ([metrics] listen)")
+            })?;
+            tracing::info!(
+                "metrics on http://{}/metrics",
+                listener.local_addr().unwrap_or(addr)
+            );
+            Some(tokio::spawn(keygate_proxy::serve_metrics(
+                listener,
+                Arc::clone(&gateway),
+                stopped(stop_rx.clone()),
+            )))
+        }
+    };
+    let shutdown = keygate_proxy::serve(listener, gateway, options, stopped(stop_rx)).await;
     control.stop().await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     match shutdown {
         Shutdown::Drained => tracing::info!("shut down cleanly"),
         Shutdown::GraceExpired => {

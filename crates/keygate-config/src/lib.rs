@@ -126,6 +126,20 @@ pub struct RawConfig {
     /// `[tiers.NAME]`: named limit sets for accounts.
     #[serde(default)]
     pub tiers: BTreeMap<String, RawTier>,
+    /// `[metrics]`.
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: Prometheus metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Keep metrics at all (default true).
+    pub enabled: Option<bool>,
+    /// Serve `/metrics` on this address and port instead of the gateway's.
+    pub listen: Option<String>,
+    /// Add the per-key families, labelled by key id and account id (default false).
+    pub per_key: Option<bool>,
 }
 
 /// `[admin]`: the admin API's own listener; off unless `listen` is set.

@@ -9,6 +9,7 @@ use http::{Method, StatusCode};
 
 use crate::body::{BodyEnd, BodyObserver};
 use crate::error::ErrorKind;
+use crate::metrics::{Finished, InFlight};
 
 /// What the log line says about a request, filled in as the pipeline learns it.
 #[derive(Debug)]
@@ -19,9 +20,16 @@ pub(crate) struct LogFields {
     pub(crate) route: &'static str,
     pub(crate) model: Option<String>,
     pub(crate) key_id: Option<String>,
+    /// The key's account, for the per-key metric families.
+    pub(crate) account_id: Option<String>,
     pub(crate) upstream: Option<String>,
     /// Upstream attempts made (retries and failover included).
     pub(crate) attempts: u32,
+    /// The request in the metrics, while it is in flight; `None` when metrics
+    /// are off, and once the fields are taken by a forwarded answer.
+    pub(crate) meter: Option<InFlight>,
+    /// The fields went to a forwarded answer's log observer.
+    pub(crate) taken: bool,
 }
 
 impl LogFields {
@@ -32,29 +40,63 @@ impl LogFields {
             route: "unknown",
             model: None,
             key_id: None,
+            account_id: None,
             upstream: None,
             attempts: 0,
+            meter: None,
+            taken: false,
         }
     }
 
     /// The fields so far, leaving this value with the method, start and route
     /// only.
     pub(crate) fn take(&mut self) -> Self {
+        self.taken = true;
         Self {
             method: self.method.clone(),
             started: self.started,
             route: self.route,
             model: self.model.take(),
             key_id: self.key_id.take(),
+            account_id: self.account_id.take(),
             upstream: self.upstream.take(),
             attempts: self.attempts,
+            meter: self.meter.take(),
+            taken: false,
         }
     }
 
     /// Logs a request the gateway answered itself with an error. The outcome is
     /// the error's code; `fault` says who caused it.
     pub(crate) fn log_error(&self, kind: ErrorKind) {
+        self.count(kind.status, None, None);
         self.log(kind.status, None, 0, kind.code, kind.source.as_str());
+    }
+
+    /// Logs a request the gateway answered itself (`/v1/models`, the key's
+    /// own view), unless a forwarded answer took the fields.
+    pub(crate) fn log_answer(&self, status: StatusCode) {
+        if self.taken {
+            return;
+        }
+        self.count(status, None, None);
+        self.log(status, None, 0, "complete", "-");
+    }
+
+    /// Counts the request in the metrics, when they are on.
+    fn count(&self, status: StatusCode, first_byte: Option<Duration>, end: Option<BodyEnd>) {
+        let Some(meter) = &self.meter else {
+            return;
+        };
+        meter.metrics().finished(&Finished {
+            route: self.route,
+            status: status.as_u16(),
+            upstream: self.upstream.as_deref(),
+            key: self.key_id.as_deref().zip(self.account_id.as_deref()),
+            elapsed: self.started.elapsed(),
+            first_byte,
+            end,
+        });
     }
 
     /// The observer that logs a forwarded request when its body ends.
@@ -63,6 +105,7 @@ impl LogFields {
             fields: self,
             status,
             first_byte,
+            first_data: None,
             bytes: 0,
         }
     }
@@ -99,11 +142,16 @@ pub(crate) struct AccessLog {
     fields: LogFields,
     status: StatusCode,
     first_byte: Duration,
+    /// When the first byte of the body went by.
+    first_data: Option<Duration>,
     bytes: u64,
 }
 
 impl BodyObserver for AccessLog {
     fn on_data(&mut self, data: &Bytes) {
+        if self.first_data.is_none() && !data.is_empty() {
+            self.first_data = Some(self.fields.started.elapsed());
+        }
         self.bytes += data.len() as u64;
     }
 
@@ -116,6 +164,9 @@ impl BodyObserver for AccessLog {
             BodyEnd::Cancelled => ("client_cancelled", "client"),
             BodyEnd::Failed => ("upstream_broke", "upstream"),
         };
+        // An empty body's first byte is its head.
+        let first_data = self.first_data.unwrap_or(self.first_byte);
+        self.fields.count(self.status, Some(first_data), Some(end));
         self.fields.log(
             self.status,
             Some(self.first_byte),

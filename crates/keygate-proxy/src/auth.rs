@@ -120,6 +120,10 @@ pub struct Authenticator {
     query_param: Option<String>,
     /// Uses not yet written: from keys that left the cache, and from failed writes.
     pending_uses: Arc<Mutex<HashMap<KeyId, DateTime<Utc>>>>,
+    /// Change-feed reads the store failed.
+    feed_errors: AtomicU64,
+    /// `last_used_at` writes the store failed.
+    key_use_errors: AtomicU64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -176,7 +180,18 @@ impl Authenticator {
             prefix,
             query_param,
             pending_uses,
+            feed_errors: AtomicU64::new(0),
+            key_use_errors: AtomicU64::new(0),
         }
+    }
+
+    /// Store failures in the background so far: change-feed reads, and
+    /// `last_used_at` writes.
+    pub(crate) fn store_errors(&self) -> (u64, u64) {
+        (
+            self.feed_errors.load(Ordering::Relaxed),
+            self.key_use_errors.load(Ordering::Relaxed),
+        )
     }
 
     /// Finds and checks the key a request presents. Malformed keys are refused
@@ -331,10 +346,13 @@ impl Authenticator {
                 }
                 Ok(()) => {}
                 Err(e) if !failing => {
+                    self.feed_errors.fetch_add(1, Ordering::Relaxed);
                     failing = true;
                     tracing::warn!(error = %e, "cannot read the key change feed; serving cached keys until the store is back");
                 }
-                Err(_) => {}
+                Err(_) => {
+                    self.feed_errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -378,6 +396,7 @@ impl Authenticator {
         }
         let batch: Vec<KeyUse> = batch.into_iter().collect();
         if let Err(e) = self.store.record_key_use(&batch).await {
+            self.key_use_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, keys = batch.len(), "could not record key use; will retry");
             for use_ in batch {
                 merge_use(&self.pending_uses, use_);

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use keygate_keys::KeyPrefix;
 
 use crate::error::ConfigError;
+use crate::metrics::MetricsSettings;
 use crate::routing::RoutingSettings;
 use crate::upstream::{UpstreamConfig, UpstreamTimeouts};
 
@@ -93,6 +94,8 @@ pub struct ProxyConfig {
     pub limits: LimitSettings,
     /// Peers whose `X-Forwarded-For` / `Forwarded` names the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// Whether and where the gateway keeps Prometheus metrics.
+    pub metrics: MetricsSettings,
 }
 
 /// The auth cache in front of the store.
@@ -173,6 +176,7 @@ impl ProxyConfig {
             listed_models: Vec::new(),
             limits: LimitSettings::default(),
             trusted_proxies: Vec::new(),
+            metrics: MetricsSettings::default(),
         }
     }
 

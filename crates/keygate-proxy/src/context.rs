@@ -79,6 +79,9 @@ impl RequestContext {
                 "request failed"
             );
         }
+        if let (ProxyError::Store(_), Some(meter)) = (&error, &self.log.meter) {
+            meter.metrics().store_error();
+        }
         if let Some(charge) = self.charge.take() {
             // Nothing was served: the hold is returned, the attempt recorded.
             charge.abandon(kind.status);

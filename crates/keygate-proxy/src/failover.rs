@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 use crate::forward::Forwarder;
-use crate::routing::{Candidates, Outcome, Router, Target, Tried};
+use crate::routing::{Candidates, Failure, Outcome, Router, Target, Tried};
 use crate::signing::message_id;
 
 /// The longest `Retry-After` honoured; a longer one is cut to this.
@@ -157,9 +157,11 @@ impl Attempts<'_> {
         let answer = match result {
             Ok(answer) => answer,
             Err(error) => {
-                let retry = match &error {
-                    ProxyError::UpstreamTimeout(_) => retry_on.timeout,
-                    ProxyError::UpstreamUnavailable(_) => retry_on.connection,
+                let (failure, retry) = match &error {
+                    ProxyError::UpstreamTimeout(_) => (Failure::Timeout, retry_on.timeout),
+                    ProxyError::UpstreamUnavailable(_) => {
+                        (Failure::Connection, retry_on.connection)
+                    }
                     // Not the upstream's doing (a query that makes no URI).
                     _ => return (None, Err(error)),
                 };
@@ -169,7 +171,7 @@ impl Attempts<'_> {
                 } else {
                     Err(error)
                 };
-                return (Some(Outcome::UpstreamFailed(None)), next);
+                return (Some(Outcome::UpstreamFailed(failure, None)), next);
             }
         };
         let status = answer.status();
@@ -194,7 +196,10 @@ impl Attempts<'_> {
             } else {
                 Ok(Next::Serve(answer))
             };
-            return (Some(Outcome::UpstreamFailed(wait)), next);
+            return (
+                Some(Outcome::UpstreamFailed(Failure::ServerError, wait)),
+                next,
+            );
         }
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) && upstream.has_keys()
         {

@@ -19,6 +19,7 @@ use crate::error::ConfigError;
 use crate::forward::Forwarder;
 use crate::limits::RequestLimiter;
 use crate::local::{Local, Models};
+use crate::metrics::GatewayMetrics;
 use crate::routing::Router;
 use crate::upstream::Upstream;
 
@@ -63,6 +64,8 @@ pub struct Gateway {
     pub(crate) billing: Option<Arc<Billing>>,
     pub(crate) limiter: Arc<RequestLimiter>,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    /// The request path's metric families; `None` when metrics are off.
+    pub(crate) metrics: Option<Arc<GatewayMetrics>>,
     poll_interval: Duration,
     last_used_flush: Duration,
 }
@@ -94,13 +97,26 @@ impl Gateway {
             config.query_param.clone(),
             &config.auth,
         );
+        let metrics = config.metrics.enabled.then(|| {
+            let exact = config
+                .upstreams
+                .iter()
+                .flat_map(|u| u.models.iter().map(String::as_str))
+                .filter(|m| !m.ends_with('*'));
+            Arc::new(GatewayMetrics::new(
+                config.metrics.per_key,
+                upstreams.iter().map(|u| u.name()),
+                exact.chain(config.listed_models.iter().map(String::as_str)),
+            ))
+        });
         let router = Arc::new(Router::with_settings(upstreams, config.routing));
+        let auth = Arc::new(auth);
         let limiter = Arc::new(RequestLimiter::new(
             keygate_limits::Limits::local(),
             config.limits.clone(),
         ));
         Ok(Self {
-            auth: Arc::new(auth),
+            auth: Arc::clone(&auth),
             router: Arc::clone(&router),
             forwarder: Forwarder {
                 query_param: config.query_param,
@@ -112,6 +128,9 @@ impl Gateway {
                 connections: Arc::default(),
                 router,
                 limiter: Arc::clone(&limiter),
+                auth,
+                metrics: metrics.clone(),
+                metrics_on_gateway_port: config.metrics.on_gateway_port,
             },
             models: Models::new(config.listed_models),
             max_body_bytes: config.max_body_bytes,
@@ -121,6 +140,7 @@ impl Gateway {
             billing: None,
             limiter,
             trusted_proxies: config.trusted_proxies,
+            metrics,
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
         })
@@ -156,6 +176,13 @@ impl Gateway {
     /// The billing layer, when on.
     pub fn billing(&self) -> Option<&Arc<Billing>> {
         self.billing.as_ref()
+    }
+
+    /// The Prometheus exposition (OpenMetrics text) of one scrape, or `None`
+    /// when metrics are off: for serving `/metrics` on a listener of its own
+    /// (see [`crate::serve_metrics`]).
+    pub fn metrics_text(&self) -> Option<String> {
+        self.local.exposition()
     }
 
     /// The routing table.

@@ -67,6 +67,7 @@ mod gateway;
 mod health;
 mod limits;
 mod local;
+mod metrics;
 mod models;
 mod own_view;
 mod pipeline;
@@ -96,10 +97,11 @@ pub use error::{BoxError, ConfigError, ErrorKind, ErrorSource, ProxyError};
 pub use gateway::{Background, Exchange, Gateway, ResponseTap};
 pub use health::BreakerSettings;
 pub use keygate_limits::{Limits, OnBackendError, RedisLimiter, RedisSettings};
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsSettings};
 pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
 pub use rate::{LimitKind, RateHeaders};
 pub use routing::{Affinity, RetryOn, Router, RoutingMetrics, RoutingSettings};
-pub use server::{ServerOptions, Shutdown, load_tls, serve, server_tls};
+pub use server::{ServerOptions, Shutdown, load_tls, serve, serve_metrics, server_tls};
 pub use upstream::{
     HookSecret, ProviderKey, SigningConfig, Upstream, UpstreamConfig, UpstreamTimeouts,
 };
@@ -125,5 +127,55 @@ pub mod bench {
             .ok_or_else(|| ProxyError::UpstreamUnavailable("none".into()))?;
         router.report(target, Outcome::Answered, false);
         Ok(target.upstream)
+    }
+
+    /// The metric families of a gateway with three upstreams and five
+    /// configured models, for timing what one request records.
+    #[derive(Debug)]
+    pub struct Metrics(std::sync::Arc<crate::metrics::GatewayMetrics>);
+
+    impl Metrics {
+        /// Families as `[metrics] per_key` says.
+        pub fn new(per_key: bool) -> Self {
+            let models = [
+                "gpt-4o",
+                "gpt-4o-mini",
+                "o3",
+                "claude-sonnet-4-5",
+                "text-embedding-3-small",
+            ];
+            Self(std::sync::Arc::new(crate::metrics::GatewayMetrics::new(
+                per_key,
+                ["openai", "azure", "anthropic"],
+                models,
+            )))
+        }
+
+        /// What a billed chat completion records: in flight while it runs,
+        /// its tokens and cost, its status, duration and first byte.
+        pub fn record_request(
+            &self,
+            model: &str,
+            key: (&keygate_store::KeyId, &keygate_store::AccountId),
+        ) {
+            let in_flight = self.0.in_flight();
+            let usage = keygate_billing::Usage {
+                input_tokens: 1200,
+                output_tokens: 300,
+                cached_input_tokens: 0,
+                source: keygate_billing::UsageSource::Reported,
+            };
+            self.0
+                .usage(model, key, &usage, keygate_store::Micros(6000));
+            in_flight.metrics().finished(&crate::metrics::Finished {
+                route: "/v1/chat/completions",
+                status: 200,
+                upstream: Some("openai"),
+                key: Some((key.0.as_str(), key.1.as_str())),
+                elapsed: std::time::Duration::from_millis(40),
+                first_byte: Some(std::time::Duration::from_millis(12)),
+                end: Some(crate::BodyEnd::Complete),
+            });
+        }
     }
 }

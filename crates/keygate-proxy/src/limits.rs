@@ -21,6 +21,8 @@ use keygate_billing::{
 };
 use keygate_keys::KeyKind;
 use keygate_limits::{Check, Decision, Lease, LimitError, Limits, Rate, Refused, Slot};
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 
 use crate::auth::CachedKey;
 use crate::billing::{ESTIMATE_BYTES_PER_TOKEN, shape_of};
@@ -28,6 +30,7 @@ use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::config::{LimitSettings, Tier};
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
+use crate::metrics;
 use crate::rate::{LimitKind, RateHeaders};
 
 /// The window failed authentications are counted in.
@@ -66,41 +69,36 @@ impl RequestLimiter {
             .map(|(kind, n)| (*kind, n.load(Ordering::Relaxed)))
     }
 
-    /// The limits' counters in Prometheus text: refusals by kind, and the
-    /// shared backend's failures.
-    pub(crate) fn write_metrics(&self, out: &mut String) {
-        out.push_str(
-            "# HELP keygate_limit_refusals_total Requests refused with 429, by the limit that refused.\n\
-             # TYPE keygate_limit_refusals_total counter\n",
-        );
-        for (kind, n) in self.refusals() {
-            out.push_str(&format!(
-                "keygate_limit_refusals_total{{limit=\"{}\"}} {n}\n",
-                kind.as_str()
-            ));
-        }
+    /// The limits' counters at scrape time: refusals by the limit that
+    /// refused, and the shared backend's failures.
+    pub(crate) fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        metrics::series(
+            encoder,
+            "keygate_rate_limited",
+            "Requests refused with 429, by the limit that refused.",
+            MetricType::Counter,
+            self.refusals()
+                .map(|(kind, n)| ([("limit", kind.as_str())], n)),
+        )?;
         let m = self.limits.metrics();
-        for (name, help, value) in [
-            (
-                "keygate_limit_backend_errors_total",
-                "Calls to the shared rate-limit backend (Redis) that failed or timed out.",
-                m.backend_errors,
-            ),
-            (
-                "keygate_limit_fallbacks_total",
-                "Limit checks answered in this instance because the shared backend could not.",
-                m.fallbacks,
-            ),
-            (
-                "keygate_limit_denied_total",
-                "Requests refused (503) because the shared backend could not answer.",
-                m.denied,
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        }
+        metrics::counter(
+            encoder,
+            "keygate_limit_backend_errors",
+            "Calls to the shared rate-limit backend (Redis) that failed or timed out.",
+            m.backend_errors,
+        )?;
+        metrics::counter(
+            encoder,
+            "keygate_limit_fallbacks",
+            "Limit checks answered in this instance because the shared backend could not.",
+            m.fallbacks,
+        )?;
+        metrics::counter(
+            encoder,
+            "keygate_limit_denied",
+            "Requests refused (503) because the shared backend could not answer.",
+            m.denied,
+        )
     }
 
     fn refused(&self, kind: LimitKind) {

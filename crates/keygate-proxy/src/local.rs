@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +11,12 @@ use chrono::Utc;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use keygate_store::{ApiKey, CredentialStore};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
+use crate::auth::Authenticator;
 use crate::billing::Billing;
 use crate::body::GatewayBody;
 use crate::conn::ConnectionMetrics;
@@ -18,6 +24,7 @@ use crate::context::allow_origin;
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::limits::RequestLimiter;
+use crate::metrics::{self, GatewayMetrics};
 use crate::models::key_allows_model;
 use crate::routing::Router;
 use crate::text::model_phrase;
@@ -33,6 +40,125 @@ pub(crate) struct Local {
     pub(crate) router: Arc<Router>,
     /// The limits' counters.
     pub(crate) limiter: Arc<RequestLimiter>,
+    /// The authenticator's store failures.
+    pub(crate) auth: Arc<Authenticator>,
+    /// The request path's families; `None` when metrics are off.
+    pub(crate) metrics: Option<Arc<GatewayMetrics>>,
+    /// Whether `/metrics` is answered here (not on a listener of its own).
+    pub(crate) metrics_on_gateway_port: bool,
+}
+
+/// The counters other parts keep as atomics, read at scrape time.
+#[derive(Debug)]
+struct Counters {
+    connections: Arc<ConnectionMetrics>,
+    router: Arc<Router>,
+    limiter: Arc<RequestLimiter>,
+    billing: Option<Arc<Billing>>,
+    auth: Arc<Authenticator>,
+    request_store_errors: u64,
+}
+
+impl Collector for Counters {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let e = &mut encoder;
+        let c = &self.connections;
+        metrics::gauge(
+            e,
+            "keygate_open_connections",
+            "Client connections open.",
+            i64::try_from(c.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        )?;
+        metrics::counter(
+            e,
+            "keygate_connections_waited",
+            "Times accepting paused at max_connections.",
+            c.waited.load(Ordering::Relaxed),
+        )?;
+        self.router.metrics().encode(&self.router, e)?;
+        self.limiter.encode(e)?;
+        let (feed, key_use) = self.auth.store_errors();
+        let billing = self.billing.as_ref().map(|b| b.metrics());
+        let b = billing.unwrap_or_default();
+        metrics::series(
+            e,
+            "keygate_store_errors",
+            "Store operations that failed, by what keygate was doing: answering a request (503/500), reading the key change feed, writing last_used_at, writing usage records, settling reservations, sweeping.",
+            MetricType::Counter,
+            [
+                ("request", self.request_store_errors),
+                ("key_changes", feed),
+                ("key_use", key_use),
+                ("usage_write", b.usage_write_errors),
+                ("settle", b.settle_errors),
+                ("sweep", b.sweep_errors),
+            ]
+            .map(|(operation, n)| ([("operation", operation)], n)),
+        )?;
+        let Some(m) = billing else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "keygate_billed_requests",
+                "Requests that held their upper-bound cost.",
+                m.holds,
+            ),
+            (
+                "keygate_leases_settled",
+                "Store reservations (leases) settled with a charge.",
+                m.settled,
+            ),
+            (
+                "keygate_leases_released",
+                "Store reservations (leases) released without a charge.",
+                m.released,
+            ),
+            (
+                "keygate_settle_failures",
+                "Settlements the store never took; the sweep releases them.",
+                m.settle_failures,
+            ),
+            (
+                "keygate_refused_for_balance",
+                "Requests refused with 402.",
+                m.refused,
+            ),
+            (
+                "keygate_usage_records_written",
+                "Usage records stored.",
+                m.records_written,
+            ),
+            (
+                "keygate_usage_records_dropped",
+                "Usage records lost: the queue was full, or the store stayed unreachable through shutdown.",
+                m.records_dropped,
+            ),
+            (
+                "keygate_usage_estimated",
+                "Answers billed on estimated usage.",
+                m.usage_estimated,
+            ),
+            (
+                "keygate_usage_unknown",
+                "Answers with no usage reported.",
+                m.usage_unknown,
+            ),
+            (
+                "keygate_usage_capped",
+                "Answers charged less than the upstream's figures would cost (clamped counts, or cut to the reservation).",
+                m.usage_capped,
+            ),
+            (
+                "keygate_settlements_capped",
+                "Lease settlements cut to what the account and key could pay.",
+                m.settlements_capped,
+            ),
+        ] {
+            metrics::counter(e, name, help, value)?;
+        }
+        Ok(())
+    }
 }
 
 impl Local {
@@ -41,100 +167,39 @@ impl Local {
         Some(match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET, "/readyz") => self.readiness().await,
-            (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::GET, "/metrics") if self.metrics_on_gateway_port => self.metrics()?,
             (&Method::OPTIONS, _) => preflight(request.headers()),
             _ => return None,
         })
     }
 
-    /// Prometheus text: connection counts, upstream attempts and health,
-    /// billing counters when billing is on, and the limits' counters.
-    fn metrics(&self) -> Response<GatewayBody> {
-        let c = &self.connections;
-        let mut out = format!(
-            "# HELP keygate_connections_open Client connections open.\n\
-             # TYPE keygate_connections_open gauge\n\
-             keygate_connections_open {}\n\
-             # HELP keygate_connections_waited_total Times accepting paused at max_connections.\n\
-             # TYPE keygate_connections_waited_total counter\n\
-             keygate_connections_waited_total {}\n",
-            c.open.load(std::sync::atomic::Ordering::Relaxed),
-            c.waited.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        self.router.metrics().render(&self.router, &mut out);
-        if let Some(billing) = &self.billing {
-            let m = billing.metrics();
-            for (name, help, value) in [
-                (
-                    "keygate_billed_requests_total",
-                    "Requests that held their upper-bound cost.",
-                    m.holds,
-                ),
-                (
-                    "keygate_leases_settled_total",
-                    "Store reservations (leases) settled with a charge.",
-                    m.settled,
-                ),
-                (
-                    "keygate_leases_released_total",
-                    "Store reservations (leases) released without a charge.",
-                    m.released,
-                ),
-                (
-                    "keygate_settle_failures_total",
-                    "Settlements the store never took; the sweep releases them.",
-                    m.settle_failures,
-                ),
-                (
-                    "keygate_refused_for_balance_total",
-                    "Requests refused with 402.",
-                    m.refused,
-                ),
-                (
-                    "keygate_usage_records_written_total",
-                    "Usage records stored.",
-                    m.records_written,
-                ),
-                (
-                    "keygate_usage_records_dropped_total",
-                    "Usage records lost.",
-                    m.records_dropped,
-                ),
-                (
-                    "keygate_usage_estimated_total",
-                    "Answers billed on estimated usage.",
-                    m.usage_estimated,
-                ),
-                (
-                    "keygate_usage_unknown_total",
-                    "Answers with no usage reported.",
-                    m.usage_unknown,
-                ),
-                (
-                    "keygate_usage_capped_total",
-                    "Answers charged less than the upstream's figures would cost (clamped counts, or cut to the reservation).",
-                    m.usage_capped,
-                ),
-                (
-                    "keygate_settlements_capped_total",
-                    "Lease settlements cut to what the account and key could pay.",
-                    m.settlements_capped,
-                ),
-            ] {
-                out.push_str(&format!(
-                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-                ));
-            }
-        }
-        self.limiter.write_metrics(&mut out);
-        let mut response = Response::new(GatewayBody::full(out));
+    /// `/metrics`, unless metrics are off (then it is an unknown route).
+    fn metrics(&self) -> Option<Response<GatewayBody>> {
+        let mut response = Response::new(GatewayBody::full(self.exposition()?));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
         );
-        response
+        Some(response)
     }
 
+    /// One scrape's exposition, or `None` when metrics are off: the request
+    /// path's families, and the counters the connections, upstreams, limits,
+    /// billing and the store keep.
+    pub(crate) fn exposition(&self) -> Option<String> {
+        let families = self.metrics.as_ref()?;
+        let mut registry = Registry::default();
+        families.register(&mut registry);
+        registry.register_collector(Box::new(Counters {
+            connections: Arc::clone(&self.connections),
+            router: Arc::clone(&self.router),
+            limiter: Arc::clone(&self.limiter),
+            billing: self.billing.clone(),
+            auth: Arc::clone(&self.auth),
+            request_store_errors: families.request_store_errors(),
+        }));
+        Some(metrics::encode(&registry))
+    }
     async fn readiness(&self) -> Response<GatewayBody> {
         let ping = tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await;
         match ping {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, request};
+use http::{Request, Response, StatusCode, request};
 use hyper::body::Incoming;
 use keygate_store::ApiKey;
 
@@ -24,6 +24,7 @@ use crate::error::ProxyError;
 use crate::failover::{Attempts, Served};
 use crate::gateway::{Exchange, Gateway};
 use crate::local::Models;
+use crate::metrics::GatewayMetrics;
 use crate::own_view;
 use crate::policy;
 use crate::probe::{self, Probed};
@@ -39,10 +40,12 @@ impl Gateway {
             return response;
         }
         let mut ctx = RequestContext::new(request.method().clone());
+        ctx.log.meter = self.metrics.as_ref().map(GatewayMetrics::in_flight);
         let (parts, mut body) = request.into_parts();
         let mut response = match self.serve(&parts, &mut body, &mut ctx).await {
             Ok(mut response) => {
                 ctx.add_cors(response.headers_mut());
+                ctx.log.log_answer(response.status());
                 response
             }
             Err(error) => ctx.fail(error),
@@ -65,6 +68,9 @@ impl Gateway {
         let authed = self.authenticate(parts, ctx).await?;
         let key = &authed.key.key;
         ctx.log.key_id = Some(key.id.as_str().to_owned());
+        if self.metrics.as_ref().is_some_and(|m| m.per_key()) {
+            ctx.log.account_id = Some(key.account_id.as_str().to_owned());
+        }
         policy::admit_key(&authed.key, endpoint, &parts.headers, ctx)?;
         if own_view::serves(endpoint) {
             policy::admit_limits(&self.limiter, &authed.key, None, ctx).await?;
@@ -237,6 +243,10 @@ impl Gateway {
             .authenticate(&parts.headers, parts.uri.query(), ctx.now)
             .await;
         if let Err(error) = &authed {
+            let kind = error.kind();
+            if let (Some(metrics), StatusCode::UNAUTHORIZED) = (&self.metrics, kind.status) {
+                metrics.auth_failed(kind.code);
+            }
             self.limiter.auth_failed(ctx.client, error).await;
         }
         authed
@@ -274,9 +284,12 @@ impl Gateway {
             client_name: probe::client_name(&parts.headers),
             client_ip: ctx.client,
         };
-        let (charge, body) = billing
+        let (mut charge, body) = billing
             .admit(admission, body, ctx.now, ctx.started())
             .await?;
+        if let Some(metrics) = &self.metrics {
+            charge.count_in(Arc::clone(metrics));
+        }
         ctx.charge = Some(charge);
         Ok(Probed {
             body,

@@ -26,7 +26,7 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    /// The label on `keygate_limit_refusals_total`.
+    /// The label on `keygate_rate_limited_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Requests => "requests",

@@ -16,9 +16,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+
 use crate::endpoint::ProviderKind;
 use crate::error::ProxyError;
 use crate::health::{BreakerSettings, Gate, KeyHealth};
+use crate::metrics;
 use crate::text::model_phrase;
 use crate::upstream::Upstream;
 
@@ -142,87 +146,150 @@ impl Candidates {
 #[derive(Debug, Default)]
 pub struct RoutingMetrics {
     names: Vec<String>,
-    attempts: Vec<AtomicU64>,
-    failures: Vec<AtomicU64>,
+    /// Per upstream, one counter per [`Attempt`].
+    attempts: Vec<[AtomicU64; Attempt::ALL.len()]>,
     retries: AtomicU64,
     breaker_opened: Vec<AtomicU64>,
     keys_disabled: Vec<AtomicU64>,
 }
 
+/// How one upstream attempt went, as `keygate_upstream_attempts_total` labels
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// An answer that says nothing against the upstream.
+    Answered,
+    /// No connection: refused, reset, TLS failed.
+    ConnectError,
+    /// No answer before `timeouts.first_byte`.
+    Timeout,
+    /// 429.
+    RateLimited,
+    /// 5xx.
+    ServerError,
+    /// 401 or 403 to the provider key.
+    KeyRefused,
+}
+
+impl Attempt {
+    const ALL: [Attempt; 6] = [
+        Self::Answered,
+        Self::ConnectError,
+        Self::Timeout,
+        Self::RateLimited,
+        Self::ServerError,
+        Self::KeyRefused,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::ConnectError => "connect_error",
+            Self::Timeout => "timeout",
+            Self::RateLimited => "rate_limited",
+            Self::ServerError => "server_error",
+            Self::KeyRefused => "key_refused",
+        }
+    }
+}
+
 impl RoutingMetrics {
     fn new(upstreams: &[Arc<Upstream>]) -> Self {
         let zeros = || upstreams.iter().map(|_| AtomicU64::new(0)).collect();
-        // Label values escaped as the Prometheus text format wants them.
-        let label = |name: &str| {
-            name.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        };
         Self {
-            names: upstreams.iter().map(|u| label(u.name())).collect(),
-            attempts: zeros(),
-            failures: zeros(),
+            names: upstreams.iter().map(|u| u.name().to_owned()).collect(),
+            attempts: upstreams.iter().map(|_| Default::default()).collect(),
             retries: AtomicU64::new(0),
             breaker_opened: zeros(),
             keys_disabled: zeros(),
         }
     }
 
-    /// Prometheus text for these counters, and whether each upstream's breaker
-    /// is open now.
-    pub(crate) fn render(&self, router: &Router, out: &mut String) {
+    fn attempted(&self, upstream: usize, attempt: Attempt) {
+        if let Some(counters) = self.attempts.get(upstream) {
+            bump(counters, attempt as usize);
+        }
+    }
+
+    /// These counters at scrape time, and each upstream's breaker now.
+    pub(crate) fn encode(
+        &self,
+        router: &Router,
+        encoder: &mut DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
         let now = Instant::now();
-        let series = [
-            (
-                "keygate_upstream_attempts_total",
-                "counter",
-                "Requests sent to an upstream, retries included.",
-                &self.attempts,
-            ),
-            (
-                "keygate_upstream_failures_total",
-                "counter",
-                "Attempts that failed: connection, timeout, 429 or 5xx.",
-                &self.failures,
-            ),
-            (
-                "keygate_upstream_breaker_opened_total",
-                "counter",
-                "Times an upstream's or provider key's breaker opened.",
-                &self.breaker_opened,
-            ),
-            (
-                "keygate_provider_keys_disabled_total",
-                "counter",
-                "Provider keys taken out after a 401 or 403 from the provider.",
-                &self.keys_disabled,
-            ),
-        ];
-        for (name, kind, help, values) in series {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (upstream, value) in self.names.iter().zip(values) {
-                let value = value.load(Ordering::Relaxed);
-                out.push_str(&format!("{name}{{upstream=\"{upstream}\"}} {value}\n"));
-            }
-        }
-        out.push_str(
-            "# HELP keygate_upstream_retries_total Attempts after the first of a request.\n\
-             # TYPE keygate_upstream_retries_total counter\n",
-        );
-        out.push_str(&format!(
-            "keygate_upstream_retries_total {}\n",
-            self.retries.load(Ordering::Relaxed)
-        ));
-        out.push_str(
-            "# HELP keygate_upstream_up Whether an upstream takes requests now: its breaker closed, or cooled down for a trial (this instance).\n\
-             # TYPE keygate_upstream_up gauge\n",
-        );
-        for (i, upstream) in self.names.iter().enumerate() {
-            let up = u8::from(!router.health[i].breaker.is_out(now));
-            out.push_str(&format!(
-                "keygate_upstream_up{{upstream=\"{upstream}\"}} {up}\n"
-            ));
-        }
+        let upstream = |name: &str| [("upstream", name.to_owned())];
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metrics::series(
+            encoder,
+            "keygate_upstream_attempts",
+            "Requests sent to an upstream (retries included), by how the attempt went.",
+            MetricType::Counter,
+            self.names
+                .iter()
+                .zip(&self.attempts)
+                .flat_map(|(name, counters)| {
+                    Attempt::ALL.iter().zip(counters).map(move |(attempt, n)| {
+                        (
+                            [
+                                ("upstream", name.clone()),
+                                ("outcome", attempt.as_str().to_owned()),
+                            ],
+                            load(n),
+                        )
+                    })
+                }),
+        )?;
+        metrics::counter(
+            encoder,
+            "keygate_upstream_retries",
+            "Attempts after the first of a request.",
+            load(&self.retries),
+        )?;
+        metrics::series(
+            encoder,
+            "keygate_upstream_breaker_opened",
+            "Times an upstream's or provider key's breaker opened.",
+            MetricType::Counter,
+            self.names
+                .iter()
+                .zip(&self.breaker_opened)
+                .map(|(name, n)| (upstream(name), load(n))),
+        )?;
+        metrics::series(
+            encoder,
+            "keygate_provider_keys_disabled",
+            "Provider keys taken out after a 401 or 403 from the provider.",
+            MetricType::Counter,
+            self.names
+                .iter()
+                .zip(&self.keys_disabled)
+                .map(|(name, n)| (upstream(name), load(n))),
+        )?;
+        metrics::series(
+            encoder,
+            "keygate_upstream_up",
+            "Whether an upstream takes requests now: its breaker closed, or cooled down for a trial (this instance).",
+            MetricType::Gauge,
+            self.names
+                .iter()
+                .zip(&router.health)
+                .map(|(name, health)| (upstream(name), u64::from(!health.breaker.is_out(now)))),
+        )?;
+        metrics::series(
+            encoder,
+            "keygate_upstream_breaker_state",
+            "An upstream's breaker in this instance: 0 closed, 1 half-open (a trial may go), 2 open.",
+            MetricType::Gauge,
+            self.names.iter().zip(&router.health).map(|(name, health)| {
+                let state = match health.breaker.gate(now) {
+                    Gate::Closed => 0,
+                    Gate::Trial => 1,
+                    Gate::Shut => 2,
+                };
+                (upstream(name), state)
+            }),
+        )
     }
 }
 
@@ -230,6 +297,17 @@ fn bump(counters: &[AtomicU64], i: usize) {
     if let Some(counter) = counters.get(i) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Why an upstream failed an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// No connection, or it broke before the answer's head.
+    Connection,
+    /// No answer in time.
+    Timeout,
+    /// A 5xx answer.
+    ServerError,
 }
 
 /// How an attempt went, as health sees it.
@@ -240,7 +318,7 @@ pub(crate) enum Outcome {
     Answered,
     /// The connection failed or timed out, or the upstream answered 5xx
     /// (with its `Retry-After`, when given).
-    UpstreamFailed(Option<Duration>),
+    UpstreamFailed(Failure, Option<Duration>),
     /// 429: the provider key is being limited; `Retry-After` when given.
     RateLimited(Option<Duration>),
     /// 401 or 403 to the provider key.
@@ -527,7 +605,17 @@ impl Router {
         let health = &self.health[target.upstream];
         let key = &health.keys[target.key];
         let m = &self.metrics;
-        bump(&m.attempts, target.upstream);
+        m.attempted(
+            target.upstream,
+            match outcome {
+                Outcome::Answered => Attempt::Answered,
+                Outcome::UpstreamFailed(Failure::Connection, _) => Attempt::ConnectError,
+                Outcome::UpstreamFailed(Failure::Timeout, _) => Attempt::Timeout,
+                Outcome::UpstreamFailed(Failure::ServerError, _) => Attempt::ServerError,
+                Outcome::RateLimited(_) => Attempt::RateLimited,
+                Outcome::KeyRefused => Attempt::KeyRefused,
+            },
+        );
         if retry {
             m.retries.fetch_add(1, Ordering::Relaxed);
         }
@@ -537,15 +625,13 @@ impl Router {
                 key.breaker.succeeded();
                 false
             }
-            Outcome::UpstreamFailed(wait) => {
-                bump(&m.failures, target.upstream);
+            Outcome::UpstreamFailed(_, wait) => {
                 if let Some(wait) = wait {
                     health.breaker.hold_off(now + wait);
                 }
                 health.breaker.failed(now)
             }
             Outcome::RateLimited(wait) => {
-                bump(&m.failures, target.upstream);
                 if let Some(wait) = wait {
                     key.breaker.hold_off(now + wait);
                 }

@@ -308,3 +308,85 @@ impl Drop for OpenConnection {
         self.metrics.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// Connections the metrics listener serves at once.
+const METRICS_CONNECTIONS: usize = 16;
+/// How long a scraper has to send its request head.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `GET /metrics` (the gateway's exposition, see
+/// [`Gateway::metrics_text`]) on `listener` until `shutdown`, over plain
+/// HTTP/1.1: for `[metrics] listen`, a port that only the scraper reaches.
+/// Anything else is 404; at most 16 connections at once.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let tcp = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let gateway = Arc::clone(&gateway);
+        let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let response = metrics_answer(&gateway, &request);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(METRICS_HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(tcp), service);
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            let _slot = slot;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // A scrape takes milliseconds: a short wait, then the rest are closed.
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+fn metrics_answer<B>(
+    gateway: &Gateway,
+    request: &hyper::Request<B>,
+) -> hyper::Response<crate::GatewayBody> {
+    let text = (request.method() == hyper::Method::GET && request.uri().path() == "/metrics")
+        .then(|| gateway.metrics_text())
+        .flatten();
+    match text {
+        Some(text) => {
+            let mut response = hyper::Response::new(crate::GatewayBody::full(text));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        None => crate::ProxyError::UnknownRoute.into_response(),
+    }
+}

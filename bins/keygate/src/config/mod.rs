@@ -7,7 +7,8 @@
 //! `auth` (key prefix, query parameter, auth cache), `upstreams` (timeouts and
 //! upstreams with their provider keys, priorities, weights and signing),
 //! `routing` (retries, affinity, breakers), `billing` (prices, billing, privacy),
-//! `limits` (`[limits]`, `[public_keys]`, trusted proxies), `control` (`[admin]`, `[keys]`);
+//! `limits` (`[limits]`, `[public_keys]`, trusted proxies), `control` (`[admin]`, `[keys]`),
+//! `metrics` (`[metrics]`);
 //! `duration` is how they all read a duration, `builtin` the configuration without
 //! a file. The sections import only `duration`, never each other or this module.
 
@@ -17,6 +18,7 @@ mod builtin;
 mod control;
 mod duration;
 mod limits;
+mod metrics;
 mod routing;
 mod server;
 mod upstreams;
@@ -61,6 +63,8 @@ pub(crate) struct Config {
     pub(crate) control: ControlConfig,
     /// Where rate limits are kept.
     pub(crate) limits: LimitsBackend,
+    /// `/metrics` on a listener of its own, when `[metrics] listen` is set.
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 /// Variables the environment can override. `keygate-admin` applies the same two
@@ -162,9 +166,11 @@ fn validate(
         overrides.redis_url.as_deref(),
     )?;
     let trusted_proxies = limits::trusted_proxies(raw.server.as_ref())?;
+    let metrics = metrics::metrics(raw.metrics.as_ref())?;
     let mut proxy = ProxyConfig::new(key_prefix, upstreams);
     proxy.limits = limit_settings;
     proxy.trusted_proxies = trusted_proxies;
+    proxy.metrics = metrics.settings;
     proxy.query_param = query_param;
     proxy.max_body_bytes = max_body_bytes;
     proxy.body_read_timeout = body_read_timeout;
@@ -184,6 +190,7 @@ fn validate(
         billing,
         control,
         limits,
+        metrics_listen: metrics.listen,
     })
 }
 

@@ -12,6 +12,7 @@
 mod admin_api;
 mod console;
 mod limits;
+mod metrics;
 mod privacy;
 
 use std::path::Path;

@@ -19,6 +19,7 @@ use super::metrics::bump;
 use super::usage_writer::UsageWriter;
 use crate::body::{BodyEnd, BodyFilter, BodyObserver, GatewayBody};
 use crate::endpoint::Endpoint;
+use crate::metrics::GatewayMetrics;
 
 /// Bytes of request body counted as one input token when usage has to be
 /// estimated. About four bytes of English text make a token in OpenAI's and
@@ -45,6 +46,8 @@ pub(crate) struct Charge {
     /// Taken when the request is billed; a charge dropped with it still here
     /// was cut short (the client left, or a panic).
     record: Option<UsageRecord>,
+    /// Where the request's tokens and cost are counted, when metrics are on.
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 /// What [`Charge::new`] needs besides the writer.
@@ -78,7 +81,13 @@ impl Charge {
             started: parts.started,
             reader: None,
             record: Some(parts.record),
+            metrics: None,
         }
+    }
+
+    /// Counts the request's tokens and cost in `metrics` when it settles.
+    pub(crate) fn count_in(&mut self, metrics: Arc<GatewayMetrics>) {
+        self.metrics = Some(metrics);
     }
 
     /// Attaches the charge to the upstream's answer: it reads usage from the
@@ -242,6 +251,14 @@ impl BodyObserver for Charge {
             }
         }
         record.cost = charged;
+        if let (Some(metrics), Some(usage)) = (&self.metrics, &usage) {
+            metrics.usage(
+                &record.model,
+                (&record.key_id, &record.account_id),
+                usage,
+                charged,
+            );
+        }
         record.latency_ms = millis(self.started.elapsed());
         if end != BodyEnd::Complete && success {
             // What the client got is not what the upstream meant to send.

@@ -35,6 +35,14 @@ pub struct BillingMetrics {
     /// key could not pay it all (only with `charge_beyond_reservation`), or a
     /// retried settlement found its first attempt had gone through.
     pub settlements_capped: AtomicU64,
+    /// Usage-record writes the store failed (retried; nothing is dropped
+    /// unless `records_dropped` says so).
+    pub usage_write_errors: AtomicU64,
+    /// Settlements or releases the store failed (retried, then left to the
+    /// sweep).
+    pub settle_errors: AtomicU64,
+    /// Sweeps and purges the store failed.
+    pub sweep_errors: AtomicU64,
 }
 
 /// A snapshot of [`BillingMetrics`].
@@ -64,6 +72,12 @@ pub struct BillingSnapshot {
     pub usage_capped: u64,
     /// See [`BillingMetrics::settlements_capped`].
     pub settlements_capped: u64,
+    /// See [`BillingMetrics::usage_write_errors`].
+    pub usage_write_errors: u64,
+    /// See [`BillingMetrics::settle_errors`].
+    pub settle_errors: u64,
+    /// See [`BillingMetrics::sweep_errors`].
+    pub sweep_errors: u64,
 }
 
 impl BillingMetrics {
@@ -83,6 +97,9 @@ impl BillingMetrics {
             usage_unknown: get(&self.usage_unknown),
             usage_capped: get(&self.usage_capped),
             settlements_capped: get(&self.settlements_capped),
+            usage_write_errors: get(&self.usage_write_errors),
+            settle_errors: get(&self.settle_errors),
+            sweep_errors: get(&self.sweep_errors),
         }
     }
 }

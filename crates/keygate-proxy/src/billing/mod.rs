@@ -143,7 +143,10 @@ impl Billing {
         match self.ledger.sweep_reservations(Utc::now()).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(released = n, "billing: expired reservations released"),
-            Err(e) => tracing::warn!(error = %e, "billing: reservation sweep failed"),
+            Err(e) => {
+                bump(&self.writer.metrics().sweep_errors);
+                tracing::warn!(error = %e, "billing: reservation sweep failed");
+            }
         }
     }
 
@@ -161,7 +164,10 @@ impl Billing {
         match self.ledger.purge_usage(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "billing: old usage records purged"),
-            Err(e) => tracing::warn!(error = %e, "billing: usage purge failed"),
+            Err(e) => {
+                bump(&self.writer.metrics().sweep_errors);
+                tracing::warn!(error = %e, "billing: usage purge failed");
+            }
         }
     }
 

@@ -91,6 +91,7 @@ async fn settle(
                 return true;
             }
             Err(e) if started.elapsed() > give_up => {
+                bump(&metrics.settle_errors);
                 tracing::error!(
                     error = %e,
                     reservation = %reservation.id,
@@ -100,6 +101,7 @@ async fn settle(
                 return false;
             }
             Err(e) => {
+                bump(&metrics.settle_errors);
                 if !warned {
                     warned = true;
                     tracing::warn!(error = %e, reservation = %reservation.id, "billing: cannot settle yet; retrying");

@@ -345,6 +345,7 @@ async fn write(
                             let unwritten: Vec<UsageRecord> =
                                 std::iter::once(record).chain(rest).collect();
                             batch.splice(..0, unwritten);
+                            metrics.usage_write_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, pending = batch.len(), "billing: cannot write usage records; retrying");
                             return false;
                         }
@@ -352,6 +353,7 @@ async fn write(
                 }
             }
             Err(e) => {
+                metrics.usage_write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, pending = batch.len(), "billing: cannot write usage records; retrying");
                 return false;
             }

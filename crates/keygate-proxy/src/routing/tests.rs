@@ -126,12 +126,12 @@ fn a_tier_is_left_only_when_every_candidate_is_out() {
         key: 0,
     };
     // Two failures open a's breaker: every pick goes to b.
-    r.report(a, Outcome::UpstreamFailed(None), false);
-    r.report(a, Outcome::UpstreamFailed(None), false);
+    r.report(a, Outcome::UpstreamFailed(Failure::Connection, None), false);
+    r.report(a, Outcome::UpstreamFailed(Failure::Connection, None), false);
     assert_eq!(picks(&r, 20), [0, 20, 0]);
     // b out too: the next tier.
-    r.report(b, Outcome::UpstreamFailed(None), false);
-    r.report(b, Outcome::UpstreamFailed(None), false);
+    r.report(b, Outcome::UpstreamFailed(Failure::Connection, None), false);
+    r.report(b, Outcome::UpstreamFailed(Failure::Connection, None), false);
     assert_eq!(picks(&r, 5), [0, 0, 5]);
     // A request that tried c goes back to the least recently failed of a
     // and b rather than being refused.
@@ -217,7 +217,7 @@ fn a_half_open_breaker_lets_exactly_one_trial_through() {
         upstream: 0,
         key: 0,
     };
-    r.report(a, Outcome::UpstreamFailed(None), false);
+    r.report(a, Outcome::UpstreamFailed(Failure::Connection, None), false);
     // Wait out the 1 ms cooldown without asserting on time.
     while r.health[0].breaker.gate(Instant::now()) != Gate::Trial {
         std::thread::sleep(Duration::from_millis(1));

@@ -173,7 +173,7 @@ async fn connections_past_the_limit_wait_until_one_closes() {
         .unwrap();
     assert!(waited >= 1, "{metrics}");
     assert!(
-        metrics.contains("keygate_connections_open 20\n"),
+        metrics.contains("keygate_open_connections 20\n"),
         "{metrics}"
     );
 }
@@ -380,7 +380,7 @@ async fn idle_connections_past_the_limit_wait_in_the_backlog() {
     for _ in 0..LIMIT + BACKLOGGED {
         idle.push(Raw::connect(&gw).await);
     }
-    metric_becomes(&mut watcher, "keygate_connections_open", LIMIT as u64).await;
+    metric_becomes(&mut watcher, "keygate_open_connections", LIMIT as u64).await;
     watcher.send(&get("/metrics")).await;
     let text = String::from_utf8(watcher.reply().await.unwrap().body).unwrap();
     assert!(
@@ -388,7 +388,7 @@ async fn idle_connections_past_the_limit_wait_in_the_backlog() {
         "{text}"
     );
     drop(idle);
-    metric_becomes(&mut watcher, "keygate_connections_open", 1).await;
+    metric_becomes(&mut watcher, "keygate_open_connections", 1).await;
 }
 
 /// 150 connections that never send a byte, against `max_connections = 40` and
@@ -421,5 +421,5 @@ async fn silent_connections_past_the_limit_are_all_closed() {
     let mut fresh = Raw::connect(&gw).await;
     fresh.send(&get("/healthz")).await;
     assert_eq!(fresh.reply().await.unwrap().status, 200);
-    metric_becomes(&mut fresh, "keygate_connections_open", 1).await;
+    metric_becomes(&mut fresh, "keygate_open_connections", 1).await;
 }

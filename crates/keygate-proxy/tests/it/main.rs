@@ -15,6 +15,7 @@ mod failover;
 mod faults;
 mod harness;
 mod inputs;
+mod metrics;
 mod objects;
 mod proxy;
 mod signing;
