@@ -313,15 +313,26 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
     let zero = start_gateway(gateway("zero", true, String::new()), &proxy_launch).await?;
     let mut sink = None;
     let mut observed = Vec::new();
+    let mut skipped = Vec::new();
     if observability {
         let otlp = ServerChild::start(&["--serve-otlp-sink"], &Launch::pinned(pins.mock)).await?;
         let metrics_off = gateway("metrics-off", false, METRICS_OFF.to_owned());
         let traced = gateway("traced", false, tracing_config(&otlp.url));
-        for spec in [metrics_off, traced] {
-            let gateway = start_gateway(spec, &proxy_launch)
-                .await
-                .context(OBSERVABILITY_HINT)?;
-            observed.push(gateway);
+        for (arm, spec) in OBSERVABILITY_ARMS.into_iter().zip([metrics_off, traced]) {
+            // An arm whose config keys this keygate does not know yet is left
+            // out with a note; the other arms still run.
+            match start_gateway(spec, &proxy_launch).await {
+                Ok(gateway) => observed.push((arm, gateway)),
+                Err(e) => {
+                    let first = format!("{e:#}");
+                    let first = first.lines().next().unwrap_or_default().to_owned();
+                    println!("  the {} arm is left out: {first}", arm.label());
+                    skipped.push(format!(
+                        "The {} arm did not run: {OBSERVABILITY_HINT}, and this one refused its config ({first}).",
+                        arm.label()
+                    ));
+                }
+            }
         }
         sink = Some(otlp);
     }
@@ -363,17 +374,15 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         &zero.key,
         zero.process.pid(),
     )?;
-    for (arm, gateway) in OBSERVABILITY_ARMS.into_iter().zip(&observed) {
+    for (arm, gateway) in &observed {
         add(
-            arm,
+            *arm,
             gateway.process.addr,
             &gateway.key,
             gateway.process.pid(),
         )?;
     }
-    if observability {
-        arms.active.extend(OBSERVABILITY_ARMS);
-    }
+    arms.active.extend(observed.iter().map(|(arm, _)| *arm));
     let plain = Bytes::from(chat_body(false).to_string());
     let streamed = Bytes::from(chat_body(true).to_string());
     for &arm in &arms.active {
@@ -513,8 +522,11 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         usage(&zero.database_url, &zero.account).await?,
     ];
     let load_after = loadavg();
-    let mut notes = Vec::new();
-    for gateway in [&priced, &zero].into_iter().chain(&observed) {
+    let mut notes = skipped;
+    for gateway in [&priced, &zero]
+        .into_iter()
+        .chain(observed.iter().map(|(_, gateway)| gateway))
+    {
         notes.extend(gateway_warnings(gateway));
     }
     for (name, errors) in [
@@ -547,7 +559,10 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         }
         sink.stop().await;
     }
-    for gateway in [priced, zero].into_iter().chain(observed) {
+    for gateway in [priced, zero]
+        .into_iter()
+        .chain(observed.into_iter().map(|(_, gateway)| gateway))
+    {
         let name = gateway.name;
         if !gateway.process.stop().await {
             notes.push(format!(

@@ -497,24 +497,26 @@ pub(crate) fn markdown(results: &Results, meta: &Meta) -> String {
         out,
         "- **keygate**: the `keygate` binary with a SQLite database, a real key and billing on with the default `[billing]` settings (`gpt-4o-mini` is priced, so every request is held against the balance, settled and written as a usage record), request log at `info` to a file;"
     );
-    let _ = writeln!(
-        out,
-        "- **keygate, zero prices**: the same with every price at 0.0 (nothing to hold; usage still recorded){}",
-        if arms.contains(&Arm::KeygateMetricsOff) {
-            ";"
-        } else {
-            ".\n"
-        }
-    );
+    let mut described = vec![(
+        Arm::KeygateZero,
+        "the same with every price at 0.0 (nothing to hold; usage still recorded)",
+    )];
     if arms.contains(&Arm::KeygateMetricsOff) {
-        let _ = writeln!(
-            out,
-            "- **keygate, metrics off**: keygate with `[metrics] enabled = false` (`--observability`);"
-        );
-        let _ = writeln!(
-            out,
-            "- **keygate, traced**: keygate with `[tracing] otlp_endpoint` at the bench's OTLP sink (`--observability`; a process that answers every POST 200 with an empty body and counts bytes).\n"
-        );
+        described.push((
+            Arm::KeygateMetricsOff,
+            "keygate with `[metrics] enabled = false` (`--observability`; the keygate arm keeps the default, metrics on)",
+        ));
+    }
+    if arms.contains(&Arm::KeygateTraced) {
+        described.push((
+            Arm::KeygateTraced,
+            "keygate with `[tracing] otlp_endpoint` at the bench's OTLP sink (`--observability`; a process that answers every POST 200 with an empty body and counts bytes)",
+        ));
+    }
+    let last = described.len() - 1;
+    for (i, (arm, text)) in described.into_iter().enumerate() {
+        let end = if i == last { ".\n" } else { ";" };
+        let _ = writeln!(out, "- **{}**: {text}{end}", arm.label());
     }
     let mut heading = String::from("| figure |");
     let mut rule = String::from("|---|");
