@@ -28,7 +28,8 @@ use crate::bench_report::{self, ARM_COUNT, ARMS, Arm, Meta, OBSERVABILITY_ARMS, 
 use crate::bench_serve::{self, Launch, ServerChild};
 use crate::bench_setup::{
     Gateway, GatewaySpec, METRICS_OFF, OBSERVABILITY_HINT, PROVIDER_KEY, Pins, Upstream, build,
-    chat_body, commit, loadavg, nginx_version, rustc, start_gateway, tracing_config, usage,
+    chat_body, commit, loadavg, nginx_version, refusal, rustc, start_gateway, tracing_config,
+    usage,
 };
 
 /// What `cargo xtask bench` was asked to do.
@@ -324,8 +325,7 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
             match start_gateway(spec, &proxy_launch).await {
                 Ok(gateway) => observed.push((arm, gateway)),
                 Err(e) => {
-                    let first = format!("{e:#}");
-                    let first = first.lines().next().unwrap_or_default().to_owned();
+                    let first = refusal(&format!("{e:#}"));
                     println!("  the {} arm is left out: {first}", arm.label());
                     skipped.push(format!(
                         "The {} arm did not run: {OBSERVABILITY_HINT}, and this one refused its config ({first}).",

@@ -169,8 +169,14 @@ pub(crate) async fn run(setup: Setup) -> Result<(String, bool)> {
     }
     let _ = writeln!(out);
     for (server, error) in &failures {
-        let error = error.lines().next().unwrap_or_default();
-        let _ = writeln!(out, "- {} could not be counted: {error}", server.label());
+        let first = error.lines().next().unwrap_or_default();
+        let why = bench::refusal(error);
+        let why = if why == first {
+            why
+        } else {
+            format!("{first} {why}")
+        };
+        let _ = writeln!(out, "- {} could not be counted: {why}", server.label());
     }
     let _ = writeln!(
         out,

@@ -89,6 +89,17 @@ pub(crate) fn nginx_version(nginx: &Path) -> String {
         .unwrap_or_else(|| "nginx (version unknown)".to_owned())
 }
 
+/// The line of a start failure that says why (keygate's `unknown field …`
+/// without the config's temporary path), else its first line.
+pub(crate) fn refusal(error: &str) -> String {
+    error
+        .lines()
+        .find_map(|line| line.find("unknown field").map(|at| &line[at..]))
+        .or_else(|| error.lines().next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// What the `keygate, traced` arm adds to its config: spans to the sink at `url`.
 pub(crate) fn tracing_config(url: &str) -> String {
     format!("[tracing]\notlp_endpoint = \"{url}\"\n")
