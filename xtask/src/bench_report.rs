@@ -588,7 +588,7 @@ pub(crate) fn markdown(results: &Results, meta: &Meta) -> String {
     );
     let _ = writeln!(out, "\nHow the figures are taken:\n");
     let stream_note = if meta.nginx_upstream {
-        "Streams: chat completions with `\"stream\": true` (and `Accept: text/event-stream`, which the nginx upstream answers with its canned stream, all events at once, so the gaps between tokens are not a pacing figure here); 4 connections. First event: from sending the request to the first SSE event."
+        "Streams: chat completions with `\"stream\": true` (and `Accept: text/event-stream`, which the nginx upstream answers with its canned stream, all events at once, so the gaps between tokens are not measured); 4 connections. First event: from sending the request to the first SSE event."
     } else {
         "Streams: chat completions with `\"stream\": true`; the mock (with `TCP_NODELAY`) sends a role chunk at once, then 10 one-word chunks 5 ms apart; 4 connections. First event: from sending the request to the first SSE event. Gap between tokens: between consecutive content chunks."
     };
