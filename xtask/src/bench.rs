@@ -1,14 +1,17 @@
-//! `bench`: what keygate adds to a request, run by
-//! `cargo xtask bench [--quick] [--pin] [--no-write]`.
+//! `bench`: what keygate adds to a request, run by `cargo xtask bench [--quick]
+//! [--pin] [--no-write] [--upstream mock|nginx] [--observability] [--callgrind]`.
 //!
 //! It builds release binaries (re-running itself as the release build), starts
-//! the mock upstream and a bare hyper passthrough proxy (the baseline) as
-//! processes of this binary, and two `keygate` processes with SQLite databases
-//! and real keys: one with billing on a priced model, one with every price at
-//! zero. The load generator in this process drives four arms — direct to the
-//! mock, baseline, keygate, keygate with zero prices — through the same figures,
+//! the upstream (the mock, a process of this binary, or nginx with canned
+//! answers), a bare hyper passthrough proxy (the baseline, a process of this
+//! binary), nginx as a reverse proxy with upstream keep-alive, and two
+//! `keygate` processes with SQLite databases and real keys: one with billing on
+//! a priced model, one with every price at zero (`--observability` adds one
+//! with metrics off and one exporting spans to an OTLP sink). The load
+//! generator in this process drives the arms through the same figures,
 //! interleaving them round by round so machine noise hits every arm alike, and
 //! prints a Markdown table that it also writes into `docs/benchmarks.md`.
+//! `--callgrind` instead counts instructions per request (`bench_callgrind`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,15 +20,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
-use keygate_test_utils::{
-    MOCK_ANTHROPIC_KEY_ENV, MOCK_OPENAI_KEY_ENV, workspace_binary, write_mock_config,
-};
-use serde_json::{Value, json};
+use keygate_test_utils::workspace_binary;
 
-use crate::admin_cli::{admin_json, json_str};
 use crate::bench_load::{self, Latency, OpenLoop, Streaming, Target, Throughput};
-use crate::bench_report::{self, ARMS, Arm, Meta, Results, Rss};
-use crate::bench_serve::{self, Cpu, GatewayChild, ServerChild, rss_kib};
+use crate::bench_nginx::{self, NginxChild, Role};
+use crate::bench_report::{self, ARM_COUNT, ARMS, Arm, Meta, OBSERVABILITY_ARMS, Results, Rss};
+use crate::bench_serve::{self, Launch, ServerChild};
+use crate::bench_setup::{
+    Gateway, GatewaySpec, METRICS_OFF, OBSERVABILITY_HINT, PROVIDER_KEY, Pins, Upstream, build,
+    chat_body, commit, loadavg, nginx_version, refusal, rustc, start_gateway, tracing_config,
+    usage,
+};
 
 /// What `cargo xtask bench` was asked to do.
 #[derive(Debug, Default)]
@@ -36,6 +41,12 @@ struct Options {
     pin: bool,
     /// Print the table without writing `docs/benchmarks.md`.
     no_write: bool,
+    /// `--upstream nginx`: nginx's canned answers instead of the mock.
+    nginx_upstream: bool,
+    /// Add the `keygate, metrics off` and `keygate, traced` arms.
+    pub(crate) observability: bool,
+    /// Count instructions per request under callgrind instead of the load runs.
+    callgrind: bool,
     /// Hidden: run one of the bench's servers instead.
     serve: Option<Serve>,
 }
@@ -44,9 +55,10 @@ struct Options {
 enum Serve {
     Mock,
     Baseline(String),
+    OtlpSink,
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--pin] [--no-write]";
+pub(crate) const USAGE: &str = "usage: cargo xtask bench [--quick] [--pin] [--no-write] [--upstream mock|nginx] [--observability] [--callgrind]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
@@ -57,7 +69,15 @@ impl Options {
                 "--quick" => options.quick = true,
                 "--pin" => options.pin = true,
                 "--no-write" => options.no_write = true,
+                "--observability" => options.observability = true,
+                "--callgrind" => options.callgrind = true,
+                "--upstream" => match args.next().map(String::as_str) {
+                    Some("mock") => options.nginx_upstream = false,
+                    Some("nginx") => options.nginx_upstream = true,
+                    other => bail!("--upstream takes mock or nginx, not {other:?} ({USAGE})"),
+                },
                 "--serve-mock" => options.serve = Some(Serve::Mock),
+                "--serve-otlp-sink" => options.serve = Some(Serve::OtlpSink),
                 "--serve-baseline" => {
                     let upstream = args.next().context("--serve-baseline needs a URL")?;
                     options.serve = Some(Serve::Baseline(upstream.clone()));
@@ -101,16 +121,6 @@ impl Plan {
     }
 }
 
-/// The provider key keygate holds and the direct and baseline arms send.
-const PROVIDER_KEY: &str = "sk-bench-provider-key";
-const GATEWAY_ENV: [(&str, &str); 2] = [
-    (MOCK_OPENAI_KEY_ENV, PROVIDER_KEY),
-    (MOCK_ANTHROPIC_KEY_ENV, "sk-ant-bench"),
-];
-/// A priced model in `write_mock_config`.
-const MODEL: &str = "gpt-4o-mini";
-/// Credits on each bench account: far more than the bench can spend.
-const BALANCE: &str = "1000000";
 /// Open-loop rates, requests per second.
 const RATES: [u64; 2] = [1_000, 5_000];
 const OPEN_LOOP_CONNECTIONS: usize = 50;
@@ -129,15 +139,6 @@ const OPEN_STREAMS_LIMIT: Duration = Duration::from_secs(20);
 const PAUSE: Duration = Duration::from_millis(200);
 /// Set in the release build's environment when the debug build already built it.
 const BUILT_ENV: &str = "KEYGATE_BENCH_BUILT";
-/// Variables `cargo run` sets for the binary it runs (besides `CARGO_PKG_*`).
-const CARGO_RUN_VARS: [&str; 5] = [
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-    "CARGO_CRATE_NAME",
-    "CARGO_BIN_NAME",
-    "CARGO_PRIMARY_PACKAGE",
-];
-
 /// Runs `cargo xtask bench ARGS`; `Ok(false)` when a run saw failed requests.
 pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
     let options = Options::parse(args)?;
@@ -146,6 +147,7 @@ pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
         Some(Serve::Baseline(upstream)) => {
             return bench_serve::serve_baseline(upstream).map(|()| true);
         }
+        Some(Serve::OtlpSink) => return bench_serve::serve_otlp_sink().map(|()| true),
         None => {}
     }
     let exe = std::env::current_exe().context("cannot find this binary")?;
@@ -173,6 +175,10 @@ pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
     if std::env::var_os(BUILT_ENV).is_none() {
         build(root, &["keygate", "keygate-admin"])?;
     }
+    let target_dir = profile_dir
+        .parent()
+        .context("no target directory")?
+        .to_path_buf();
     // Before pinning, which narrows what this process may use.
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let pins = Pins::new(options.pin, cpus)?;
@@ -182,153 +188,240 @@ pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
         .context("cannot start the tokio runtime")?;
     let plan = Plan::new(options.quick);
     let mut command = String::from("cargo xtask bench");
-    if options.quick {
-        command.push_str(" --quick");
+    for (set, flag) in [
+        (options.quick, " --quick"),
+        (options.pin, " --pin"),
+        (options.nginx_upstream, " --upstream nginx"),
+        (options.observability, " --observability"),
+        (options.callgrind, " --callgrind"),
+    ] {
+        if set {
+            command.push_str(flag);
+        }
     }
-    if options.pin {
-        command.push_str(" --pin");
+    let nginx = bench_nginx::ensure_installed()?;
+    let path = root.join("docs").join("benchmarks.md");
+    if options.callgrind {
+        let setup = crate::bench_callgrind::Setup {
+            target_dir,
+            nginx,
+            observability: options.observability,
+            command,
+        };
+        let (markdown, ok) = runtime.block_on(crate::bench_callgrind::run(setup))?;
+        println!("\n{markdown}");
+        if options.no_write {
+            println!("(--no-write: docs/benchmarks.md left as it was)");
+        } else {
+            crate::bench_doc::write_section(&path, crate::bench_callgrind::HEADING, &markdown)?;
+            println!("Written to {}", path.display());
+        }
+        return Ok(ok);
     }
-    let (results, meta) = runtime.block_on(run(plan, pins, command, cpus))?;
+    let setup = Setup {
+        plan,
+        pins,
+        command,
+        cpus,
+        target_dir,
+        nginx,
+        nginx_upstream: options.nginx_upstream,
+        observability: options.observability,
+    };
+    let (results, meta) = runtime.block_on(run(setup))?;
     let markdown = bench_report::markdown(&results, &meta);
     println!("\n{markdown}");
     if options.no_write {
         println!("(--no-write: docs/benchmarks.md left as it was)");
     } else {
-        let path = root.join("docs").join("benchmarks.md");
-        bench_report::write_section(&path, &markdown)?;
+        crate::bench_doc::write_section(&path, bench_report::HEADING, &markdown)?;
         println!("Written to {}", path.display());
     }
     Ok(results.failures() == 0)
 }
 
-/// `cargo build --release --bin …` for `bins`, without the variables `cargo
-/// run` gave this process (passed on, they change build-script fingerprints and
-/// make every later plain build rebuild half the tree).
-fn build(root: &Path, bins: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut command = Command::new(&cargo);
-    command.current_dir(root).args(["build", "--release"]);
-    for bin in bins {
-        command.args(["--bin", bin]);
-    }
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_") || CARGO_RUN_VARS.contains(&name.as_ref()) {
-            command.env_remove(name.as_ref());
-        }
-    }
-    println!("Building release binaries: {}", bins.join(", "));
-    let status = command
-        .status()
-        .with_context(|| format!("cannot run {cargo} build"))?;
-    if !status.success() {
-        bail!("cargo build --release failed ({status})");
-    }
-    Ok(())
+/// What one load run is given.
+#[derive(Debug)]
+struct Setup {
+    plan: Plan,
+    pins: Pins,
+    command: String,
+    cpus: usize,
+    target_dir: PathBuf,
+    nginx: PathBuf,
+    nginx_upstream: bool,
+    observability: bool,
 }
 
-/// Which CPU each process runs on with `--pin`: the load generator and the mock
-/// share the first, the proxy under test gets the second.
-#[derive(Debug, Clone, Copy, Default)]
-struct Pins {
-    mock: Cpu,
-    proxy: Cpu,
-}
-
-impl Pins {
-    fn new(pin: bool, cpus: usize) -> Result<Pins> {
-        if !pin {
-            return Ok(Pins::default());
-        }
-        let taskset = Command::new("taskset")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !taskset || cpus < 2 {
-            println!("--pin: needs taskset and 2 CPUs; running unpinned");
-            return Ok(Pins::default());
-        }
-        // Before the runtime starts, so every worker thread inherits it.
-        let status = Command::new("taskset")
-            .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
-            .output()
-            .context("cannot run taskset")?;
-        if !status.status.success() {
-            bail!("taskset could not pin the load generator");
-        }
-        Ok(Pins {
-            mock: Some(0),
-            proxy: Some(1),
-        })
-    }
-}
-
-/// Everything the runs drive.
+/// Everything the runs drive, per arm (indexed by `Arm::index`).
+#[derive(Debug)]
 struct Arms {
-    targets: [Arc<Target>; 4],
-    pids: [Option<u32>; 4],
+    active: Vec<Arm>,
+    targets: [Option<Arc<Target>>; ARM_COUNT],
+    pids: [Option<u32>; ARM_COUNT],
 }
 
-async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Results, Meta)> {
+async fn run(setup: Setup) -> Result<(Results, Meta)> {
+    let Setup {
+        plan,
+        pins,
+        command,
+        cpus,
+        target_dir,
+        nginx,
+        nginx_upstream,
+        observability,
+    } = setup;
     let started = Instant::now();
     let load_before = loadavg();
-    println!("Starting the mock upstream, the baseline proxy and two gateways");
-    let mut mock = ServerChild::start(&["--serve-mock"], pins.mock).await?;
-    let baseline = ServerChild::start(&["--serve-baseline", &mock.url], pins.proxy).await?;
+    println!("Starting the upstream, the baseline proxy, the nginx proxy and the gateways");
+    let mut upstream = if nginx_upstream {
+        let role = Role::Upstream {
+            tokens: STREAM_TOKENS,
+        };
+        Upstream::Nginx(NginxChild::start(
+            &nginx,
+            &target_dir,
+            &role,
+            &Launch::pinned(pins.mock),
+        )?)
+    } else {
+        Upstream::Mock(Box::new(
+            ServerChild::start(&["--serve-mock"], &Launch::pinned(pins.mock)).await?,
+        ))
+    };
+    let proxy_launch = Launch::pinned(pins.proxy);
+    let baseline = ServerChild::start(&["--serve-baseline", upstream.url()], &proxy_launch).await?;
+    let nginx_proxy = NginxChild::start(
+        &nginx,
+        &target_dir,
+        &Role::Proxy {
+            upstream: upstream.addr(),
+        },
+        &proxy_launch,
+    )?;
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let keygate_bin = workspace_binary("keygate");
-    let priced = start_gateway(&keygate_bin, dir.path(), "priced", &mock.url, false, pins).await?;
-    let zero = start_gateway(&keygate_bin, dir.path(), "zero", &mock.url, true, pins).await?;
-    println!(
-        "  mock {}, baseline {}, keygate {}, keygate with zero prices {}",
-        mock.url, baseline.url, priced.process.url, zero.process.url
-    );
-    let arms = Arms {
-        targets: [
-            Arc::new(Target::new(mock.addr, PROVIDER_KEY)?),
-            Arc::new(Target::new(baseline.addr, PROVIDER_KEY)?),
-            Arc::new(Target::new(priced.process.addr, &priced.key)?),
-            Arc::new(Target::new(zero.process.addr, &zero.key)?),
-        ],
-        pids: [
-            None,
-            baseline.pid(),
-            priced.process.pid(),
-            zero.process.pid(),
-        ],
+    let gateway = |name: &'static str, zero: bool, extra: String| GatewaySpec {
+        bin: keygate_bin.clone(),
+        dir: dir.path().to_path_buf(),
+        name,
+        upstream_url: upstream.url().to_owned(),
+        zero_prices: zero,
+        extra,
     };
+    let priced = start_gateway(gateway("priced", false, String::new()), &proxy_launch).await?;
+    let zero = start_gateway(gateway("zero", true, String::new()), &proxy_launch).await?;
+    let mut sink = None;
+    let mut observed = Vec::new();
+    let mut skipped = Vec::new();
+    if observability {
+        let otlp = ServerChild::start(&["--serve-otlp-sink"], &Launch::pinned(pins.mock)).await?;
+        let metrics_off = gateway("metrics-off", false, METRICS_OFF.to_owned());
+        let traced = gateway("traced", false, tracing_config(&otlp.url));
+        for (arm, spec) in OBSERVABILITY_ARMS.into_iter().zip([metrics_off, traced]) {
+            // An arm whose config keys this keygate does not know yet is left
+            // out with a note; the other arms still run.
+            match start_gateway(spec, &proxy_launch).await {
+                Ok(gateway) => observed.push((arm, gateway)),
+                Err(e) => {
+                    let first = refusal(&format!("{e:#}"));
+                    println!("  the {} arm is left out: {first}", arm.label());
+                    skipped.push(format!(
+                        "The {} arm did not run: {OBSERVABILITY_HINT}, and this one refused its config ({first}).",
+                        arm.label()
+                    ));
+                }
+            }
+        }
+        sink = Some(otlp);
+    }
+    println!(
+        "  upstream {}, baseline {}, nginx proxy {}, keygate {}, keygate with zero prices {}",
+        upstream.url(),
+        baseline.url,
+        nginx_proxy.url,
+        priced.process.url,
+        zero.process.url
+    );
+    let mut arms = Arms {
+        active: ARMS.to_vec(),
+        targets: Default::default(),
+        pids: [None; ARM_COUNT],
+    };
+    let mut add = |arm: Arm, addr, token: &str, pid: Option<u32>| -> Result<()> {
+        arms.targets[arm.index()] = Some(Arc::new(Target::new(addr, token)?));
+        arms.pids[arm.index()] = pid;
+        Ok(())
+    };
+    add(Arm::Direct, upstream.addr(), PROVIDER_KEY, None)?;
+    add(Arm::Baseline, baseline.addr, PROVIDER_KEY, baseline.pid())?;
+    add(
+        Arm::NginxProxy,
+        nginx_proxy.addr,
+        PROVIDER_KEY,
+        Some(nginx_proxy.pid()),
+    )?;
+    add(
+        Arm::Keygate,
+        priced.process.addr,
+        &priced.key,
+        priced.process.pid(),
+    )?;
+    add(
+        Arm::KeygateZero,
+        zero.process.addr,
+        &zero.key,
+        zero.process.pid(),
+    )?;
+    for (arm, gateway) in &observed {
+        add(
+            *arm,
+            gateway.process.addr,
+            &gateway.key,
+            gateway.process.pid(),
+        )?;
+    }
+    arms.active.extend(observed.iter().map(|(arm, _)| *arm));
     let plain = Bytes::from(chat_body(false).to_string());
     let streamed = Bytes::from(chat_body(true).to_string());
-    for arm in ARMS {
+    for &arm in &arms.active {
         let target = || arm_target(&arms, arm);
         let checked = async {
-            bench_load::check(target(), &plain, "chat.completion").await?;
-            bench_load::check(target(), &streamed, "[DONE]").await
+            bench_load::check(target()?, &plain, "chat.completion").await?;
+            bench_load::check(target()?, &streamed, "[DONE]").await
         };
         checked
             .await
             .with_context(|| format!("the {} arm does not answer as expected", arm.label()))?;
     }
-    let mut results = Results::new()?;
+    let mut results = Results::new(arms.active.clone())?;
 
     // Memory first, before load has grown any allocator's free lists.
-    println!("\nRSS idle and with {OPEN_STREAMS} open streams");
-    mock.command(&format!("reply {OPEN_STREAM_TOKENS}")).await?;
-    mock.command(&format!(
-        "chunk-delay-us {}",
-        OPEN_STREAM_INTERVAL.as_micros()
-    ))
-    .await?;
-    for arm in [Arm::Baseline, Arm::Keygate, Arm::KeygateZero] {
-        results.rss[arm.index()] = Some(memory(&arms, arm, &streamed).await?);
+    if !nginx_upstream {
+        println!("\nRSS idle and with {OPEN_STREAMS} open streams");
+        upstream
+            .command(&format!("reply {OPEN_STREAM_TOKENS}"))
+            .await?;
+        upstream
+            .command(&format!(
+                "chunk-delay-us {}",
+                OPEN_STREAM_INTERVAL.as_micros()
+            ))
+            .await?;
+        for &arm in &arms.active {
+            if arm != Arm::Direct {
+                results.rss[arm.index()] = Some(memory(&arms, arm, &streamed).await?);
+            }
+        }
     }
 
-    mock.command("reply 0").await?;
-    mock.command("chunk-delay-us 0").await?;
+    upstream.command("reply 0").await?;
+    upstream.command("chunk-delay-us 0").await?;
     println!("\nSequential requests on one keep-alive connection");
     for round in 0..plan.rounds {
-        for arm in order(round) {
-            let run = bench_load::sequential(arm_target(&arms, arm), &plain, plan.sequential);
+        for arm in order(&arms.active, round) {
+            let run = bench_load::sequential(arm_target(&arms, arm)?, &plain, plan.sequential);
             let run: Latency = run.await?;
             progress(round, arm, &format!("p50 {}", micros(&run.histogram, 0.5)));
             results.sequential[arm.index()].merge(&run)?;
@@ -338,9 +431,9 @@ async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Re
     for (i, rate) in RATES.into_iter().enumerate() {
         println!("\nOpen loop at {rate} requests/s");
         for round in 0..plan.rounds {
-            for arm in order(round) {
+            for arm in order(&arms.active, round) {
                 let run: OpenLoop = bench_load::open_loop(
-                    arm_target(&arms, arm),
+                    arm_target(&arms, arm)?,
                     &plain,
                     rate,
                     plan.open_loop,
@@ -364,18 +457,20 @@ async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Re
     }
     println!("\nClosed loop, {CLOSED_LOOP_CONNECTIONS} connections");
     for round in 0..plan.rounds {
-        for arm in order(round) {
-            let server = arms.pids[arm.index()].or(mock.pid());
-            let cpu_before = server.map(bench_serve::cpu_micros).transpose()?;
+        for arm in order(&arms.active, round) {
+            let server = arms.pids[arm.index()].or(upstream.pid());
+            let cpu_before = server
+                .map(bench_serve::cpu_micros_with_children)
+                .transpose()?;
             let run: Throughput = bench_load::closed_loop(
-                arm_target(&arms, arm),
+                arm_target(&arms, arm)?,
                 &plain,
                 plan.closed_loop,
                 CLOSED_LOOP_CONNECTIONS,
             )
             .await?;
             if let (Some(pid), Some(before)) = (server, cpu_before) {
-                let used = bench_serve::cpu_micros(pid)?.saturating_sub(before);
+                let used = bench_serve::cpu_micros_with_children(pid)?.saturating_sub(before);
                 results.closed_loop_cpu_us[arm.index()] += used;
             }
             progress(round, arm, &format!("{:.0} req/s", run.per_second()));
@@ -385,21 +480,30 @@ async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Re
     }
     println!(
         "\nStreams of {STREAM_TOKENS} chunks {} ms apart, {STREAM_CONNECTIONS} connections",
-        STREAM_INTERVAL.as_millis()
+        if nginx_upstream {
+            0
+        } else {
+            STREAM_INTERVAL.as_millis()
+        }
     );
-    mock.command(&format!("reply {STREAM_TOKENS}")).await?;
-    mock.command(&format!("chunk-delay-us {}", STREAM_INTERVAL.as_micros()))
+    upstream.command(&format!("reply {STREAM_TOKENS}")).await?;
+    upstream
+        .command(&format!("chunk-delay-us {}", STREAM_INTERVAL.as_micros()))
         .await?;
     for round in 0..plan.rounds {
-        for arm in order(round) {
-            let run: Streaming = bench_load::streaming(
-                arm_target(&arms, arm),
+        for arm in order(&arms.active, round) {
+            let mut run: Streaming = bench_load::streaming(
+                arm_target(&arms, arm)?,
                 &streamed,
                 usize::try_from(STREAM_TOKENS)?,
                 plan.streaming,
                 STREAM_CONNECTIONS,
             )
             .await?;
+            if nginx_upstream {
+                // nginx's canned stream comes in one piece: no gaps to measure.
+                run.token_gaps.reset();
+            }
             progress(
                 round,
                 arm,
@@ -422,38 +526,57 @@ async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Re
         usage(&zero.database_url, &zero.account).await?,
     ];
     let load_after = loadavg();
-    let mut notes = Vec::new();
-    for gateway in [&priced, &zero] {
-        let log = std::fs::read_to_string(&gateway.process.log).unwrap_or_default();
-        let warnings: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-            .collect();
-        if !warnings.is_empty() {
-            println!(
-                "{} logged {} warning(s) or error(s), e.g.:",
-                gateway.name,
-                warnings.len()
-            );
-            for line in warnings.iter().take(3) {
+    let mut notes = skipped;
+    for gateway in [&priced, &zero]
+        .into_iter()
+        .chain(observed.iter().map(|(_, gateway)| gateway))
+    {
+        notes.extend(gateway_warnings(gateway));
+    }
+    for (name, errors) in [
+        ("nginx proxy", nginx_proxy.errors()),
+        (
+            "nginx upstream",
+            match &upstream {
+                Upstream::Nginx(nginx) => nginx.errors(),
+                Upstream::Mock(_) => Vec::new(),
+            },
+        ),
+    ] {
+        if !errors.is_empty() {
+            println!("The {name} logged {} error(s), e.g.:", errors.len());
+            for line in errors.iter().take(3) {
                 println!("  {line}");
             }
-            notes.push(format!(
-                "The {} gateway logged {} warnings or errors.",
-                gateway.name,
-                warnings.len()
-            ));
+            notes.push(format!("The {name} logged {} errors.", errors.len()));
         }
     }
-    for (gateway, name) in [(priced.process, "keygate"), (zero.process, "zero-price")] {
-        if !gateway.stop().await {
+    if let Some(mut sink) = sink {
+        let stats = sink.ask("stats").await?;
+        let traced = results.arms.contains(&Arm::KeygateTraced);
+        if let (true, Some((requests, bytes))) = (traced, parse_sink_stats(&stats)) {
+            notes.push(format!(
+                "The OTLP sink received {} export requests, {} bytes in all, from the traced gateway.",
+                bench_report::thousands(requests as f64),
+                bench_report::thousands(bytes as f64)
+            ));
+        }
+        sink.stop().await;
+    }
+    for gateway in [priced, zero]
+        .into_iter()
+        .chain(observed.into_iter().map(|(_, gateway)| gateway))
+    {
+        let name = gateway.name;
+        if !gateway.process.stop().await {
             notes.push(format!(
                 "The {name} gateway did not exit cleanly on SIGTERM."
             ));
         }
     }
+    nginx_proxy.stop().await;
     baseline.stop().await;
-    mock.stop().await;
+    upstream.stop().await;
     let meta = Meta {
         command,
         cpus,
@@ -461,6 +584,8 @@ async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Re
         load_after,
         commit: commit(),
         rustc: rustc(),
+        nginx: nginx_version(&nginx),
+        nginx_upstream,
         measured,
         rounds: plan.rounds,
         pinned: pins.proxy.is_some(),
@@ -469,92 +594,53 @@ async fn run(plan: Plan, pins: Pins, command: String, cpus: usize) -> Result<(Re
     Ok((results, meta))
 }
 
-/// A running gateway with its own database, account and key.
-struct Gateway {
-    name: &'static str,
-    process: GatewayChild,
-    database_url: String,
-    account: String,
-    key: String,
+/// `ok REQUESTS BYTES` → (requests, bytes).
+fn parse_sink_stats(line: &str) -> Option<(u64, u64)> {
+    let mut words = line.split_whitespace();
+    (words.next()? == "ok").then_some(())?;
+    Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }
 
-async fn start_gateway(
-    bin: &Path,
-    dir: &Path,
-    name: &'static str,
-    mock_url: &str,
-    zero_prices: bool,
-    pins: Pins,
-) -> Result<Gateway> {
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let database_url = format!("sqlite://{}", dir.join("keygate.db").display());
-    let config = write_mock_config(&dir, mock_url, &database_url)
-        .with_context(|| format!("cannot write {name}/keygate.toml"))?;
-    if zero_prices {
-        set_prices_to_zero(&config)?;
+/// The warnings and errors in a gateway's log, printed and as a note.
+fn gateway_warnings(gateway: &Gateway) -> Option<String> {
+    let log = std::fs::read_to_string(&gateway.process.log).unwrap_or_default();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    if warnings.is_empty() {
+        return None;
     }
-    let log: PathBuf = dir.join("keygate.log");
-    let process = GatewayChild::start(bin, &config, &GATEWAY_ENV, log, pins.proxy).await?;
-    let account = admin_json(
-        &database_url,
-        &["account", "create", "--name", "bench", "--balance", BALANCE],
-    )
-    .await?;
-    let account = json_str(&account, "id")?;
-    let key = admin_json(
-        &database_url,
-        &["key", "create", "--account", &account, "--name", "bench"],
-    )
-    .await?;
-    let key = json_str(&key, "key")?;
-    Ok(Gateway {
-        name,
-        process,
-        database_url,
-        account,
-        key,
-    })
+    println!(
+        "{} logged {} warning(s) or error(s), e.g.:",
+        gateway.name,
+        warnings.len()
+    );
+    for line in warnings.iter().take(3) {
+        println!("  {line}");
+    }
+    Some(format!(
+        "The {} gateway logged {} warnings or errors.",
+        gateway.name,
+        warnings.len()
+    ))
 }
 
-/// Rewrites every `*_per_mtok` price in the config `write_mock_config` wrote to
-/// 0.0, so the zero-price gateway differs from the priced one in prices only.
-fn set_prices_to_zero(config: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(config)?;
-    let mut changed = 0;
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        match line.split_once(" = ") {
-            Some((name, _)) if name.trim().ends_with("_per_mtok") => {
-                out.push_str(name);
-                out.push_str(" = 0.0");
-                changed += 1;
-            }
-            _ => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    if changed == 0 {
-        bail!("found no prices to zero in {}", config.display());
-    }
-    std::fs::write(config, out)?;
-    Ok(())
-}
-
-/// RSS of `arm`'s process idle and with `OPEN_STREAMS` streams open.
+/// RSS of `arm`'s process (with its children) idle and with `OPEN_STREAMS`
+/// streams open.
 async fn memory(arms: &Arms, arm: Arm, body: &Bytes) -> Result<Rss> {
     let pid = arms.pids[arm.index()].context("the process has no pid")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_kib = rss_kib(pid)?;
+    let idle_kib = bench_serve::rss_kib_with_children(pid)?;
     let streams = bench_load::open_streams(
-        arm_target(arms, arm),
+        arm_target(arms, arm)?,
         body,
         OPEN_STREAMS,
         OPEN_STREAMS_LIMIT,
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let open_kib = rss_kib(pid)?;
+    let open_kib = bench_serve::rss_kib_with_children(pid)?;
     let rss = Rss {
         idle_kib,
         open_kib,
@@ -576,14 +662,20 @@ async fn memory(arms: &Arms, arm: Arm, body: &Bytes) -> Result<Rss> {
 }
 
 /// The arms in round `round`'s order: rotated, so no arm always runs first.
-fn order(round: usize) -> [Arm; 4] {
-    let mut arms = ARMS;
-    arms.rotate_left(round % ARMS.len());
+fn order(active: &[Arm], round: usize) -> Vec<Arm> {
+    let mut arms = active.to_vec();
+    let len = arms.len();
+    if len > 0 {
+        arms.rotate_left(round % len);
+    }
     arms
 }
 
-fn arm_target(arms: &Arms, arm: Arm) -> Arc<Target> {
-    Arc::clone(&arms.targets[arm.index()])
+fn arm_target(arms: &Arms, arm: Arm) -> Result<Arc<Target>> {
+    arms.targets[arm.index()]
+        .as_ref()
+        .map(Arc::clone)
+        .with_context(|| format!("the {} arm has no target", arm.label()))
 }
 
 fn progress(round: usize, arm: Arm, what: &str) {
@@ -595,66 +687,4 @@ fn micros(histogram: &hdrhistogram::Histogram<u64>, quantile: f64) -> String {
         "{:.1} µs",
         histogram.value_at_quantile(quantile) as f64 / 1000.0
     )
-}
-
-fn chat_body(stream: bool) -> Value {
-    json!({
-        "model": MODEL,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "Say something about a fox."}],
-    })
-}
-
-/// Usage records and their cost for `account`, from `keygate-admin usage report`.
-async fn usage(database_url: &str, account: &str) -> Result<(u64, i64)> {
-    let report = admin_json(database_url, &["usage", "report", "--account", account]).await?;
-    Ok((
-        report["total"]["requests"].as_u64().unwrap_or_default(),
-        report["total"]["cost_micros"].as_i64().unwrap_or_default(),
-    ))
-}
-
-/// The three load averages from `/proc/loadavg`.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-fn commit() -> String {
-    let head = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let dirty = Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
-        .output()
-        .ok()
-        .is_some_and(|o| !o.stdout.is_empty());
-    match head {
-        Some(head) if dirty => format!("{head} (with uncommitted changes)"),
-        Some(head) => head,
-        None => "unknown".to_owned(),
-    }
-}
-
-fn rustc() -> String {
-    Command::new("rustc")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .nth(1)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
 }

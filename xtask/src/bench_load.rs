@@ -2,7 +2,8 @@
 //! worker, kept alive): sequential requests, an open loop at a fixed rate whose
 //! latencies run from each request's scheduled send time (so a stall is counted
 //! for every request it delayed: no coordinated omission), a closed loop at full
-//! speed, paced streams, and many streams held open at once.
+//! speed, paced streams, many streams held open at once, and a fixed count of
+//! sequential requests (for the instruction count).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -50,14 +51,20 @@ impl Target {
         })
     }
 
+    /// A chat completion request; a streamed one (`"stream":true`) also says
+    /// `Accept: text/event-stream`, which picks the nginx upstream's canned
+    /// stream and which every proxy forwards.
     fn request(&self, body: &Bytes) -> Result<Request<Full<Bytes>>> {
-        Ok(Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri("/v1/chat/completions")
             .header(HOST, self.host.clone())
             .header(AUTHORIZATION, self.authorization.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(Full::new(body.clone()))?)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if find(body, b"\"stream\":true").is_some() {
+            request = request.header(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        }
+        Ok(request.body(Full::new(body.clone()))?)
     }
 }
 
@@ -161,6 +168,19 @@ pub(crate) async fn check(target: Arc<Target>, body: &Bytes, expect: &str) -> Re
         );
     }
     Ok(())
+}
+
+/// Sends `count` requests one after another on one keep-alive connection (the
+/// callgrind count's load); an error when any fails. Returns how long it took.
+pub(crate) async fn fixed(target: Arc<Target>, body: &Bytes, count: usize) -> Result<Duration> {
+    let mut worker = Worker::connect(target).await?;
+    let started = Instant::now();
+    for i in 0..count {
+        if !worker.exchange(body).await {
+            bail!("request {} of {count} failed", i + 1);
+        }
+    }
+    Ok(started.elapsed())
 }
 
 /// Latencies of answered requests and the count of failed ones.

@@ -1,6 +1,7 @@
-//! The bench's servers, each in its own process: the mock upstream and the
-//! baseline proxy (this binary re-run with a hidden `bench --serve-…` argument),
-//! the real `keygate` binary, and the handles the load generator keeps on them.
+//! The bench's servers, each in its own process: the mock upstream, the
+//! baseline proxy and the OTLP sink (this binary re-run with a hidden
+//! `bench --serve-…` argument), the real `keygate` binary, and the handles the
+//! load generator keeps on them.
 //!
 //! A server child prints `listening on URL` on stdout once it accepts
 //! connections, takes commands on stdin (one per line, answered `ok`) and exits
@@ -32,6 +33,8 @@ use tokio::task::JoinSet;
 
 /// How long a server may take to say it listens.
 const START_LIMIT: Duration = Duration::from_secs(60);
+/// The same under valgrind, which runs a program some 50 times slower.
+const WRAPPED_START_LIMIT: Duration = Duration::from_secs(300);
 
 /// Runs the mock upstream until stdin closes: `MockUpstream` in its fast mode,
 /// without request recording (its memory stays flat under load) and with
@@ -111,6 +114,69 @@ pub(crate) fn serve_baseline(upstream: &str) -> Result<()> {
                     let authority = authority.clone();
                     let service = service_fn(move |request| {
                         forward(client.clone(), authority.clone(), request)
+                    });
+                    // Who waits: this loop's `JoinSet`, aborted when stdin closes.
+                    connections.spawn(async move {
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        connections.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Runs the OTLP sink until stdin closes: answers every request 200 with an
+/// empty body (an empty protobuf `ExportTraceServiceResponse`), after reading
+/// its body whole. The command `stats` is answered `ok REQUESTS BYTES` (both
+/// counted since the start).
+pub(crate) fn serve_otlp_sink() -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    runtime()?.block_on(async {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        announce(&format!("http://{addr}"))?;
+        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                line = stdin.next_line() => match line {
+                    Ok(Some(line)) if line.trim() == "stats" => say(&format!(
+                        "ok {} {}",
+                        requests.load(Ordering::Relaxed),
+                        bytes.load(Ordering::Relaxed)
+                    ))?,
+                    Ok(Some(_)) => say("ok")?,
+                    _ => break,
+                },
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let requests = Arc::clone(&requests);
+                    let bytes = Arc::clone(&bytes);
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let requests = Arc::clone(&requests);
+                        let bytes = Arc::clone(&bytes);
+                        async move {
+                            use http_body_util::BodyExt as _;
+                            let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                            requests.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(body) = body {
+                                bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                            }
+                            let mut response = Response::new(Full::new(Bytes::new()));
+                            response.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/x-protobuf"),
+                            );
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     // Who waits: this loop's `JoinSet`, aborted when stdin closes.
                     connections.spawn(async move {
@@ -208,16 +274,47 @@ fn say(line: &str) -> Result<()> {
 /// Which CPU a process is pinned to with `taskset`, when `--pin` asked for it.
 pub(crate) type Cpu = Option<usize>;
 
-/// A command, prefixed with `taskset -c CPU` when `cpu` is set. `taskset`
-/// execs the program, so the child's pid is the program's.
-fn command(program: &Path, cpu: Cpu) -> Command {
-    match cpu {
-        Some(cpu) => {
+/// How a server process is started: pinned with `taskset -c CPU`, or run
+/// under a wrapper such as valgrind (`taskset` and valgrind both exec the
+/// program in the same process, so the child's pid is the program's).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Launch {
+    pub(crate) cpu: Cpu,
+    /// A program and its arguments, the server's program after them.
+    pub(crate) wrapper: Vec<String>,
+}
+
+impl Launch {
+    pub(crate) fn pinned(cpu: Cpu) -> Launch {
+        Launch {
+            cpu,
+            wrapper: Vec::new(),
+        }
+    }
+
+    fn start_limit(&self) -> Duration {
+        if self.wrapper.is_empty() {
+            START_LIMIT
+        } else {
+            WRAPPED_START_LIMIT
+        }
+    }
+}
+
+/// `program` as `launch` says.
+fn command(program: &Path, launch: &Launch) -> Command {
+    match (&launch.wrapper[..], launch.cpu) {
+        ([wrapper, args @ ..], _) => {
+            let mut command = Command::new(wrapper);
+            command.args(args).arg(program);
+            command
+        }
+        ([], Some(cpu)) => {
             let mut command = Command::new("taskset");
             command.arg("-c").arg(cpu.to_string()).arg(program);
             command
         }
-        None => Command::new(program),
+        ([], None) => Command::new(program),
     }
 }
 
@@ -235,9 +332,9 @@ pub(crate) struct ServerChild {
 
 impl ServerChild {
     /// Starts `this-binary bench ARGS…` and waits for its `listening on` line.
-    pub(crate) async fn start(args: &[&str], cpu: Cpu) -> Result<ServerChild> {
+    pub(crate) async fn start(args: &[&str], launch: &Launch) -> Result<ServerChild> {
         let exe = std::env::current_exe().context("cannot find this binary")?;
-        let mut child = command(&exe, cpu)
+        let mut child = command(&exe, launch)
             .arg("bench")
             .args(args)
             .stdin(Stdio::piped())
@@ -249,7 +346,7 @@ impl ServerChild {
         let stdin = child.stdin.take().context("the child has no stdin")?;
         let stdout = child.stdout.take().context("the child has no stdout")?;
         let mut stdout = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(START_LIMIT, stdout.next_line())
+        let line = tokio::time::timeout(launch.start_limit(), stdout.next_line())
             .await
             .with_context(|| format!("bench {} did not start in time", args.join(" ")))??
             .with_context(|| format!("bench {} exited before listening", args.join(" ")))?;
@@ -269,15 +366,20 @@ impl ServerChild {
 
     /// Sends one command line and waits for its `ok`.
     pub(crate) async fn command(&mut self, line: &str) -> Result<()> {
-        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        self.stdin.flush().await?;
-        let answer = tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())
-            .await
-            .context("the server did not answer a command")??;
-        match answer.as_deref() {
-            Some("ok") => Ok(()),
+        match self.ask(line).await?.as_str() {
+            "ok" => Ok(()),
             other => bail!("the server answered {line:?} with {other:?}"),
         }
+    }
+
+    /// Sends one command line and returns the line it answers.
+    pub(crate) async fn ask(&mut self, line: &str) -> Result<String> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let answer = tokio::time::timeout(Duration::from_secs(30), self.stdout.next_line())
+            .await
+            .context("the server did not answer a command")??;
+        answer.with_context(|| format!("the server exited on {line:?}"))
     }
 
     /// The process id, for `/proc`.
@@ -321,11 +423,11 @@ impl GatewayChild {
         config: &Path,
         env: &[(&str, &str)],
         log: PathBuf,
-        cpu: Cpu,
+        launch: &Launch,
     ) -> Result<GatewayChild> {
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = command(bin, cpu);
+        let mut command = command(bin, launch);
         command
             .arg("--config")
             .arg(config)
@@ -342,7 +444,8 @@ impl GatewayChild {
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        let deadline = Instant::now() + START_LIMIT;
+        let limit = launch.start_limit();
+        let deadline = Instant::now() + limit;
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some((_, rest)) = text.split_once("listening on ") {
@@ -363,7 +466,7 @@ impl GatewayChild {
                 bail!("keygate exited with {status} before listening:\n{text}");
             }
             if Instant::now() > deadline {
-                bail!("keygate did not listen within {START_LIMIT:?}:\n{text}");
+                bail!("keygate did not listen within {limit:?}:\n{text}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -402,7 +505,6 @@ fn socket_addr(url: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{url:?} does not name an IP address and port"))
 }
 
-/// The resident set size of process `pid`, in KiB, from `/proc/PID/status`.
 /// CPU time (user + system) process `pid` has used so far, in µs, from
 /// `/proc/PID/stat` (clock ticks of 10 ms: read over runs of seconds).
 pub(crate) fn cpu_micros(pid: u32) -> Result<u64> {
@@ -423,6 +525,7 @@ pub(crate) fn cpu_micros(pid: u32) -> Result<u64> {
     Ok((ticks(11)? + ticks(12)?) * 10_000)
 }
 
+/// The resident set size of process `pid`, in KiB, from `/proc/PID/status`.
 pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
@@ -432,4 +535,53 @@ pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// `pid` and its child processes (nginx's master and workers), from the parent
+/// pid field of every `/proc/PID/stat`.
+pub(crate) fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // After the command name's `)`: state, then the parent pid.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if parent == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+/// CPU time of `pid` and its children, in µs (see `cpu_micros`).
+/// A child that exits between the listing and the read counts as 0.
+pub(crate) fn cpu_micros_with_children(pid: u32) -> Result<u64> {
+    let children: u64 = with_children(pid)[1..]
+        .iter()
+        .filter_map(|&child| cpu_micros(child).ok())
+        .sum();
+    Ok(cpu_micros(pid)? + children)
+}
+
+/// RSS of `pid` and its children, in KiB (see `rss_kib`).
+pub(crate) fn rss_kib_with_children(pid: u32) -> Result<u64> {
+    let children: u64 = with_children(pid)[1..]
+        .iter()
+        .filter_map(|&child| rss_kib(child).ok())
+        .sum();
+    Ok(rss_kib(pid)? + children)
 }

@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask tidy` (also run as a test),
 //! `cargo xtask demo [--requests N]` and
-//! `cargo xtask bench [--quick] [--pin] [--no-write]`; automation stays in Rust.
+//! `cargo xtask bench [--quick] [--pin] [--no-write] [--upstream mock|nginx]
+//! [--observability] [--callgrind]`; automation stays in Rust.
 
 #![allow(
     clippy::print_stdout,
@@ -10,9 +11,13 @@
 
 mod admin_cli;
 mod bench;
+mod bench_callgrind;
+mod bench_doc;
 mod bench_load;
+mod bench_nginx;
 mod bench_report;
 mod bench_serve;
+mod bench_setup;
 mod demo;
 mod tidy;
 mod tidy_modules;
@@ -57,7 +62,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask tidy | cargo xtask demo [--requests N] | cargo xtask bench [--quick] [--pin] [--no-write]"
+                "usage: cargo xtask tidy | cargo xtask demo [--requests N] | cargo xtask bench [--quick] [--pin] [--no-write] [--upstream mock|nginx] [--observability] [--callgrind]"
             );
             ExitCode::from(2)
         }

@@ -150,12 +150,6 @@ impl Breaker {
     pub(crate) fn last_failure(&self) -> Option<Instant> {
         self.lock().last_failure
     }
-
-    /// Whether it is out of rotation now: open and cooling down, or its
-    /// half-open trial out (for `/metrics`).
-    pub(crate) fn is_out(&self, now: Instant) -> bool {
-        self.gate(now) == Gate::Shut
-    }
 }
 
 fn gate_of(state: &BreakerState, settings: BreakerSettings, now: Instant) -> Gate {

@@ -75,7 +75,7 @@ impl Collector for Counters {
             "Times accepting paused at max_connections.",
             c.waited.load(Ordering::Relaxed),
         )?;
-        self.router.metrics().encode(&self.router, e)?;
+        self.router.encode_metrics(e)?;
         self.limiter.encode(e)?;
         let (feed, key_use) = self.auth.store_errors();
         let billing = self.billing.as_ref().map(|b| b.metrics());

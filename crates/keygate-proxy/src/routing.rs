@@ -12,19 +12,20 @@
 //! only (see [`crate::health`]).
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType;
 
 use crate::endpoint::ProviderKind;
 use crate::error::ProxyError;
 use crate::health::{BreakerSettings, Gate, KeyHealth};
-use crate::metrics;
 use crate::text::model_phrase;
 use crate::upstream::Upstream;
+
+mod metrics;
+
+pub use metrics::RoutingMetrics;
+use metrics::{Attempt, bump};
 
 /// How requests are spread over candidates and retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,164 +142,6 @@ impl Candidates {
     }
 }
 
-/// Counters for `/metrics`, by upstream (names come from the config, so the
-/// label set is bounded).
-#[derive(Debug, Default)]
-pub struct RoutingMetrics {
-    names: Vec<String>,
-    /// Per upstream, one counter per [`Attempt`].
-    attempts: Vec<[AtomicU64; Attempt::ALL.len()]>,
-    retries: AtomicU64,
-    breaker_opened: Vec<AtomicU64>,
-    keys_disabled: Vec<AtomicU64>,
-}
-
-/// How one upstream attempt went, as `keygate_upstream_attempts_total` labels
-/// it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Attempt {
-    /// An answer that says nothing against the upstream.
-    Answered,
-    /// No connection: refused, reset, TLS failed.
-    ConnectError,
-    /// No answer before `timeouts.first_byte`.
-    Timeout,
-    /// 429.
-    RateLimited,
-    /// 5xx.
-    ServerError,
-    /// 401 or 403 to the provider key.
-    KeyRefused,
-}
-
-impl Attempt {
-    const ALL: [Attempt; 6] = [
-        Self::Answered,
-        Self::ConnectError,
-        Self::Timeout,
-        Self::RateLimited,
-        Self::ServerError,
-        Self::KeyRefused,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Answered => "answered",
-            Self::ConnectError => "connect_error",
-            Self::Timeout => "timeout",
-            Self::RateLimited => "rate_limited",
-            Self::ServerError => "server_error",
-            Self::KeyRefused => "key_refused",
-        }
-    }
-}
-
-impl RoutingMetrics {
-    fn new(upstreams: &[Arc<Upstream>]) -> Self {
-        let zeros = || upstreams.iter().map(|_| AtomicU64::new(0)).collect();
-        Self {
-            names: upstreams.iter().map(|u| u.name().to_owned()).collect(),
-            attempts: upstreams.iter().map(|_| Default::default()).collect(),
-            retries: AtomicU64::new(0),
-            breaker_opened: zeros(),
-            keys_disabled: zeros(),
-        }
-    }
-
-    fn attempted(&self, upstream: usize, attempt: Attempt) {
-        if let Some(counters) = self.attempts.get(upstream) {
-            bump(counters, attempt as usize);
-        }
-    }
-
-    /// These counters at scrape time, and each upstream's breaker now.
-    pub(crate) fn encode(
-        &self,
-        router: &Router,
-        encoder: &mut DescriptorEncoder<'_>,
-    ) -> std::fmt::Result {
-        let now = Instant::now();
-        let upstream = |name: &str| [("upstream", name.to_owned())];
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        metrics::series(
-            encoder,
-            "keygate_upstream_attempts",
-            "Requests sent to an upstream (retries included), by how the attempt went.",
-            MetricType::Counter,
-            self.names
-                .iter()
-                .zip(&self.attempts)
-                .flat_map(|(name, counters)| {
-                    Attempt::ALL.iter().zip(counters).map(move |(attempt, n)| {
-                        (
-                            [
-                                ("upstream", name.clone()),
-                                ("outcome", attempt.as_str().to_owned()),
-                            ],
-                            load(n),
-                        )
-                    })
-                }),
-        )?;
-        metrics::counter(
-            encoder,
-            "keygate_upstream_retries",
-            "Attempts after the first of a request.",
-            load(&self.retries),
-        )?;
-        metrics::series(
-            encoder,
-            "keygate_upstream_breaker_opened",
-            "Times an upstream's or provider key's breaker opened.",
-            MetricType::Counter,
-            self.names
-                .iter()
-                .zip(&self.breaker_opened)
-                .map(|(name, n)| (upstream(name), load(n))),
-        )?;
-        metrics::series(
-            encoder,
-            "keygate_provider_keys_disabled",
-            "Provider keys taken out after a 401 or 403 from the provider.",
-            MetricType::Counter,
-            self.names
-                .iter()
-                .zip(&self.keys_disabled)
-                .map(|(name, n)| (upstream(name), load(n))),
-        )?;
-        metrics::series(
-            encoder,
-            "keygate_upstream_up",
-            "Whether an upstream takes requests now: its breaker closed, or cooled down for a trial (this instance).",
-            MetricType::Gauge,
-            self.names
-                .iter()
-                .zip(&router.health)
-                .map(|(name, health)| (upstream(name), u64::from(!health.breaker.is_out(now)))),
-        )?;
-        metrics::series(
-            encoder,
-            "keygate_upstream_breaker_state",
-            "An upstream's breaker in this instance: 0 closed, 1 half-open (a trial may go), 2 open.",
-            MetricType::Gauge,
-            self.names.iter().zip(&router.health).map(|(name, health)| {
-                let state = match health.breaker.gate(now) {
-                    Gate::Closed => 0,
-                    Gate::Trial => 1,
-                    Gate::Shut => 2,
-                };
-                (upstream(name), state)
-            }),
-        )
-    }
-}
-
-fn bump(counters: &[AtomicU64], i: usize) {
-    if let Some(counter) = counters.get(i) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Why an upstream failed an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Failure {
@@ -385,9 +228,14 @@ impl Router {
         &self.settings
     }
 
-    /// The counters `/metrics` shows.
-    pub(crate) fn metrics(&self) -> &RoutingMetrics {
-        &self.metrics
+    /// The routing counters and each upstream's breaker, at scrape time.
+    pub(crate) fn encode_metrics(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        let now = Instant::now();
+        let gates: Vec<Gate> = self.health.iter().map(|h| h.breaker.gate(now)).collect();
+        self.metrics.encode(&gates, encoder)
     }
 
     /// The first upstream of the lowest tier of `provider` whose patterns match
