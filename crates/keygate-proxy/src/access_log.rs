@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 use crate::body::{BodyEnd, BodyObserver};
 use crate::error::ErrorKind;
 use crate::metrics::{Finished, InFlight};
-use crate::traces::RequestSpan;
+use crate::traces::{RequestSpan, SpanFields};
 
 /// What the log line says about a request, filled in as the pipeline learns it.
 #[derive(Debug)]
@@ -82,7 +82,14 @@ impl LogFields {
     /// Ends the request's span, if it has one.
     fn end_span(&mut self, status: StatusCode, error: Option<&str>) {
         if let Some(span) = self.span.take() {
-            span.end(self, status, error);
+            let fields = SpanFields {
+                route: self.route,
+                model: self.model.as_deref(),
+                key_id: self.key_id.as_deref(),
+                upstream: self.upstream.as_deref(),
+                attempts: self.attempts,
+            };
+            span.end(&fields, status, error);
         }
     }
 

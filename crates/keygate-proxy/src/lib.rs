@@ -138,19 +138,22 @@ pub mod bench {
     /// request's headers (its `traceparent` read and replaced), the GenAI and
     /// keygate attributes set, the usage handed over, and the span ended.
     pub fn request_span(tracing: &crate::Tracing, headers: &mut http::HeaderMap) {
-        let mut fields =
-            crate::access_log::LogFields::new(http::Method::POST, std::time::Instant::now());
-        let mut span = tracing.start(&fields.method, headers);
-        fields.route = "/v1/chat/completions";
+        let mut span = tracing.start(&http::Method::POST, headers);
         span.operation = crate::traces::operation(crate::Endpoint::ChatCompletions);
         span.provider = Some("openai");
-        fields.model = Some("gpt-4o".to_owned());
-        fields.key_id = Some("key_0123456789abcdef".to_owned());
-        fields.upstream = Some("openai".to_owned());
-        fields.attempts = 1;
+        let model = "gpt-4o".to_owned();
+        let key_id = "key_0123456789abcdef".to_owned();
+        let upstream = "openai".to_owned();
         if let Some(slot) = span.usage_slot() {
             slot.set(1200, 350);
         }
+        let fields = crate::traces::SpanFields {
+            route: "/v1/chat/completions",
+            model: Some(&model),
+            key_id: Some(&key_id),
+            upstream: Some(&upstream),
+            attempts: 1,
+        };
         span.end(&fields, http::StatusCode::OK, None);
     }
 

@@ -340,12 +340,12 @@ impl Gateway {
                 charge.report_usage(slot);
             }
             body = charge.attach(&mut head, body, first_byte);
-        } else if let Some(reader) = ctx
-            .log
-            .span
-            .as_ref()
-            .and_then(|span| span.usage_reader(exchange.endpoint, event_stream(&head)))
-        {
+        } else if let Some(reader) = ctx.log.span.as_ref().and_then(|span| {
+            span.usage_reader(
+                crate::billing::shape_of(exchange.endpoint),
+                event_stream(&head),
+            )
+        }) {
             body = body.observe(reader);
         }
         for observer in taps {

@@ -39,7 +39,6 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
 };
 
-use crate::access_log::LogFields;
 use crate::body::{BodyEnd, BodyObserver};
 use crate::endpoint::Endpoint;
 use crate::error::ConfigError;
@@ -386,7 +385,18 @@ impl UsageSlot {
     }
 }
 
-/// One request's span, carried in its [`LogFields`] and ended with them.
+/// What the request log knows that the span's end reports.
+#[derive(Debug)]
+pub(crate) struct SpanFields<'a> {
+    /// The canonical route, or `unknown`.
+    pub(crate) route: &'static str,
+    pub(crate) model: Option<&'a str>,
+    pub(crate) key_id: Option<&'a str>,
+    pub(crate) upstream: Option<&'a str>,
+    pub(crate) attempts: u32,
+}
+
+/// One request's span, carried in its log fields and ended with them.
 pub(crate) struct RequestSpan {
     span: BoxedSpan,
     /// Set by [`RequestSpan::end`]; a span dropped without it was cut short.
@@ -415,17 +425,18 @@ impl RequestSpan {
         self.recording.then(|| self.usage.clone())
     }
 
-    /// An observer that reads usage from the upstream's bytes itself, for a
-    /// recording span of a request billing does not read.
+    /// An observer that reads usage from the upstream's bytes itself (in the
+    /// endpoint's `shape`, if it has one), for a recording span of a request
+    /// billing does not read.
     pub(crate) fn usage_reader(
         &self,
-        endpoint: Endpoint,
+        shape: Option<ApiShape>,
         event_stream: bool,
     ) -> Option<Box<dyn BodyObserver>> {
         if !self.recording {
             return None;
         }
-        let shape = crate::billing::shape_of(endpoint)?;
+        let shape = shape?;
         Some(Box::new(UsageReader::new(
             shape,
             event_stream,
@@ -435,9 +446,9 @@ impl RequestSpan {
 
     /// Ends the span with the request's fields, its status, and on a failure
     /// what went wrong (`error.type`).
-    pub(crate) fn end(mut self, fields: &LogFields, status: StatusCode, error: Option<&str>) {
+    pub(crate) fn end(mut self, fields: &SpanFields<'_>, status: StatusCode, error: Option<&str>) {
         if self.recording {
-            let model = fields.model.as_deref();
+            let model = fields.model;
             let name = match (self.operation, model) {
                 (Some(op), Some(model)) => format!("{op} {model}"),
                 (Some(op), None) => op.to_owned(),
@@ -478,11 +489,11 @@ impl RequestSpan {
                     i64::try_from(output).unwrap_or(i64::MAX),
                 ));
             }
-            if let Some(key_id) = &fields.key_id {
-                attributes.push(KeyValue::new("keygate.key_id", key_id.clone()));
+            if let Some(key_id) = fields.key_id {
+                attributes.push(KeyValue::new("keygate.key_id", key_id.to_owned()));
             }
-            if let Some(upstream) = &fields.upstream {
-                attributes.push(KeyValue::new("keygate.upstream", upstream.clone()));
+            if let Some(upstream) = fields.upstream {
+                attributes.push(KeyValue::new("keygate.upstream", upstream.to_owned()));
             }
             attributes.push(KeyValue::new(
                 "keygate.attempts",
