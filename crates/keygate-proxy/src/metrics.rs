@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use keygate_billing::Usage;
@@ -123,6 +123,40 @@ struct KeyTokenLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// One model's token and cost series, taken from their families once.
+#[derive(Clone, Debug)]
+struct ModelSeries {
+    input: Counter,
+    output: Counter,
+    cached_input: Counter,
+    cost: Counter,
+}
+
+impl ModelSeries {
+    fn new(
+        tokens: &Family<TokenLabels, Counter>,
+        cost: &Family<ModelLabels, Counter>,
+        model: Name,
+    ) -> Self {
+        let token = |direction| {
+            let labels = TokenLabels {
+                model: model.clone(),
+                direction,
+            };
+            (*tokens.get_or_create(&labels)).clone()
+        };
+        Self {
+            input: token("input"),
+            output: token("output"),
+            cached_input: token("cached_input"),
+            cost: (*cost.get_or_create(&ModelLabels {
+                model: model.clone(),
+            }))
+            .clone(),
+        }
+    }
+}
+
 /// Request latencies, from a millisecond to about nine minutes (a long
 /// generation): 20 buckets, each twice the last.
 fn latency_histogram() -> Histogram {
@@ -133,11 +167,14 @@ fn latency_histogram() -> Histogram {
 #[derive(Clone, Debug)]
 pub(crate) struct GatewayMetrics {
     per_key: bool,
-    /// Model names from the config, each with its label.
-    models: Arc<HashMap<Box<str>, Name>>,
+    /// Model names from the config, each with its series of
+    /// `keygate_tokens_total` and `keygate_cost_micros_total`, made at start
+    /// (so they read 0 before the first request) and shared with the
+    /// families.
+    models: Arc<HashMap<Box<str>, ModelSeries>>,
     /// Upstream names from the config, in routing order.
     upstreams: Arc<Vec<Name>>,
-    other_model: Name,
+    other_model: ModelSeries,
     no_upstream: Name,
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily<RouteLabels>,
@@ -145,7 +182,7 @@ pub(crate) struct GatewayMetrics {
     incomplete: Family<EndLabels, Counter>,
     in_flight: Gauge<i64, AtomicI64>,
     tokens: Family<TokenLabels, Counter>,
-    cost: Family<ModelLabels, Counter<u64, AtomicU64>>,
+    cost: Family<ModelLabels, Counter>,
     auth_failures: Family<ReasonLabels, Counter>,
     /// Requests answered 5xx because the store failed.
     request_store_errors: Counter,
@@ -177,23 +214,27 @@ impl GatewayMetrics {
         upstreams: impl IntoIterator<Item = &'a str>,
         models: impl IntoIterator<Item = &'a str>,
     ) -> Self {
+        let tokens = Family::default();
+        let cost = Family::default();
+        let series = |name: &str| ModelSeries::new(&tokens, &cost, Name::new(name));
         let models = models
             .into_iter()
-            .map(|m| (Box::from(m), Name::new(m)))
+            .map(|m| (Box::from(m), series(m)))
             .collect();
+        let other_model = series(OTHER_MODEL);
         Self {
             per_key,
             models: Arc::new(models),
             upstreams: Arc::new(upstreams.into_iter().map(Name::new).collect()),
-            other_model: Name::new(OTHER_MODEL),
+            other_model,
             no_upstream: Name::new(NO_UPSTREAM),
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             first_byte: Family::new_with_constructor(latency_histogram),
             incomplete: Family::default(),
             in_flight: Gauge::default(),
-            tokens: Family::default(),
-            cost: Family::default(),
+            tokens,
+            cost,
             auth_failures: Family::default(),
             request_store_errors: Counter::default(),
             key_requests: Family::default(),
@@ -207,8 +248,8 @@ impl GatewayMetrics {
         self.per_key
     }
 
-    fn model(&self, model: &str) -> Name {
-        self.models.get(model).unwrap_or(&self.other_model).clone()
+    fn model(&self, model: &str) -> &ModelSeries {
+        self.models.get(model).unwrap_or(&self.other_model)
     }
 
     fn upstream(&self, upstream: Option<&str>) -> Name {
@@ -277,25 +318,18 @@ impl GatewayMetrics {
         usage: &Usage,
         charged: Micros,
     ) {
-        let model = self.model(model);
-        let counts = [
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cached_input", usage.cached_input_tokens),
-        ];
-        for (direction, n) in counts {
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    model: model.clone(),
-                    direction,
-                })
-                .inc_by(n);
-        }
+        let series = self.model(model);
+        series.input.inc_by(usage.input_tokens);
+        series.output.inc_by(usage.output_tokens);
+        series.cached_input.inc_by(usage.cached_input_tokens);
         let charged = u64::try_from(charged.0).unwrap_or(0);
-        self.cost
-            .get_or_create(&ModelLabels { model })
-            .inc_by(charged);
+        series.cost.inc_by(charged);
         if self.per_key {
+            let counts = [
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cached_input", usage.cached_input_tokens),
+            ];
             let labels = key_labels((key.0.as_str(), key.1.as_str()));
             for (direction, n) in counts {
                 self.key_tokens
