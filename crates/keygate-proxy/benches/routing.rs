@@ -17,10 +17,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -30,6 +27,10 @@ use keygate_proxy::{
 };
 use keygate_store::{CredentialStore, MemoryStore, Micros};
 use keygate_test_utils::{MockUpstream, fixture};
+
+mod support;
+
+use support::{Running, chat};
 
 fn upstream(name: &str, url: &str, priority: i32, weight: u32, keys: usize) -> UpstreamConfig {
     UpstreamConfig {
@@ -87,12 +88,6 @@ fn pick(c: &mut Criterion) {
 }
 
 /// A gateway on loopback in front of `upstreams`, with one key.
-struct Running {
-    url: String,
-    auth: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
 async fn start(upstreams: Vec<UpstreamConfig>) -> Running {
     let store: Arc<dyn CredentialStore> = Arc::new(MemoryStore::new());
     let account = fixture::account(&*store, "bench", Micros(1_000_000_000)).await;
@@ -103,12 +98,13 @@ async fn start(upstreams: Vec<UpstreamConfig>) -> Running {
         ..BreakerSettings::default()
     };
     let gateway = Arc::new(Gateway::new(config, store).unwrap());
+    let served = Arc::clone(&gateway);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     // Who waits: nobody; the runtime drops it when the bench ends.
     tokio::spawn(keygate_proxy::serve(
         listener,
-        gateway,
+        served,
         ServerOptions::new(),
         std::future::pending::<()>(),
     ));
@@ -116,19 +112,8 @@ async fn start(upstreams: Vec<UpstreamConfig>) -> Running {
         url: format!("http://{addr}/v1/chat/completions"),
         auth: format!("Bearer {}", secret.expose()),
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        gateway,
     }
-}
-
-async fn chat(gw: &Running) {
-    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#;
-    let request = Request::post(&gw.url)
-        .header("authorization", &gw.auth)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap();
-    let response = gw.client.request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.into_body().collect().await.unwrap();
 }
 
 fn failover(c: &mut Criterion) {

@@ -19,24 +19,18 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use keygate_billing::{Price, PriceTable};
-use keygate_proxy::{
-    Billing, BillingConfig, Gateway, ProviderKey, ProviderKind, ProxyConfig, ServerOptions,
-    Tracing, TracingConfig, UpstreamConfig,
-};
-use keygate_store::{CredentialStore, Ledger, MemoryStore, Micros};
-use keygate_test_utils::{MockUpstream, OtlpCollector, fixture};
+use http::{HeaderMap, HeaderValue};
+use keygate_proxy::{Tracing, TracingConfig};
+use keygate_test_utils::{MockUpstream, OtlpCollector};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
 };
+
+mod support;
+
+use support::{chat, start_billed};
 
 /// Takes every batch and drops it.
 #[derive(Debug)]
@@ -113,64 +107,6 @@ fn spans(c: &mut Criterion) {
     eprintln!("span/batch_otlp_http: {exported} spans reached the collector");
 }
 
-struct Running {
-    url: String,
-    auth: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-async fn start(mock: &MockUpstream, tracing: Option<Arc<Tracing>>) -> Running {
-    let store = Arc::new(MemoryStore::new());
-    let account = fixture::account(&*store, "bench", Micros(1_000_000_000_000)).await;
-    let (secret, _) = fixture::private_key(&*store, &account.id).await;
-    let upstream = UpstreamConfig {
-        provider_keys: vec![ProviderKey::new("sk-bench".into())],
-        ..UpstreamConfig::new(
-            "openai",
-            &format!("{}/v1", mock.url()),
-            ProviderKind::OpenAi,
-            vec!["gpt-4o*".into()],
-        )
-    };
-    let config = ProxyConfig::new(fixture::prefix(), vec![upstream]);
-    let prices = PriceTable::from_iter([("gpt-4o", Price::from_credits(2.5, 10.0, None).unwrap())]);
-    let ledger: Arc<dyn Ledger> = Arc::clone(&store) as Arc<dyn Ledger>;
-    let billing = Arc::new(Billing::new(BillingConfig::new(prices), ledger));
-    let credentials: Arc<dyn CredentialStore> = store;
-    let mut gateway = Gateway::new(config, credentials)
-        .unwrap()
-        .with_billing(billing);
-    if let Some(tracing) = tracing {
-        gateway = gateway.with_tracing(tracing);
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Who waits: nobody; the runtime drops it when the bench ends.
-    tokio::spawn(keygate_proxy::serve(
-        listener,
-        Arc::new(gateway),
-        ServerOptions::new(),
-        std::future::pending::<()>(),
-    ));
-    Running {
-        url: format!("http://{addr}/v1/chat/completions"),
-        auth: format!("Bearer {}", secret.expose()),
-        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-    }
-}
-
-async fn chat(gw: &Running) {
-    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#;
-    let request = Request::post(&gw.url)
-        .header("authorization", &gw.auth)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap();
-    let response = gw.client.request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.into_body().collect().await.unwrap();
-}
-
 fn request(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -183,8 +119,9 @@ fn request(c: &mut Criterion) {
         mock.set_nodelay(true);
         let collector = OtlpCollector::start().await;
         let tracing = Arc::new(Tracing::otlp(&TracingConfig::new(collector.endpoint())).unwrap());
-        let on = start(&mock, Some(Arc::clone(&tracing))).await;
-        let off = start(&mock, None).await;
+        let traced = Arc::clone(&tracing);
+        let on = start_billed(&mock, |_| {}, move |g| g.with_tracing(traced)).await;
+        let off = start_billed(&mock, |_| {}, |g| g).await;
         (collector, tracing, on, off, mock)
     });
     let mut group = c.benchmark_group("traces/request");
