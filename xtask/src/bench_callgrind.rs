@@ -227,6 +227,10 @@ async fn count(
                 out_dir.join(format!("valgrind.{tag}.log")).display()
             ),
             "--fair-sched=yes".to_owned(),
+            // Every dump names its functions in full, so `callgrind_annotate`
+            // reads each window's file on its own (compressed names refer
+            // back to the first dump).
+            "--compress-strings=no".to_owned(),
         ],
     };
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;

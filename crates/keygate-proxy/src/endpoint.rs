@@ -148,26 +148,19 @@ impl Endpoint {
             .strip_suffix('/')
             .filter(|r| !r.is_empty())
             .unwrap_or(rest);
-        let found: Vec<(Endpoint, Option<&'p str>)> = if let Some(own) = Self::own_view(rest) {
-            vec![(own, None)]
+        let (endpoint, id) = if let Some(own) = Self::own_view(rest) {
+            Self::for_method(method, [(own, None)])?
         } else if rest == "/models" {
-            vec![(Self::ListModels, None)]
+            Self::for_method(method, [(Self::ListModels, None)])?
         } else if let Some(id) = rest.strip_prefix("/models/").filter(|id| !id.is_empty()) {
-            vec![(Self::GetModel, Some(id))]
+            Self::for_method(method, [(Self::GetModel, Some(id))])?
         } else {
-            Self::FORWARDED
-                .iter()
-                .filter_map(|e| e.matches(rest).map(|id| (*e, id)))
-                .collect()
-        };
-        let Some(&(first, _)) = found.first() else {
-            return Err(ProxyError::UnknownRoute);
-        };
-        let Some(&(endpoint, id)) = found.iter().find(|(e, _)| e.method() == method) else {
-            return Err(ProxyError::MethodNotAllowed {
-                method: method.clone(),
-                path: first.route(),
-            });
+            Self::for_method(
+                method,
+                Self::FORWARDED
+                    .iter()
+                    .filter_map(|e| e.matches(rest).map(|id| (*e, id))),
+            )?
         };
         if let Some(id) = id.filter(|_| endpoint != Self::GetModel) {
             if !valid_object_id(id) {
@@ -179,12 +172,38 @@ impl Endpoint {
         Ok((endpoint, id))
     }
 
+    /// The first of the endpoints whose shape the path has that takes
+    /// `method`; an unknown route when none has the shape, and a method not
+    /// allowed (naming the first one's route) when none takes the method.
+    fn for_method<'p>(
+        method: &Method,
+        found: impl IntoIterator<Item = (Endpoint, Option<&'p str>)>,
+    ) -> Result<(Endpoint, Option<&'p str>), ProxyError> {
+        let mut first = None;
+        for (endpoint, id) in found {
+            if endpoint.method() == method {
+                return Ok((endpoint, id));
+            }
+            first.get_or_insert(endpoint);
+        }
+        match first {
+            None => Err(ProxyError::UnknownRoute),
+            Some(first) => Err(ProxyError::MethodNotAllowed {
+                method: method.clone(),
+                path: first.route(),
+            }),
+        }
+    }
+
     /// Whether `rest` has this endpoint's shape, and the id segment if any.
+    /// (`{id}` is a template's only brace, so a `char` split finds it without
+    /// building a substring searcher per endpoint and request.)
     fn matches(self, rest: &str) -> Option<Option<&str>> {
         let template = self.suffix();
-        let Some((before, after)) = template.split_once("{id}") else {
+        let Some((before, after)) = template.split_once('{') else {
             return (template == rest).then_some(None);
         };
+        let after = after.strip_prefix("id}")?;
         let id = rest.strip_prefix(before)?.strip_suffix(after)?;
         (!id.is_empty() && !id.contains('/')).then_some(Some(id))
     }

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use crate::error::ProxyError;
 use crate::forward::Forwarder;
 use crate::routing::{Candidates, Failure, Outcome, Router, Target, Tried};
-use crate::signing::message_id;
+use crate::signing::MessageId;
 
 /// The longest `Retry-After` honoured; a longer one is cut to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
@@ -72,7 +72,7 @@ impl Attempts<'_> {
     ) -> Result<Served, Unserved> {
         let settings = self.router.settings();
         let max = settings.max_attempts.max(1);
-        let id = message_id();
+        let id = MessageId::default();
         let mut tried = Tried::default();
         let mut attempts = 0_u32;
         let mut last: Option<(Target, Option<Response<Incoming>>, ProxyError)> = None;

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use keygate_keys::strip_query_param;
 
 use crate::error::{ProxyError, error_chain};
+use crate::signing::MessageId;
 use crate::upstream::Upstream;
 
 /// How requests go upstream.
@@ -36,7 +37,7 @@ impl Forwarder {
         path: &str,
         parts: &request::Parts,
         body: Bytes,
-        id: &str,
+        id: &MessageId,
     ) -> Result<Response<Incoming>, ProxyError> {
         let query = match (parts.uri.query(), self.query_param.as_deref()) {
             (Some(query), Some(param)) => strip_query_param(query, param),
@@ -74,7 +75,7 @@ impl Forwarder {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -91,7 +92,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// end user's address as proxies in front add it (privacy: no IP leaves keygate),
 /// what the client stack derives from the URI and body, `accept-encoding` so
 /// usage can be read from the response, and the signature headers keygate sets.
-const NOT_FORWARDED: [HeaderName; 24] = [
+static NOT_FORWARDED: [HeaderName; 24] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("api-key"),
@@ -122,39 +123,50 @@ const NOT_FORWARDED: [HeaderName; 24] = [
 /// Headers dropped from responses besides hop-by-hop ones: which provider account
 /// the operator uses is the operator's business, and provider cookies are for the
 /// provider's own domain.
-const NOT_RETURNED: [HeaderName; 4] = [
+static NOT_RETURNED: [HeaderName; 4] = [
     HeaderName::from_static("openai-organization"),
     HeaderName::from_static("openai-project"),
     HeaderName::from_static("anthropic-organization-id"),
     header::SET_COOKIE,
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+/// The names the `Connection` headers list: hop-by-hop for this message only.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
+        .collect()
 }
 
+/// The request headers that go upstream: each of the client's checked against
+/// the tables and copied when it may pass (cheaper than copying all and then
+/// removing every name of the tables, which hashes each name once more).
 fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
-    let mut headers = incoming.clone();
-    strip_hop_by_hop(&mut headers);
-    for name in &NOT_FORWARDED {
-        headers.remove(name);
+    let listed = connection_listed(incoming);
+    let mut headers = HeaderMap::with_capacity(incoming.keys_len());
+    for (name, value) in incoming {
+        if !(HOP_BY_HOP.contains(name) || NOT_FORWARDED.contains(name) || listed.contains(name)) {
+            headers.append(name.clone(), value.clone());
+        }
     }
     headers
 }
 
-/// Removes from an upstream's response the headers a client never gets.
+/// Removes from an upstream's response the headers a client never gets (most
+/// responses have none of them: then nothing is removed or hashed).
 fn returned_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    for name in &NOT_RETURNED {
+    let listed = connection_listed(headers);
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name) || NOT_RETURNED.contains(name) || listed.contains(name)
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
         headers.remove(name);
     }
 }

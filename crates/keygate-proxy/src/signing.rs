@@ -111,3 +111,15 @@ impl Signer {
 pub(crate) fn message_id() -> String {
     format!("msg_{:024x}", rand::random::<u128>() >> 32)
 }
+
+/// A request's message id, the same for each of its attempts, drawn the first
+/// time a signing upstream asks for it (most upstreams sign nothing).
+#[derive(Debug, Default)]
+pub(crate) struct MessageId(std::sync::OnceLock<String>);
+
+impl MessageId {
+    /// The id, drawn on first use.
+    pub(crate) fn get(&self) -> &str {
+        self.0.get_or_init(message_id)
+    }
+}

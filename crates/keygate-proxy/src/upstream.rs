@@ -22,8 +22,8 @@ use rustls_pki_types::pem::PemObject;
 use crate::endpoint::ProviderKind;
 use crate::error::ConfigError;
 use crate::models::ModelPattern;
-use crate::signing::Signer;
 pub use crate::signing::{HookSecret, SigningConfig};
+use crate::signing::{MessageId, Signer};
 
 /// The HTTP client keygate forwards with.
 pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -357,9 +357,9 @@ impl Upstream {
 
     /// Signs the outgoing request, when signing is configured: over `body`,
     /// the exact bytes sent.
-    pub(crate) fn sign(&self, headers: &mut HeaderMap, id: &str, body: &[u8]) {
+    pub(crate) fn sign(&self, headers: &mut HeaderMap, id: &MessageId, body: &[u8]) {
         if let Some(signer) = &self.signer {
-            signer.sign(headers, id, body);
+            signer.sign(headers, id.get(), body);
         }
     }
 

@@ -39,12 +39,12 @@ struct ReservationRow {
 
 #[derive(Insertable, Debug)]
 #[diesel(table_name = usage_records, treat_none_as_default_value = false)]
-struct NewUsageRow<'a> {
+struct NewUsageRow {
     at: i64,
-    key_id: &'a str,
-    account_id: &'a str,
-    model: &'a str,
-    upstream: &'a str,
+    key_id: String,
+    account_id: String,
+    model: String,
+    upstream: String,
     input_tokens: i64,
     output_tokens: i64,
     cached_tokens: i64,
@@ -53,9 +53,9 @@ struct NewUsageRow<'a> {
     ttfb_ms: i64,
     stream: i64,
     status: i64,
-    client_name: Option<&'a str>,
-    usage_source: &'a str,
-    client_ip: Option<&'a str>,
+    client_name: Option<String>,
+    usage_source: &'static str,
+    client_ip: Option<String>,
     attempts: i64,
 }
 
@@ -89,13 +89,15 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn usage_row(r: &UsageRecord) -> NewUsageRow<'_> {
+/// A record as inserted: owned, so that SQLite's fixed-size multi-row inserts
+/// (whose cached statements are keyed by a `'static` type) can take it.
+fn usage_row(r: &UsageRecord) -> NewUsageRow {
     NewUsageRow {
         at: millis(r.at),
-        key_id: r.key_id.as_str(),
-        account_id: r.account_id.as_str(),
-        model: &r.model,
-        upstream: &r.upstream,
+        key_id: r.key_id.as_str().to_owned(),
+        account_id: r.account_id.as_str().to_owned(),
+        model: r.model.clone(),
+        upstream: r.upstream.clone(),
         input_tokens: to_i64(r.input_tokens),
         output_tokens: to_i64(r.output_tokens),
         cached_tokens: to_i64(r.cached_tokens),
@@ -104,25 +106,44 @@ fn usage_row(r: &UsageRecord) -> NewUsageRow<'_> {
         ttfb_ms: to_i64(r.ttfb_ms),
         stream: i64::from(r.stream),
         status: i64::from(r.status),
-        client_name: r.client_name.as_deref(),
+        client_name: r.client_name.clone(),
         usage_source: r.usage_source.name(),
-        client_ip: r.client_ip.as_deref(),
+        client_ip: r.client_ip.clone(),
         attempts: i64::from(r.attempts),
     }
 }
 
-/// Usage records on SQLite: every row in one transaction in one blocking call.
-/// The async wrapper hands each statement to a blocking thread of its own; for
-/// a batch of hundreds of rows, those hand-offs cost more than the inserts.
+/// Usage records on SQLite: in one transaction in one blocking call (the async
+/// wrapper hands each statement to a blocking thread of its own; for a batch of
+/// hundreds of rows, those hand-offs cost more than the inserts), as multi-row
+/// inserts of fixed sizes (64 rows, then 8, then single rows), whose prepared
+/// statements diesel caches. Per row, that is about half the instructions of
+/// one statement per row (each execution sets up its statement and its CHECK
+/// constraints' lookups again) and of one statement per batch (parsed anew each
+/// time); `cargo xtask bench --callgrind`, docs/benchmarks.md.
 #[cfg(feature = "sqlite")]
 async fn record_usage_sqlite(c: &mut SqliteConn, records: &[UsageRecord]) -> Result<()> {
     use diesel::connection::Connection as _;
-    let records = records.to_vec();
+    let rows: Vec<NewUsageRow> = records.iter().map(usage_row).collect();
     c.spawn_blocking(move |conn| {
         conn.transaction(|conn| {
-            for record in &records {
+            let (large, rest) = rows.as_chunks::<64>();
+            for chunk in large {
                 diesel::RunQueryDsl::execute(
-                    diesel::insert_into(usage_records::table).values(usage_row(record)),
+                    diesel::insert_into(usage_records::table).values(chunk),
+                    conn,
+                )?;
+            }
+            let (small, rest) = rest.as_chunks::<8>();
+            for chunk in small {
+                diesel::RunQueryDsl::execute(
+                    diesel::insert_into(usage_records::table).values(chunk),
+                    conn,
+                )?;
+            }
+            for row in rest {
+                diesel::RunQueryDsl::execute(
+                    diesel::insert_into(usage_records::table).values(row),
                     conn,
                 )?;
             }
@@ -137,7 +158,7 @@ async fn record_usage_sqlite(c: &mut SqliteConn, records: &[UsageRecord]) -> Res
 /// parameters each, under PostgreSQL's 65,535) in one transaction.
 #[cfg(feature = "postgres")]
 async fn record_usage_pg(c: &mut AsyncPgConnection, records: &[UsageRecord]) -> Result<()> {
-    let rows: Vec<NewUsageRow<'_>> = records.iter().map(usage_row).collect();
+    let rows: Vec<NewUsageRow> = records.iter().map(usage_row).collect();
     c.transaction::<_, StoreError, _>(async move |c| {
         for chunk in rows.chunks(1000) {
             diesel::insert_into(usage_records::table)

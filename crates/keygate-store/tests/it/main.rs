@@ -205,6 +205,7 @@ backend_suite!(
     settling_past_the_spend_limit_saturates_at_the_limit,
     usage_records_are_never_refused_for_their_numbers,
     usage_records_round_trip_and_purge,
+    usage_records_in_large_batches_round_trip,
     usage_report_totals_by_model_in_byte_order,
     usage_report_totals_by_key,
     usage_report_totals_by_utc_day,

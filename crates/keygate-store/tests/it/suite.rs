@@ -1019,6 +1019,53 @@ pub(crate) async fn usage_records_round_trip_and_purge(backend: &Backend) {
     assert_eq!(found.len(), 2, "a refused batch stores nothing");
 }
 
+/// A batch as large as the usage writer hands over at load: written in
+/// chunks of every size the SQL backends use (64 rows, 8, single rows), every
+/// row back as written, the optional fields both set and unset.
+pub(crate) async fn usage_records_in_large_batches_round_trip(backend: &Backend) {
+    let ledger = &*backend.ledger;
+    let (acct, key) = funded(backend, 1, None).await;
+    let start = Utc::now() - TimeDelta::hours(1);
+    let record = |i: i64| UsageRecord {
+        at: DateTime::from_timestamp_millis((start + TimeDelta::seconds(i)).timestamp_millis())
+            .unwrap(),
+        key_id: key.id.clone(),
+        account_id: acct.id.clone(),
+        model: format!("model-{i}"),
+        upstream: if i % 2 == 0 { "openai" } else { "azure" }.into(),
+        input_tokens: 1000 + i as u64,
+        output_tokens: i as u64,
+        cached_tokens: (i % 5) as u64,
+        cost: Micros(10 * i),
+        latency_ms: 100 + i as u64,
+        ttfb_ms: i as u64,
+        stream: i % 3 == 0,
+        status: if i % 7 == 0 { 500 } else { 200 },
+        client_name: (i % 2 == 0).then(|| format!("app-{i}")),
+        usage_source: match i % 4 {
+            0 => UsageSource::Reported,
+            1 => UsageSource::Estimated,
+            2 => UsageSource::Unknown,
+            _ => UsageSource::Capped,
+        },
+        client_ip: (i % 3 == 1).then(|| format!("192.0.2.{}", i % 250)),
+        attempts: (i % 3) as u32,
+    };
+    // 75 = 64 + 8 + 3, then 139 = 2 × 64 + 8 + 3.
+    let first: Vec<UsageRecord> = (0..75).map(record).collect();
+    let second: Vec<UsageRecord> = (75..214).map(record).collect();
+    ledger.record_usage(&first).await.unwrap();
+    ledger.record_usage(&second).await.unwrap();
+    let mut found = ledger
+        .usage_between(start - TimeDelta::seconds(1), Utc::now())
+        .await
+        .unwrap();
+    found.sort_by_key(|r| r.at);
+    let written: Vec<UsageRecord> = first.into_iter().chain(second).collect();
+    assert_eq!(found.len(), written.len());
+    assert_eq!(found, written);
+}
+
 // Usage reports.
 
 fn at(rfc3339: &str) -> DateTime<Utc> {
