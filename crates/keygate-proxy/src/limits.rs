@@ -259,7 +259,8 @@ impl RequestLimiter {
             rate_kinds: Vec::new(),
             estimate,
         };
-        let mut rate = |kind: LimitKind, key: String, limit: Option<u32>| {
+        // Each limiter key is formatted only for a limit that is set.
+        let mut rate = |kind: LimitKind, key: &dyn Fn() -> String, limit: Option<u32>| {
             if let Some(limit) = limit.filter(|l| *l > 0) {
                 let cost = if kind.counts_tokens() { estimate } else { 1 };
                 if kind.counts_tokens() && demand.is_none() {
@@ -267,22 +268,22 @@ impl RequestLimiter {
                 }
                 plan.check
                     .rates
-                    .push(Rate::new(key, u64::from(limit), cost));
+                    .push(Rate::new(key(), u64::from(limit), cost));
                 plan.rate_kinds.push(kind);
             }
         };
-        rate(LimitKind::Requests, format!("key:{id}:rpm"), rpm);
-        rate(LimitKind::Tokens, format!("key:{id}:tpm"), tpm);
+        rate(LimitKind::Requests, &|| format!("key:{id}:rpm"), rpm);
+        rate(LimitKind::Tokens, &|| format!("key:{id}:tpm"), tpm);
         let account = key.account_id.as_str();
         if tier.account_wide {
             rate(
                 LimitKind::Requests,
-                format!("account:{account}:rpm"),
+                &|| format!("account:{account}:rpm"),
                 tier.rpm,
             );
             rate(
                 LimitKind::Tokens,
-                format!("account:{account}:tpm"),
+                &|| format!("account:{account}:tpm"),
                 tier.tpm,
             );
         }
@@ -292,26 +293,23 @@ impl RequestLimiter {
             let public = self.settings.public_keys;
             rate(
                 LimitKind::AddressRequests,
-                format!("addr:{id}:{client}:rpm"),
+                &|| format!("addr:{id}:{client}:rpm"),
                 public.rpm_per_address,
             );
             rate(
                 LimitKind::AddressTokens,
-                format!("addr:{id}:{client}:tpm"),
+                &|| format!("addr:{id}:{client}:tpm"),
                 public.tpm_per_address,
             );
         }
         if demand.is_some() {
-            for (slot, max) in [
-                (format!("key:{id}:parallel"), max_parallel),
-                (
-                    format!("account:{account}:parallel"),
-                    tier.max_parallel.filter(|_| tier.account_wide),
-                ),
-            ] {
-                if let Some(max) = max.filter(|m| *m > 0) {
-                    plan.check.slots.push(Slot { key: slot, max });
-                }
+            if let Some(max) = max_parallel.filter(|m| *m > 0) {
+                let key = format!("key:{id}:parallel");
+                plan.check.slots.push(Slot { key, max });
+            }
+            if let Some(max) = tier.max_parallel.filter(|m| *m > 0 && tier.account_wide) {
+                let key = format!("account:{account}:parallel");
+                plan.check.slots.push(Slot { key, max });
             }
         }
         plan

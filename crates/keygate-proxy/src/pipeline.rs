@@ -47,7 +47,10 @@ impl Gateway {
             // Started on arrival; the upstream gets its `traceparent`.
             ctx.log.span = Some(tracing.start(&parts.method, &mut parts.headers));
         }
-        let mut response = match self.serve(&parts, &mut body, &mut ctx).await {
+        // Boxed: the connection keeps the space of the future it serves
+        // requests with for as long as it is open, streams included, so the
+        // request path's large future lives on the heap only while it runs.
+        let mut response = match Box::pin(self.serve(&parts, &mut body, &mut ctx)).await {
             Ok(mut response) => {
                 ctx.add_cors(response.headers_mut());
                 ctx.log.log_answer(response.status());
