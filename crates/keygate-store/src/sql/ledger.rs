@@ -127,31 +127,34 @@ async fn record_usage_sqlite(c: &mut SqliteConn, records: &[UsageRecord]) -> Res
     let rows: Vec<NewUsageRow> = records.iter().map(usage_row).collect();
     c.spawn_blocking(move |conn| {
         conn.transaction(|conn| {
-            let (large, rest) = rows.as_chunks::<64>();
-            for chunk in large {
-                diesel::RunQueryDsl::execute(
-                    diesel::insert_into(usage_records::table).values(chunk),
-                    conn,
-                )?;
-            }
-            let (small, rest) = rest.as_chunks::<8>();
-            for chunk in small {
-                diesel::RunQueryDsl::execute(
-                    diesel::insert_into(usage_records::table).values(chunk),
-                    conn,
-                )?;
-            }
-            for row in rest {
-                diesel::RunQueryDsl::execute(
-                    diesel::insert_into(usage_records::table).values(row),
-                    conn,
-                )?;
-            }
+            let rest = insert_usage_chunks::<64>(conn, &rows)?;
+            let rest = insert_usage_chunks::<8>(conn, rest)?;
+            insert_usage_chunks::<1>(conn, rest)?;
             Ok(())
         })
     })
     .await
     .map_err(StoreError::from)
+}
+
+/// Inserts the first `rows.len() / N * N` rows as statements of `N` rows each
+/// (one cached statement per `N`) and returns the rest, fewer than `N`.
+#[cfg(feature = "sqlite")]
+fn insert_usage_chunks<'r, const N: usize>(
+    conn: &mut diesel::SqliteConnection,
+    rows: &'r [NewUsageRow],
+) -> diesel::QueryResult<&'r [NewUsageRow]> {
+    let (whole, rest) = rows.split_at(rows.len() / N * N);
+    for chunk in whole.chunks_exact(N) {
+        let chunk: &[NewUsageRow; N] = chunk.try_into().map_err(|_| {
+            diesel::result::Error::QueryBuilderError("a usage chunk of the wrong length".into())
+        })?;
+        diesel::RunQueryDsl::execute(
+            diesel::insert_into(usage_records::table).values(chunk),
+            conn,
+        )?;
+    }
+    Ok(rest)
 }
 
 /// Usage records on PostgreSQL: multi-row inserts (1,000 rows, 16,000 bind
