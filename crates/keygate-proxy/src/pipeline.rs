@@ -37,6 +37,14 @@ use crate::upstream::Upstream;
 impl Gateway {
     /// Answers one request. Never fails: errors become OpenAI-shaped responses.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<GatewayBody> {
+        // Boxed: an HTTP/1.1 connection keeps the space of the future it serves
+        // requests with for as long as it is open, streams included, so the
+        // request path's large future (several KB) lives on the heap only while
+        // the request is decided, and an open stream keeps a few bytes.
+        Box::pin(self.answer(request)).await
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<GatewayBody> {
         if let Some(response) = self.local.answer(&request).await {
             return response;
         }
@@ -47,10 +55,7 @@ impl Gateway {
             // Started on arrival; the upstream gets its `traceparent`.
             ctx.log.span = Some(tracing.start(&parts.method, &mut parts.headers));
         }
-        // Boxed: the connection keeps the space of the future it serves
-        // requests with for as long as it is open, streams included, so the
-        // request path's large future lives on the heap only while it runs.
-        let mut response = match Box::pin(self.serve(&parts, &mut body, &mut ctx)).await {
+        let mut response = match self.serve(&parts, &mut body, &mut ctx).await {
             Ok(mut response) => {
                 ctx.add_cors(response.headers_mut());
                 ctx.log.log_answer(response.status());
