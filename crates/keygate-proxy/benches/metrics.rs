@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keygate_store::{AccountId, KeyId};
-use keygate_test_utils::MockUpstream;
 
 mod support;
 
@@ -37,15 +36,9 @@ fn record(c: &mut Criterion) {
 }
 
 fn request(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let (mock, on, off) = runtime.block_on(async {
-        let mock = MockUpstream::start().await;
-        mock.set_recording(false);
-        mock.set_nodelay(true);
+        let mock = support::quiet_mock().await;
         let on = start_billed(&mock, |_| {}, |g| g).await;
         let off = start_billed(&mock, |c| c.metrics.enabled = false, |g| g).await;
         (mock, on, off)

@@ -18,15 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use keygate_proxy::{
     Affinity, BreakerSettings, Gateway, ProviderKey, ProviderKind, ProxyConfig, Router,
-    RoutingSettings, ServerOptions, Upstream, UpstreamConfig, defaults,
+    RoutingSettings, Upstream, UpstreamConfig, defaults,
 };
 use keygate_store::{CredentialStore, MemoryStore, Micros};
-use keygate_test_utils::{MockUpstream, fixture};
+use keygate_test_utils::fixture;
 
 mod support;
 
@@ -97,35 +94,13 @@ async fn start(upstreams: Vec<UpstreamConfig>) -> Running {
         failures: u32::MAX,
         ..BreakerSettings::default()
     };
-    let gateway = Arc::new(Gateway::new(config, store).unwrap());
-    let served = Arc::clone(&gateway);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Who waits: nobody; the runtime drops it when the bench ends.
-    tokio::spawn(keygate_proxy::serve(
-        listener,
-        served,
-        ServerOptions::new(),
-        std::future::pending::<()>(),
-    ));
-    Running {
-        url: format!("http://{addr}/v1/chat/completions"),
-        auth: format!("Bearer {}", secret.expose()),
-        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-        gateway,
-    }
+    support::serve(Arc::new(Gateway::new(config, store).unwrap()), &secret).await
 }
 
 fn failover(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let (mock, direct, refused_first) = runtime.block_on(async {
-        let mock = MockUpstream::start().await;
-        mock.set_recording(false);
-        mock.set_nodelay(true);
+        let mock = support::quiet_mock().await;
         let good = format!("{}/v1", mock.url());
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let refused = format!("http://{}/v1", closed.local_addr().unwrap());

@@ -22,7 +22,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use keygate_proxy::{Tracing, TracingConfig};
-use keygate_test_utils::{MockUpstream, OtlpCollector};
+use keygate_test_utils::OtlpCollector;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
@@ -108,15 +108,9 @@ fn spans(c: &mut Criterion) {
 }
 
 fn request(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let (collector, tracing, on, off, _mock) = runtime.block_on(async {
-        let mock = MockUpstream::start().await;
-        mock.set_recording(false);
-        mock.set_nodelay(true);
+        let mock = support::quiet_mock().await;
         let collector = OtlpCollector::start().await;
         let tracing = Arc::new(Tracing::otlp(&TracingConfig::new(collector.endpoint())).unwrap());
         let traced = Arc::clone(&tracing);

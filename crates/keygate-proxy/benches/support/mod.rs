@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use keygate_billing::{Price, PriceTable};
+use keygate_keys::SecretKey;
 use keygate_proxy::{
     Billing, BillingConfig, Gateway, ProviderKey, ProviderKind, ProxyConfig, ServerOptions,
     UpstreamConfig,
@@ -55,7 +56,11 @@ pub(crate) async fn start_billed(
     let built = Gateway::new(proxy, credentials)
         .unwrap()
         .with_billing(billing);
-    let gateway = Arc::new(gateway(built));
+    serve(Arc::new(gateway(built)), &secret).await
+}
+
+/// Serves `gateway` on a loopback port; `secret` is the key the calls carry.
+pub(crate) async fn serve(gateway: Arc<Gateway>, secret: &SecretKey) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     // Who waits: nobody; the runtime drops it when the bench ends.
@@ -71,6 +76,23 @@ pub(crate) async fn start_billed(
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         gateway,
     }
+}
+
+/// The runtime the whole-request benches drive their calls on.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A mock upstream that records nothing and answers without delay.
+pub(crate) async fn quiet_mock() -> MockUpstream {
+    let mock = MockUpstream::start().await;
+    mock.set_recording(false);
+    mock.set_nodelay(true);
+    mock
 }
 
 /// One non-streamed chat completion, read to its end.
