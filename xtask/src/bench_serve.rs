@@ -99,34 +99,17 @@ pub(crate) fn serve_baseline(upstream: &str) -> Result<()> {
         let client: Client<HttpConnector, Incoming> =
             Client::builder(TokioExecutor::new()).build(connector);
         announce(&format!("http://{addr}"))?;
-        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                line = stdin.next_line() => match line {
-                    Ok(Some(_)) => say("ok")?,
-                    _ => break,
-                },
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let client = client.clone();
-                    let authority = authority.clone();
-                    let service = service_fn(move |request| {
-                        forward(client.clone(), authority.clone(), request)
-                    });
-                    // Who waits: this loop's `JoinSet`, aborted when stdin closes.
-                    connections.spawn(async move {
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        connections.shutdown().await;
-        Ok(())
+        serve_until_stdin_closes(
+            listener,
+            |_| "ok".to_owned(),
+            |stream| {
+                let _ = stream.set_nodelay(true);
+                let client = client.clone();
+                let authority = authority.clone();
+                service_fn(move |request| forward(client.clone(), authority.clone(), request))
+            },
+        )
+        .await
     })
 }
 
@@ -143,54 +126,82 @@ pub(crate) fn serve_otlp_sink() -> Result<()> {
         let requests = Arc::new(AtomicU64::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
         announce(&format!("http://{addr}"))?;
-        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                line = stdin.next_line() => match line {
-                    Ok(Some(line)) if line.trim() == "stats" => say(&format!(
-                        "ok {} {}",
-                        requests.load(Ordering::Relaxed),
-                        bytes.load(Ordering::Relaxed)
-                    ))?,
-                    Ok(Some(_)) => say("ok")?,
-                    _ => break,
-                },
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
+        serve_until_stdin_closes(
+            listener,
+            |line| match line.trim() {
+                "stats" => format!(
+                    "ok {} {}",
+                    requests.load(Ordering::Relaxed),
+                    bytes.load(Ordering::Relaxed)
+                ),
+                _ => "ok".to_owned(),
+            },
+            |_| {
+                let requests = Arc::clone(&requests);
+                let bytes = Arc::clone(&bytes);
+                service_fn(move |request: Request<Incoming>| {
                     let requests = Arc::clone(&requests);
                     let bytes = Arc::clone(&bytes);
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let requests = Arc::clone(&requests);
-                        let bytes = Arc::clone(&bytes);
-                        async move {
-                            use http_body_util::BodyExt as _;
-                            let body = request.into_body().collect().await.map(|b| b.to_bytes());
-                            requests.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(body) = body {
-                                bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                            }
-                            let mut response = Response::new(Full::new(Bytes::new()));
-                            response.headers_mut().insert(
-                                header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("application/x-protobuf"),
-                            );
-                            Ok::<_, Infallible>(response)
+                    async move {
+                        use http_body_util::BodyExt as _;
+                        let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(body) = body {
+                            bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
                         }
-                    });
-                    // Who waits: this loop's `JoinSet`, aborted when stdin closes.
-                    connections.spawn(async move {
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        connections.shutdown().await;
-        Ok(())
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        response.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/x-protobuf"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    }
+                })
+            },
+        )
+        .await
     })
+}
+
+/// Serves each connection `listener` accepts with the service `service` makes
+/// for it, and answers each line on stdin with `answer`'s reply, until stdin
+/// closes; then the connections are aborted.
+async fn serve_until_stdin_closes<S, B>(
+    listener: TcpListener,
+    answer: impl Fn(&str) -> String,
+    service: impl Fn(&tokio::net::TcpStream) -> S,
+) -> Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            line = stdin.next_line() => match line {
+                Ok(Some(line)) => say(&answer(&line))?,
+                _ => break,
+            },
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let service = service(&stream);
+                // Who waits: this loop's `JoinSet`, aborted when stdin closes.
+                connections.spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+    Ok(())
 }
 
 type BaselineBody = Either<Incoming, Full<Bytes>>;
