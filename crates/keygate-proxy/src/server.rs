@@ -1,6 +1,7 @@
 //! Accepting connections: plain TCP or TLS (ALPN h2 and http/1.1), HTTP/1.1 and
-//! HTTP/2 through hyper-util's auto builder, at most `max_connections` at once,
-//! each under its idle deadlines, and graceful shutdown.
+//! HTTP/2 (told by ALPN, or on plain TCP by a peek at the client's first bytes)
+//! through hyper-util's builder, at most `max_connections` at once, each under
+//! its idle deadlines, and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,8 +16,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::backoff::Backoff;
@@ -158,7 +160,7 @@ pub async fn serve(
         .max_concurrent_streams(options.http2_max_concurrent_streams)
         .keep_alive_interval(options.http2_keepalive_interval)
         .keep_alive_timeout(options.http2_keepalive_timeout);
-    let builder = Arc::new(builder);
+    let protocols = Arc::new(Protocols::new(builder));
     let graceful = GracefulShutdown::new();
     let metrics = Arc::clone(&gateway.local.connections);
     let slots = Arc::new(Semaphore::new(options.max_connections));
@@ -220,28 +222,26 @@ pub async fn serve(
             })
         };
         let (first, idle) = (options.header_read_timeout, options.keepalive_timeout);
-        let builder = Arc::clone(&builder);
-        match &acceptor {
-            None => {
-                let connection = builder
-                    .serve_connection(
-                        TokioIo::new(Watchdog::new(tcp, activity, first, idle)),
-                        service,
-                    )
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                connections.spawn(async move {
-                    let _open = open;
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                connections.spawn(async move {
-                    let _open = open;
+        let protocols = Arc::clone(&protocols);
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        connections.spawn(async move {
+            let _open = open;
+            // The first request head is due `first` after the accept, TLS
+            // handshake and protocol detection included.
+            let deadline = Instant::now() + first;
+            let served = match acceptor {
+                None => {
+                    let Ok(protocol) = tokio::time::timeout_at(deadline, sniff(&tcp)).await else {
+                        tracing::debug!("no request within the header read timeout");
+                        return;
+                    };
+                    let first = deadline.saturating_duration_since(Instant::now());
+                    let io = TokioIo::new(Watchdog::new(tcp, activity, first, idle));
+                    let connection = protocols.pick(protocol).serve_connection(io, service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
                     let tls =
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                             .await
@@ -256,18 +256,20 @@ pub async fn serve(
                                 return;
                             }
                         };
-                    let connection = builder
-                        .serve_connection(
-                            TokioIo::new(Watchdog::new(tls, activity, first, idle)),
-                            service,
-                        )
-                        .into_owned();
-                    if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                    let protocol = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        Some(b"http/1.1") => Protocol::Http1,
+                        _ => Protocol::Unknown,
+                    };
+                    let io = TokioIo::new(Watchdog::new(tls, activity, first, idle));
+                    let connection = protocols.pick(protocol).serve_connection(io, service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-        }
+        });
     }
     drop(listener);
     let open = graceful.count();
@@ -284,6 +286,63 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
     background.stop().await;
     outcome
+}
+
+/// What a client speaks, as far as is known before hyper reads from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Not told yet: hyper-util reads the first bytes to find out.
+    Unknown,
+}
+
+/// How a connection is served, one builder per [`Protocol`]: the same settings,
+/// and for a known protocol no detection. hyper-util's detection reads the first
+/// 24 bytes apart and hands them to hyper as a first read of their own, which
+/// makes hyper grow the connection's read buffer from 8 to 16 KB for the rest of
+/// the request; an open stream then holds the larger buffer.
+struct Protocols {
+    any: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(any: auto::Builder<TokioExecutor>) -> Self {
+        Self {
+            http1: any.clone().http1_only(),
+            http2: any.clone().http2_only(),
+            any,
+        }
+    }
+
+    fn pick(&self, protocol: Protocol) -> &auto::Builder<TokioExecutor> {
+        match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::Http2 => &self.http2,
+            Protocol::Unknown => &self.any,
+        }
+    }
+}
+
+/// HTTP/2's connection preface, which a plain-TCP client with prior knowledge
+/// sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells a plain-TCP client's protocol from its first bytes, peeked, so that
+/// hyper still reads them as they came. `Unknown` while they are only the start
+/// of the preface (a client sending a byte at a time), or when the peek finds
+/// the connection closed or failing: hyper-util then reads to find out, as it
+/// would have.
+async fn sniff(tcp: &TcpStream) -> Protocol {
+    let mut first = [0u8; H2_PREFACE.len()];
+    match tcp.peek(&mut first).await {
+        Ok(0) | Err(_) => Protocol::Unknown,
+        Ok(n) if first[..n] != H2_PREFACE[..n] => Protocol::Http1,
+        Ok(n) if n == H2_PREFACE.len() => Protocol::Http2,
+        Ok(_) => Protocol::Unknown,
+    }
 }
 
 /// One accepted connection's slot under `max_connections`, counted as open

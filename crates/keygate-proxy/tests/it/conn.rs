@@ -423,3 +423,119 @@ async fn silent_connections_past_the_limit_are_all_closed() {
     assert_eq!(fresh.reply().await.unwrap().status, 200);
     metric_becomes(&mut fresh, "keygate_open_connections", 1).await;
 }
+
+/// A client's writes with the first `sent` bytes of the HTTP/2 preface
+/// dropped: they went out by hand before the client took over the socket.
+struct SentAlready {
+    tcp: TcpStream,
+    sent: usize,
+    dropped: usize,
+}
+
+impl tokio::io::AsyncRead for SentAlready {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SentAlready {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let (sent, dropped) = (self.sent, self.dropped);
+        if dropped < sent {
+            let n = (sent - dropped).min(buf.len());
+            assert_eq!(&buf[..n], &H2_PREFACE[dropped..dropped + n]);
+            self.dropped += n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// `GET /healthz` over HTTP/2 with prior knowledge on a plain connection whose
+/// first `sent` bytes of the preface went out on their own, a pause before the
+/// rest.
+async fn h2_healthz(gw: &TestGateway, sent: usize) -> StatusCode {
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    if sent > 0 {
+        tcp.write_all(&H2_PREFACE[..sent]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let io = hyper_util::rt::TokioIo::new(SentAlready {
+        tcp,
+        sent,
+        dropped: 0,
+    });
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/healthz", gw.addr))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("no HTTP/2 answer")
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    response.status()
+}
+
+/// On a plain connection the protocol is told from the client's first bytes:
+/// HTTP/2 with prior knowledge, HTTP/1.1, and either arriving a piece at a time
+/// (a first byte of an HTTP/1.1 `POST` is also the preface's first) are served.
+#[tokio::test]
+async fn plain_connections_serve_http2_prior_knowledge_and_http1_sent_piecemeal() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::builder(&mock).start().await;
+    for sent in [0, 1, 16, 23] {
+        assert_eq!(
+            h2_healthz(&gw, sent).await,
+            StatusCode::OK,
+            "{sent} bytes first"
+        );
+    }
+    let key = gw.key().await;
+    let body = padded_body(200);
+    let mut request = post_head(&key, body.len());
+    request.extend_from_slice(&body);
+    for first in [request.len(), 1, 3] {
+        let mut conn = Raw::connect(&gw).await;
+        conn.tcp.set_nodelay(true).unwrap();
+        conn.send(&request[..first]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.send(&request[first..]).await;
+        let reply = tokio::time::timeout(DEADLINE, conn.reply())
+            .await
+            .expect("no HTTP/1.1 answer")
+            .unwrap();
+        assert_eq!(reply.status, 200, "{first} bytes first");
+        assert!(reply.head.starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(mock.requests().len(), 3);
+}
