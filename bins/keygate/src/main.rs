@@ -9,6 +9,7 @@
 
 mod config;
 mod control;
+mod log_fields;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -315,7 +316,7 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(log_fields::PlainFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     guard

@@ -1,0 +1,264 @@
+//! How a log line's fields are written: exactly as tracing-subscriber's
+//! `DefaultFields` writes them, with a shorter path for the common field when
+//! the output has no colours. The request log line has 12 fields, and
+//! `DefaultFields` paints each name and `=` with an ANSI style even when the
+//! style is empty: about a third of the line's cost (docs/benchmarks.md).
+//! Everything else (the message, raw identifiers, log-crate metadata, errors,
+//! and every field when colours are on) is left to `DefaultVisitor` itself.
+
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+
+/// The fields of a text log line, as `name=value` (the value's `Debug`, so a
+/// string is quoted and escaped), separated by spaces.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PlainFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for PlainFields {
+    type Visitor = PlainVisitor<'a>;
+
+    fn make_visitor(&self, writer: Writer<'a>) -> PlainVisitor<'a> {
+        PlainVisitor {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+pub(crate) struct PlainVisitor<'a> {
+    writer: Writer<'a>,
+    /// No field written yet, so the next needs no space before it.
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    /// Whether `DefaultVisitor` would write this field as `name=value` with
+    /// empty styles: no colours, and none of the names it treats apart.
+    fn plain(&self, name: &str) -> bool {
+        !self.writer.has_ansi_escapes()
+            && name != "message"
+            && !name.starts_with("r#")
+            && !name.starts_with("log.")
+    }
+
+    /// Writes `name=value` the way `DefaultVisitor` does without colours.
+    fn write(&mut self, name: &str, value: &dyn fmt::Debug) {
+        self.result = write_field(&mut self.writer, self.is_empty, name, value);
+        self.is_empty = false;
+    }
+
+    /// Leaves the field to `DefaultVisitor`.
+    fn delegate(&mut self, name: &str, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut visitor);
+        self.result = visitor.finish();
+        // It skips the log crate's metadata (tracing-subscriber's default
+        // `tracing-log` feature) and writes every other field.
+        if !name.starts_with("log.") {
+            self.is_empty = false;
+        }
+    }
+}
+
+fn write_field(
+    writer: &mut Writer<'_>,
+    first: bool,
+    name: &str,
+    value: &dyn fmt::Debug,
+) -> fmt::Result {
+    if !first {
+        writer.write_char(' ')?;
+    }
+    writer.write_str(name)?;
+    writer.write_char('=')?;
+    write!(writer, "{value:?}")
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        if self.plain(name) {
+            self.write(name, &value);
+        } else {
+            self.delegate(name, |v| v.record_str(field, value));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record_debug(field, &value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_debug(field, &value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record_debug(field, &value);
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.result.is_err() {
+            return;
+        }
+        self.delegate(field.name(), |v| v.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        if self.plain(name) {
+            self.write(name, value);
+        } else {
+            self.delegate(name, |v| v.record_debug(field, value));
+        }
+    }
+}
+
+impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for PlainVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::fmt::format::DefaultFields;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+
+        fn make_writer(&'a self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    /// An error with a source, its message with an escape in it.
+    #[derive(Debug)]
+    struct Outer(io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("outer \u{1b}[31m failure")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn inner() -> io::Error {
+        io::Error::other("inner cause")
+    }
+
+    /// Every kind of field and name, in events and in spans.
+    fn events() {
+        let span = tracing::info_span!("request", route = "chat.completions", n = 3_u64);
+        let _entered = span.enter();
+        tracing::info!(
+            target: "keygate::request",
+            method = "POST",
+            route = "chat.completions",
+            status = 200_u16,
+            model = "gpt-\"4o\"\nmini \u{1b}[2J",
+            attempts = 2_usize,
+            latency_us = 1234_u64,
+            delta = -5_i64,
+            ratio = 0.5_f64,
+            whole = 2.0_f64,
+            ok = true,
+            big = u128::MAX,
+            bytes = &b"\x00ab"[..],
+            id = ?Some("x"),
+            shown = %"display \u{1b}",
+            outcome = "complete",
+        );
+        tracing::warn!(error = %Outer(inner()), "message with \u{1b}[31m colour and {}", 42);
+        let error = Outer(inner());
+        tracing::error!(
+            error = &error as &(dyn std::error::Error + 'static),
+            r#type = "raw",
+            "failed"
+        );
+        tracing::info!(
+            log.target = "somewhere",
+            log.line = 7_u64,
+            after = 1_u64,
+            "from the log crate"
+        );
+        tracing::info!(log.target = "only metadata", first = "after it");
+        tracing::info!("only a message");
+        tracing::info!(empty = "", message_like = "message");
+        tracing::debug!(skipped = 1_u64);
+    }
+
+    fn render(plain: bool, ansi: bool) -> String {
+        let buffer = Buffer::default();
+        let builder = tracing_subscriber::fmt()
+            .without_time()
+            .with_ansi(ansi)
+            .with_writer(buffer.clone());
+        if plain {
+            let subscriber = builder.fmt_fields(PlainFields).finish();
+            tracing::subscriber::with_default(subscriber, events);
+        } else {
+            let subscriber = builder.fmt_fields(DefaultFields::new()).finish();
+            tracing::subscriber::with_default(subscriber, events);
+        }
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn lines_are_those_of_default_fields() {
+        for ansi in [false, true] {
+            let default = render(false, ansi);
+            let plain = render(true, ansi);
+            assert_eq!(plain, default, "ansi {ansi}");
+            assert_eq!(default.lines().count(), 7, "{default}");
+        }
+        let line = render(true, false);
+        assert!(
+            line.contains(
+                r#"keygate::request: method="POST" route="chat.completions" status=200 model="gpt-\"4o\"\nmini \u{1b}[2J""#
+            ),
+            "{line}"
+        );
+    }
+}
