@@ -23,6 +23,7 @@ use bytes::Bytes;
 use keygate_test_utils::workspace_binary;
 
 use crate::bench_load::{self, Latency, OpenLoop, Streaming, Target, Throughput};
+use crate::bench_memory::{self, OPEN_STREAM_INTERVAL, OPEN_STREAM_TOKENS, OPEN_STREAMS};
 use crate::bench_nginx::{self, NginxChild, Role};
 use crate::bench_report::{self, ARM_COUNT, ARMS, Arm, Meta, OBSERVABILITY_ARMS, Results, Rss};
 use crate::bench_serve::{self, Launch, ServerChild};
@@ -53,7 +54,8 @@ struct Options {
 
 #[derive(Debug)]
 enum Serve {
-    Mock,
+    /// The mock upstream; over TLS when it names a directory for its CA.
+    Mock(Option<PathBuf>),
     Baseline(String),
     OtlpSink,
 }
@@ -76,7 +78,11 @@ impl Options {
                     Some("nginx") => options.nginx_upstream = true,
                     other => bail!("--upstream takes mock or nginx, not {other:?} ({USAGE})"),
                 },
-                "--serve-mock" => options.serve = Some(Serve::Mock),
+                "--serve-mock" => options.serve = Some(Serve::Mock(None)),
+                "--serve-mock-tls" => {
+                    let dir = args.next().context("--serve-mock-tls needs a directory")?;
+                    options.serve = Some(Serve::Mock(Some(PathBuf::from(dir))));
+                }
                 "--serve-otlp-sink" => options.serve = Some(Serve::OtlpSink),
                 "--serve-baseline" => {
                     let upstream = args.next().context("--serve-baseline needs a URL")?;
@@ -129,12 +135,6 @@ const STREAM_CONNECTIONS: usize = 4;
 /// Streamed replies: this many one-word chunks, this far apart.
 const STREAM_TOKENS: u64 = 10;
 const STREAM_INTERVAL: Duration = Duration::from_millis(5);
-/// Streams held open for the memory figure, and how they are paced (long
-/// enough that none ends while they are counted).
-const OPEN_STREAMS: usize = 1_000;
-const OPEN_STREAM_TOKENS: u64 = 150;
-const OPEN_STREAM_INTERVAL: Duration = Duration::from_millis(200);
-const OPEN_STREAMS_LIMIT: Duration = Duration::from_secs(20);
 /// A pause between runs so one arm's tail does not land in the next one's run.
 const PAUSE: Duration = Duration::from_millis(200);
 /// Set in the release build's environment when the debug build already built it.
@@ -143,7 +143,7 @@ const BUILT_ENV: &str = "KEYGATE_BENCH_BUILT";
 pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
     let options = Options::parse(args)?;
     match &options.serve {
-        Some(Serve::Mock) => return bench_serve::serve_mock().map(|()| true),
+        Some(Serve::Mock(tls)) => return bench_serve::serve_mock(tls.as_deref()).map(|()| true),
         Some(Serve::Baseline(upstream)) => {
             return bench_serve::serve_baseline(upstream).map(|()| true);
         }
@@ -302,13 +302,15 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
     )?;
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let keygate_bin = workspace_binary("keygate");
+    let upstream_url = upstream.url().to_owned();
     let gateway = |name: &'static str, zero: bool, extra: String| GatewaySpec {
         bin: keygate_bin.clone(),
         dir: dir.path().to_path_buf(),
         name,
-        upstream_url: upstream.url().to_owned(),
+        upstream_url: upstream_url.clone(),
         zero_prices: zero,
         extra,
+        ca_file: None,
     };
     let priced = start_gateway(gateway("priced", false, String::new()), &proxy_launch).await?;
     let zero = start_gateway(gateway("zero", true, String::new()), &proxy_launch).await?;
@@ -414,6 +416,17 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
                 results.rss[arm.index()] = Some(memory(&arms, arm, &streamed).await?);
             }
         }
+        let spec = gateway("h2-upstream", false, String::new());
+        results.rss_h2_upstream = Some(
+            bench_memory::h2_upstream_memory(
+                spec,
+                &Launch::pinned(pins.mock),
+                &proxy_launch,
+                &streamed,
+            )
+            .await
+            .context("the keygate arm with an HTTP/2 upstream")?,
+        );
     }
 
     upstream.command("reply 0").await?;
@@ -630,35 +643,7 @@ fn gateway_warnings(gateway: &Gateway) -> Option<String> {
 /// streams open.
 async fn memory(arms: &Arms, arm: Arm, body: &Bytes) -> Result<Rss> {
     let pid = arms.pids[arm.index()].context("the process has no pid")?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_kib = bench_serve::rss_kib_with_children(pid)?;
-    let streams = bench_load::open_streams(
-        arm_target(arms, arm)?,
-        body,
-        OPEN_STREAMS,
-        OPEN_STREAMS_LIMIT,
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let open_kib = bench_serve::rss_kib_with_children(pid)?;
-    let rss = Rss {
-        idle_kib,
-        open_kib,
-        streams: streams.ready,
-        failed: OPEN_STREAMS - streams.ready,
-    };
-    streams.close().await;
-    println!(
-        "  {:<22} idle {:.1} MB, {} streams open {:.1} MB ({} failed)",
-        arm.label(),
-        bench_report::kib_to_mb(idle_kib),
-        rss.streams,
-        bench_report::kib_to_mb(open_kib),
-        rss.failed
-    );
-    // Let the gateway settle the hung-up streams before the next arm runs.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    Ok(rss)
+    bench_memory::memory_of(arm_target(arms, arm)?, pid, arm.label(), body).await
 }
 
 /// The arms in round `round`'s order: rotated, so no arm always runs first.

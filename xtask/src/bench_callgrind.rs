@@ -241,6 +241,7 @@ async fn count(
         upstream_url: upstream.url().to_owned(),
         zero_prices: false,
         extra,
+        ca_file: None,
     };
     let mut sink = None;
     let (target, process): (Target, Running) = match server {

@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use keygate_test_utils::MockUpstream;
+use keygate_test_utils::{MockUpstream, TestCerts};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -40,10 +40,21 @@ const WRAPPED_START_LIMIT: Duration = Duration::from_secs(300);
 /// without request recording (its memory stays flat under load) and with
 /// `TCP_NODELAY` (streamed chunks leave at once). Commands: `reply WORDS` (a
 /// reply of that many words; a stream sends one per event) and
-/// `chunk-delay-us MICROS` (the pause between streamed events).
-pub(crate) fn serve_mock() -> Result<()> {
+/// `chunk-delay-us MICROS` (the pause between streamed events). With
+/// `tls_dir`, it serves TLS with ALPN h2 and http/1.1 on a fresh certificate
+/// whose CA it writes there as `ca.pem`.
+pub(crate) fn serve_mock(tls_dir: Option<&Path>) -> Result<()> {
     runtime()?.block_on(async {
-        let mock = MockUpstream::start().await;
+        let mock = match tls_dir {
+            Some(dir) => {
+                let certs = TestCerts::generate();
+                certs.write_to(dir).with_context(|| {
+                    format!("mock: cannot write certificates to {}", dir.display())
+                })?;
+                MockUpstream::start_tls(&certs).await
+            }
+            None => MockUpstream::start().await,
+        };
         mock.set_recording(false);
         mock.set_nodelay(true);
         announce(&mock.url())?;
@@ -508,9 +519,12 @@ impl GatewayChild {
 
 /// `http://HOST:PORT` → the socket address.
 fn socket_addr(url: &str) -> Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url:?} is not a plain http:// URL"))?;
+    let rest = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => rest.to_owned(),
+        // The TLS mock's certificate names `localhost`, which is loopback here.
+        (None, Some(rest)) => rest.replacen("localhost:", "127.0.0.1:", 1),
+        (None, None) => bail!("{url:?} is not an http:// or https:// URL"),
+    };
     rest.trim_end_matches('/')
         .parse()
         .with_context(|| format!("{url:?} does not name an IP address and port"))

@@ -126,6 +126,9 @@ pub(crate) struct GatewaySpec {
     pub(crate) zero_prices: bool,
     /// Appended to the config (`[metrics]`, `[tracing]`).
     pub(crate) extra: String,
+    /// The CA the upstreams' certificates are checked against (`ca_file`), for
+    /// an upstream over TLS.
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 pub(crate) async fn start_gateway(spec: GatewaySpec, launch: &Launch) -> Result<Gateway> {
@@ -137,6 +140,16 @@ pub(crate) async fn start_gateway(spec: GatewaySpec, launch: &Launch) -> Result<
         .with_context(|| format!("cannot write {name}/keygate.toml"))?;
     if spec.zero_prices {
         set_prices_to_zero(&config)?;
+    }
+    if let Some(ca_file) = &spec.ca_file {
+        // A JSON string is a valid TOML basic string.
+        let ca_file = serde_json::Value::String(ca_file.display().to_string());
+        let text = std::fs::read_to_string(&config)?;
+        let text = text.replace(
+            "\nbase_url = ",
+            &format!("\nca_file = {ca_file}\nbase_url = "),
+        );
+        std::fs::write(&config, text)?;
     }
     if !spec.extra.is_empty() {
         let mut text = std::fs::read_to_string(&config)?;

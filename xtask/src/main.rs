@@ -14,6 +14,7 @@ mod bench;
 mod bench_callgrind;
 mod bench_doc;
 mod bench_load;
+mod bench_memory;
 mod bench_nginx;
 mod bench_report;
 mod bench_serve;

@@ -65,7 +65,10 @@ async fn serve_connection(
     shared: Arc<Shared>,
     stopped: watch::Receiver<()>,
 ) {
-    let builder = auto::Builder::new(StoppableExecutor { stopped });
+    let mut builder = auto::Builder::new(StoppableExecutor { stopped });
+    // No cap on HTTP/2 streams (hyper's server default is 200): the bench holds
+    // 1,000 streams open on one connection.
+    builder.http2().max_concurrent_streams(None);
     let service = service_fn(move |request| with_extra_headers(Arc::clone(&shared), request));
     match tls {
         None => {
