@@ -182,6 +182,20 @@ impl GatewayProcess {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// The log once `done` holds for it, or as it is after `limit`: lines reach
+    /// it through the gateway's log writer thread and its stderr pipe, a little
+    /// after the answers they are about.
+    pub async fn log_when(&self, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if done(&log) || tokio::time::Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         if let Some(pid) = self.child.id() {

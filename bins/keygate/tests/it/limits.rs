@@ -339,7 +339,14 @@ async fn unreachable_redis_follows_on_backend_error() {
             "keygate_limit_denied_total 3"
         };
         assert!(metrics.contains(counter), "{metrics}");
-        let log = gateway.log();
+        // The outage's line comes before the first request line logged while
+        // Redis is down, so once all six request lines are in, so is any second
+        // outage line.
+        let log = gateway
+            .log_when(Duration::from_secs(10), |log| {
+                log.matches("keygate::request").count() >= 6
+            })
+            .await;
         assert_eq!(
             log.matches("rate-limit backend unavailable").count(),
             1,
@@ -592,7 +599,14 @@ async fn redis_stopped_mid_run_follows_on_backend_error_and_recovers() {
                 assert!(body.contains("limits_unavailable"), "{body}");
             }
         }
-        let log = gateway.log();
+        // The outage's line comes before the first request line logged while
+        // Redis is down, so once all six request lines are in, so is any second
+        // outage line.
+        let log = gateway
+            .log_when(Duration::from_secs(10), |log| {
+                log.matches("keygate::request").count() >= 6
+            })
+            .await;
         assert_eq!(
             log.matches("rate-limit backend unavailable").count(),
             1,
