@@ -227,11 +227,11 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         connections.spawn(async move {
             let _open = open;
-            // The first request head is due `first` after the accept, TLS
-            // handshake and protocol detection included.
-            let deadline = Instant::now() + first;
             let served = match acceptor {
                 None => {
+                    // The first request head is due `first` after the accept,
+                    // the peek included.
+                    let deadline = Instant::now() + first;
                     let Ok(protocol) = tokio::time::timeout_at(deadline, sniff(&tcp)).await else {
                         tracing::debug!("no request within the header read timeout");
                         return;
