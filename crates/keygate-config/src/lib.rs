@@ -344,6 +344,9 @@ pub struct RawUpstream {
     pub priority: Option<i32>,
     /// Weight within the tier (default 1).
     pub weight: Option<u32>,
+    /// Most requests at once on one connection before another is opened
+    /// (default 100).
+    pub streams_per_connection: Option<u32>,
     /// `[upstreams.signing]`.
     pub signing: Option<RawSigning>,
 }

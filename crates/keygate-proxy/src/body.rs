@@ -13,6 +13,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::upstream_pool::StreamSlot;
+
 /// The error a streamed body can end with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -81,6 +83,9 @@ struct Stream {
     /// after its headers would otherwise leave the client with no answer at all
     /// rather than the head and a body that breaks off.
     failure: Option<BodyError>,
+    /// The request's place on its upstream connection, freed when the body is
+    /// dropped (after `body`, so after the upstream stream is closed).
+    slot: Option<StreamSlot>,
 }
 
 /// The idle timer, armed only while the upstream makes the body wait: a body
@@ -141,6 +146,7 @@ impl GatewayBody {
                     armed: false,
                 }),
                 failure: None,
+                slot: None,
             }),
         }
     }
@@ -152,6 +158,15 @@ impl GatewayBody {
         debug_assert!(matches!(self.inner, Inner::Stream(_)));
         if let Inner::Stream(stream) = &mut self.inner {
             stream.stages.push(Stage::Observe(observer));
+        }
+        self
+    }
+
+    /// Holds the request's place on its upstream connection until the body is
+    /// dropped.
+    pub(crate) fn hold(mut self, slot: StreamSlot) -> Self {
+        if let Inner::Stream(stream) = &mut self.inner {
+            stream.slot = Some(slot);
         }
         self
     }

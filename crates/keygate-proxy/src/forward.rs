@@ -29,7 +29,8 @@ impl Forwarder {
     /// endpoint's, with its object id) below the upstream's base URL, the query without a key, the headers the
     /// policy lets through plus provider key `slot`, the signature headers when
     /// the upstream signs (message `id`), and `body`. Returns the upstream's
-    /// answer with the headers it may not return removed.
+    /// answer with the headers it may not return removed, and its
+    /// [`StreamSlot`](crate::upstream_pool::StreamSlot) in its extensions.
     pub(crate) async fn send(
         &self,
         upstream: &Upstream,
@@ -55,8 +56,8 @@ impl Forwarder {
         *outgoing.uri_mut() = uri;
         *outgoing.headers_mut() = headers;
 
-        let sent =
-            tokio::time::timeout(self.first_byte_timeout, upstream.client().request(outgoing));
+        let (sent, slot) = upstream.pool().request(outgoing);
+        let sent = tokio::time::timeout(self.first_byte_timeout, sent);
         let mut response = match sent.await {
             Ok(Ok(response)) => response,
             Err(_) => return Err(ProxyError::UpstreamTimeout(upstream.name().to_owned())),
@@ -70,6 +71,9 @@ impl Forwarder {
             }
         };
         returned_headers(response.headers_mut());
+        // The slot stays with the answer until its body ends (the pipeline
+        // moves it to the body); dropped with the answer, it is freed.
+        response.extensions_mut().insert(slot);
         Ok(response)
     }
 }

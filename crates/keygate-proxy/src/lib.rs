@@ -84,6 +84,7 @@ mod signing;
 mod text;
 mod traces;
 mod upstream;
+mod upstream_pool;
 
 pub use auth::{Authenticated, Authenticator, CachedKey};
 pub use billing::{
@@ -108,7 +109,8 @@ pub use routing::{Affinity, RetryOn, Router, RoutingMetrics, RoutingSettings};
 pub use server::{ServerOptions, Shutdown, load_tls, serve, serve_metrics, server_tls};
 pub use traces::{Tracing, TracingConfig};
 pub use upstream::{
-    HookSecret, ProviderKey, SigningConfig, Upstream, UpstreamConfig, UpstreamTimeouts,
+    DEFAULT_STREAMS_PER_CONNECTION, HookSecret, ProviderKey, SigningConfig, Upstream,
+    UpstreamConfig, UpstreamTimeouts,
 };
 
 /// Internals reached by the criterion benches in `benches/`; not an API.

@@ -33,6 +33,7 @@ use crate::routing::{Candidates, sticky_hash};
 use crate::text::shown_model;
 use crate::traces;
 use crate::upstream::Upstream;
+use crate::upstream_pool::StreamSlot;
 
 impl Gateway {
     /// Answers one request. Never fails: errors become OpenAI-shaped responses.
@@ -336,6 +337,10 @@ impl Gateway {
         let (mut head, body) = answer.into_parts();
         ctx.rate_headers(&mut head.headers);
         let mut body = GatewayBody::stream(body, Some(self.idle_timeout));
+        if let Some(slot) = head.extensions.remove::<StreamSlot>() {
+            // Held by the body, not the head, which the server drops first.
+            body = body.hold(slot);
+        }
         if let Some(limits) = ctx.limits.take() {
             // First: it reads usage from the upstream's own bytes, and holds
             // the request's slot until the body ends.

@@ -6,15 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Uri};
-use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keygate_store::limits::MAX_UPSTREAM_NAME_LEN;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -24,9 +19,11 @@ use crate::error::ConfigError;
 use crate::models::ModelPattern;
 pub use crate::signing::{HookSecret, SigningConfig};
 use crate::signing::{MessageId, Signer};
+use crate::upstream_pool::UpstreamPool;
 
-/// The HTTP client keygate forwards with.
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// Default of [`UpstreamConfig::streams_per_connection`]: the
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` most providers' HTTP/2 servers allow.
+pub const DEFAULT_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// A provider's API key. `Debug` never shows it; the header value built from it is
 /// marked sensitive so HTTP/2 never indexes it.
@@ -69,6 +66,12 @@ pub struct UpstreamConfig {
     pub weight: u32,
     /// Requests signed for the operator's own services.
     pub signing: Option<SigningConfig>,
+    /// Most requests sent at once on one connection (an HTTP/2 connection's
+    /// streams; default [`DEFAULT_STREAMS_PER_CONNECTION`], at least 1): past
+    /// it another connection is opened, rather than the request waiting for a
+    /// stream of the first to end. Set it at or below the provider's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub streams_per_connection: u32,
 }
 
 impl UpstreamConfig {
@@ -85,6 +88,7 @@ impl UpstreamConfig {
             priority: 0,
             weight: 1,
             signing: None,
+            streams_per_connection: DEFAULT_STREAMS_PER_CONNECTION,
         }
     }
 }
@@ -113,7 +117,7 @@ pub struct Upstream {
     priority: i32,
     weight: u32,
     signer: Option<Signer>,
-    client: UpstreamClient,
+    pool: UpstreamPool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -217,6 +221,12 @@ impl Upstream {
                 "must be at least 1; leave the upstream out to send it nothing".into(),
             ));
         }
+        if config.streams_per_connection == 0 {
+            return Err(err(
+                "streams_per_connection",
+                format!("must be at least 1 (default {DEFAULT_STREAMS_PER_CONNECTION})"),
+            ));
+        }
         if let Some(signing) = &config.signing {
             signing
                 .validate()
@@ -272,8 +282,10 @@ impl Upstream {
                 "base_url uses http:// to a host that is not loopback: the provider key travels unencrypted"
             );
         }
-        let client = build_client(roots, timeouts)
+        let connector = build_connector(roots, timeouts)
             .map_err(|message| ConfigError::new(format!("{field}.ca_file"), message))?;
+        let streams = usize::try_from(config.streams_per_connection).unwrap_or(usize::MAX);
+        let pool = UpstreamPool::new(connector, streams);
         let signer = config
             .signing
             .as_ref()
@@ -291,7 +303,7 @@ impl Upstream {
             priority: config.priority,
             weight: config.weight,
             signer,
-            client,
+            pool,
         })
     }
 
@@ -363,9 +375,9 @@ impl Upstream {
         }
     }
 
-    /// The pooled client.
-    pub(crate) fn client(&self) -> &UpstreamClient {
-        &self.client
+    /// Its connections.
+    pub(crate) fn pool(&self) -> &UpstreamPool {
+        &self.pool
     }
 }
 
@@ -391,10 +403,12 @@ fn load_roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore
     Ok(roots)
 }
 
-fn build_client(
+/// The connector every shard of the upstream's pool connects through: TCP with
+/// the connect timeout, then TLS (ALPN h2 and http/1.1) for `https://`.
+fn build_connector(
     roots: rustls::RootCertStore,
     timeouts: UpstreamTimeouts,
-) -> Result<UpstreamClient, String> {
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -412,9 +426,5 @@ fn build_client(
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https))
+    Ok(https)
 }

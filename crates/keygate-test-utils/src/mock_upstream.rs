@@ -224,6 +224,20 @@ impl MockUpstream {
         self.shared.nodelay.store(on, Ordering::Relaxed);
     }
 
+    /// Caps the HTTP/2 streams of connections accepted from now on at `max`
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`, as providers set it); `None` (the
+    /// default) for no cap.
+    pub fn set_max_streams(&self, max: Option<u32>) {
+        self.shared
+            .max_streams
+            .store(max.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Connections accepted so far (over TLS: those whose handshake finished).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
     /// Every request received so far, in arrival order (while recording is on).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()

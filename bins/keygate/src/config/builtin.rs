@@ -14,6 +14,7 @@ pub(super) fn builtin_defaults() -> RawConfig {
         ca_file: None,
         priority: None,
         weight: None,
+        streams_per_connection: None,
         signing: None,
     };
     RawConfig {

@@ -251,6 +251,7 @@ output_per_mtok = 8.0
         let text = format!(
             "{ISSUE_SHAPE}\n[[upstreams]]\nname = \"backup\"\nbase_url = \"https://backup.example/v1\"\n\
              kind = \"openai\"\napi_key_env = [\"K1\", \"K2\"]\nmodels = [\"gpt-4o*\"]\npriority = 1\nweight = 2\n\
+             streams_per_connection = 50\n\
              [upstreams.signing]\nsecret_env = \"HOOK\"\nrequest_nonce = true\n\
              [routing]\nretry_on = [\"429\", \"5xx\"]\nmax_attempts = 2\naffinity = \"key\"\n\
              breaker_failures = 3\nbreaker_window = \"10s\"\nbreaker_cooldown = \"1m\"\n"
@@ -264,6 +265,11 @@ output_per_mtok = 8.0
         let config = load_text(&text, &env).unwrap();
         let backup = &config.proxy.upstreams[1];
         assert_eq!((backup.priority, backup.weight), (1, 2));
+        assert_eq!(backup.streams_per_connection, 50);
+        assert_eq!(
+            config.proxy.upstreams[0].streams_per_connection,
+            keygate_proxy::DEFAULT_STREAMS_PER_CONNECTION
+        );
         assert_eq!(backup.provider_keys.len(), 2);
         let signing = backup.signing.as_ref().unwrap();
         assert!(signing.standard_webhooks && signing.request_nonce);
@@ -302,6 +308,14 @@ output_per_mtok = 8.0
             .unwrap_err()
             .to_string();
         assert!(err.contains("upstreams[1].weight"), "{err}");
+        let streamless = text.replace("streams_per_connection = 50", "streams_per_connection = 0");
+        let err = load_text(&streamless, &env)
+            .unwrap()
+            .proxy
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstreams[1].streams_per_connection"), "{err}");
     }
 
     #[test]

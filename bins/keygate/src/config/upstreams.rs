@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::bail;
 use keygate_config::{RawKind, RawSigning, RawTimeouts, RawUpstream};
 use keygate_proxy::{
-    HookSecret, ProviderKey, ProviderKind, SigningConfig, UpstreamConfig, UpstreamTimeouts,
-    defaults,
+    DEFAULT_STREAMS_PER_CONNECTION, HookSecret, ProviderKey, ProviderKind, SigningConfig,
+    UpstreamConfig, UpstreamTimeouts, defaults,
 };
 
 use super::duration;
@@ -96,6 +96,9 @@ pub(super) fn upstreams(
             priority: up.priority.unwrap_or(0),
             weight: up.weight.unwrap_or(1),
             signing,
+            streams_per_connection: up
+                .streams_per_connection
+                .unwrap_or(DEFAULT_STREAMS_PER_CONNECTION),
         });
     }
     Ok(Upstreams { upstreams, skipped })

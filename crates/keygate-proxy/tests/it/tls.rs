@@ -144,3 +144,57 @@ async fn upstream_tls_with_a_custom_ca() {
     let err = keygate_proxy::Gateway::new(config, Arc::new(MemoryStore::new())).unwrap_err();
     assert_eq!(err.field, "upstreams[0].ca_file");
 }
+
+/// A provider caps each HTTP/2 connection's streams (`SETTINGS_MAX_CONCURRENT_STREAMS`):
+/// past `streams_per_connection`, keygate opens another connection rather than
+/// queueing the request behind a stream that may last minutes.
+#[tokio::test]
+async fn streams_past_a_connections_cap_open_another_connection() {
+    let certs = TestCerts::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_path, _, _) = certs.write_to(dir.path()).unwrap();
+    let mock = MockUpstream::start_tls(&certs).await;
+    mock.set_max_streams(Some(2));
+    // Streams that last far longer than the test waits for them to start.
+    mock.set_chunk_delay(Duration::from_secs(30));
+    let gw = TestGateway::builder(&mock)
+        .config(|c| {
+            for upstream in &mut c.upstreams {
+                upstream.ca_file = Some(ca_path.clone());
+                upstream.streams_per_connection = 2;
+            }
+        })
+        .grace(Duration::from_millis(200))
+        .start()
+        .await;
+    let key = gw.key().await;
+
+    let url = gw.url("/v1/chat/completions");
+    let streams: Vec<_> = (0..5)
+        .map(|_| {
+            let request = json_request(&url, &key, &chat("gpt-4o", true));
+            tokio::spawn(async move { client().request(request).await })
+        })
+        .collect();
+    // All five reach the upstream while the first two are still streaming.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while mock.requests().len() < 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let versions: Vec<_> = mock.requests().iter().map(|r| r.version).collect();
+    assert_eq!(
+        versions,
+        [Version::HTTP_2; 5],
+        "requests that reached the upstream"
+    );
+    assert_eq!(mock.completed_streams(), 0);
+    assert!(
+        mock.connections() >= 3,
+        "{} connections",
+        mock.connections()
+    );
+    for stream in streams {
+        let response = stream.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}

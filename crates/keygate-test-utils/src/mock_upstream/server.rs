@@ -66,12 +66,18 @@ async fn serve_connection(
     stopped: watch::Receiver<()>,
 ) {
     let mut builder = auto::Builder::new(StoppableExecutor { stopped });
-    // No cap on HTTP/2 streams (hyper's server default is 200): the bench holds
-    // 1,000 streams open on one connection.
-    builder.http2().max_concurrent_streams(None);
+    // No cap on HTTP/2 streams unless a test sets one (hyper's server default
+    // is 200): the bench holds 1,000 streams open on one connection.
+    let max_streams = shared.max_streams.load(Ordering::Relaxed);
+    builder
+        .http2()
+        .max_concurrent_streams((max_streams > 0).then_some(max_streams));
+    let shared_connections = Arc::clone(&shared);
+    let shared_connections = &shared_connections.connections;
     let service = service_fn(move |request| with_extra_headers(Arc::clone(&shared), request));
     match tls {
         None => {
+            shared_connections.fetch_add(1, Ordering::SeqCst);
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -80,6 +86,7 @@ async fn serve_connection(
             let Ok(stream) = acceptor.accept(stream).await else {
                 return;
             };
+            shared_connections.fetch_add(1, Ordering::SeqCst);
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

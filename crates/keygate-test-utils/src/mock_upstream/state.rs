@@ -2,7 +2,7 @@
 //! behaviour the test asked for, the requests it recorded and its stream
 //! counters.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -40,6 +40,11 @@ pub(super) struct Shared {
     pub(super) nodelay: AtomicBool,
     pub(super) cancelled: AtomicUsize,
     pub(super) completed: AtomicUsize,
+    /// Connections accepted (and, over TLS, handshaken).
+    pub(super) connections: AtomicUsize,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` of HTTP/2 connections accepted from
+    /// now on; 0 for no cap.
+    pub(super) max_streams: AtomicU32,
     next_id: AtomicU64,
 }
 
@@ -52,6 +57,8 @@ impl Default for Shared {
             nodelay: AtomicBool::new(false),
             cancelled: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            max_streams: AtomicU32::new(0),
             next_id: AtomicU64::new(0),
         }
     }

@@ -1,0 +1,247 @@
+//! An upstream's connections: hyper-util's pooled client in shards, each with
+//! its own pool, so that requests past what one connection takes open another.
+//!
+//! hyper-util's client keeps one HTTP/2 connection per upstream and sends every
+//! request on it; past the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` (100 at most
+//! providers) a request waits in that connection's queue until a stream ends, and
+//! a long stream fails at the first-byte timeout. Here each shard takes at most
+//! `streams_per_connection` requests at once (counted until the response body
+//! ends or is dropped); a request goes to the first shard with room, and a
+//! shard is added when none has. Over HTTP/1.1, where each request has a
+//! connection of its own, a shard holds that many connections and the same
+//! rule only splits them between pools.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// The HTTP client of one shard.
+type ShardClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Most shards an upstream grows to (at the default of 100 streams each, 6,400
+/// requests at once); past it the least loaded shard takes the request, and it
+/// may wait in that connection's queue.
+const MAX_SHARDS: usize = 64;
+
+/// How long an unused connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One upstream's connections.
+pub(crate) struct UpstreamPool {
+    connector: HttpsConnector<HttpConnector>,
+    streams_per_connection: usize,
+    /// Grows, never shrinks: a shard without requests keeps its idle
+    /// connections only until [`IDLE_TIMEOUT`].
+    shards: RwLock<Vec<Arc<Shard>>>,
+}
+
+struct Shard {
+    client: ShardClient,
+    in_flight: AtomicUsize,
+}
+
+/// A request's place in its shard, held until its response body ends or is
+/// dropped (while an HTTP/2 stream is open); clones share it.
+#[derive(Clone)]
+pub(crate) struct StreamSlot {
+    _held: Arc<Held>,
+}
+
+struct Held(Arc<Shard>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for StreamSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamSlot")
+    }
+}
+
+impl std::fmt::Debug for UpstreamPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamPool")
+            .field("streams_per_connection", &self.streams_per_connection)
+            .field("shards", &self.shard_count())
+            .finish()
+    }
+}
+
+impl UpstreamPool {
+    /// A pool connecting through `connector`, at most `streams_per_connection`
+    /// (at least 1) requests at once on each shard.
+    pub(crate) fn new(
+        connector: HttpsConnector<HttpConnector>,
+        streams_per_connection: usize,
+    ) -> Self {
+        let pool = Self {
+            connector,
+            streams_per_connection: streams_per_connection.max(1),
+            shards: RwLock::new(Vec::new()),
+        };
+        let first = pool.shard();
+        pool.write_shards().push(first);
+        pool
+    }
+
+    /// Sends `request` on the first shard with room, adding one when none has.
+    pub(crate) fn request(&self, request: Request<Full<Bytes>>) -> (ResponseFuture, StreamSlot) {
+        let shard = self.take_room();
+        let future = shard.client.request(request);
+        (
+            future,
+            StreamSlot {
+                _held: Arc::new(Held(shard)),
+            },
+        )
+    }
+
+    /// How many shards the pool has grown to.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.read_shards().len()
+    }
+
+    /// A shard with one more request counted in it.
+    fn take_room(&self) -> Arc<Shard> {
+        if let Some(shard) = self.with_room(&self.read_shards()) {
+            return shard;
+        }
+        let mut shards = self.write_shards();
+        // Another request may have freed room or added a shard meanwhile.
+        if let Some(shard) = self.with_room(&shards) {
+            return shard;
+        }
+        if shards.len() < MAX_SHARDS {
+            let shard = self.shard();
+            shard.in_flight.fetch_add(1, Ordering::AcqRel);
+            shards.push(Arc::clone(&shard));
+            return shard;
+        }
+        // Full everywhere: the least loaded shard queues it.
+        let shard = shards
+            .iter()
+            .min_by_key(|s| s.in_flight.load(Ordering::Acquire))
+            .map(Arc::clone)
+            .unwrap_or_else(|| self.shard());
+        shard.in_flight.fetch_add(1, Ordering::AcqRel);
+        shard
+    }
+
+    /// The first of `shards` with room, its count taken.
+    fn with_room(&self, shards: &[Arc<Shard>]) -> Option<Arc<Shard>> {
+        let max = self.streams_per_connection;
+        shards
+            .iter()
+            .find(|shard| {
+                shard
+                    .in_flight
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+                    .is_ok()
+            })
+            .map(Arc::clone)
+    }
+
+    fn shard(&self) -> Arc<Shard> {
+        Arc::new(Shard {
+            client: Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(IDLE_TIMEOUT)
+                .build(self.connector.clone()),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn read_shards(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Shard>>> {
+        // A panic while the lock was held leaves the list whole (a push is
+        // the only write), so a poisoned lock is still good to read.
+        self.shards.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_shards(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Shard>>> {
+        self.shards.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(streams: usize) -> UpstreamPool {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(HttpConnector::new());
+        UpstreamPool::new(https, streams)
+    }
+
+    fn in_flight(pool: &UpstreamPool) -> Vec<usize> {
+        pool.read_shards()
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Acquire))
+            .collect()
+    }
+
+    #[test]
+    fn requests_fill_the_first_shard_with_room_and_a_new_one_past_it() {
+        let pool = pool(2);
+        let mut held: Vec<_> = (0..5)
+            .map(|_| StreamSlot {
+                _held: Arc::new(Held(pool.take_room())),
+            })
+            .collect();
+        assert_eq!(in_flight(&pool), [2, 2, 1]);
+        let clone = held[0].clone();
+        let rest = held.split_off(3);
+        drop(held);
+        // The clone still holds the first slot.
+        assert_eq!(in_flight(&pool), [1, 1, 1]);
+        drop(clone);
+        assert_eq!(in_flight(&pool), [0, 1, 1]);
+        let again = StreamSlot {
+            _held: Arc::new(Held(pool.take_room())),
+        };
+        assert_eq!(in_flight(&pool), [1, 1, 1], "the first shard with room");
+        drop((again, rest));
+        assert_eq!(in_flight(&pool), [0, 0, 0]);
+        assert_eq!(pool.shard_count(), 3);
+    }
+
+    #[test]
+    fn past_the_last_shard_the_least_loaded_takes_the_request() {
+        let pool = pool(1);
+        let held: Vec<_> = (0..MAX_SHARDS + 3)
+            .map(|_| StreamSlot {
+                _held: Arc::new(Held(pool.take_room())),
+            })
+            .collect();
+        assert_eq!(pool.shard_count(), MAX_SHARDS);
+        let counts = in_flight(&pool);
+        assert_eq!(counts.iter().sum::<usize>(), MAX_SHARDS + 3);
+        assert!(counts.iter().all(|&n| n == 1 || n == 2), "{counts:?}");
+        drop(held);
+        assert!(in_flight(&pool).iter().all(|&n| n == 0));
+    }
+}
