@@ -40,7 +40,9 @@ const WRAPPED_START_LIMIT: Duration = Duration::from_secs(300);
 /// without request recording (its memory stays flat under load) and with
 /// `TCP_NODELAY` (streamed chunks leave at once). Commands: `reply WORDS` (a
 /// reply of that many words; a stream sends one per event) and
-/// `chunk-delay-us MICROS` (the pause between streamed events). With
+/// `chunk-delay-us MICROS` (the pause between streamed events) and
+/// `max-streams N` (the HTTP/2 stream cap of connections accepted from then
+/// on; 0 for none). With
 /// `tls_dir`, it serves TLS with ALPN h2 and http/1.1 on a fresh certificate
 /// whose CA it writes there as `ca.pem`.
 pub(crate) fn serve_mock(tls_dir: Option<&Path>) -> Result<()> {
@@ -70,6 +72,7 @@ pub(crate) fn serve_mock(tls_dir: Option<&Path>) -> Result<()> {
             match command {
                 "reply" => mock.set_reply(&reply_of(value)),
                 "chunk-delay-us" => mock.set_chunk_delay(Duration::from_micros(value)),
+                "max-streams" => mock.set_max_streams(u32::try_from(value).ok().filter(|&n| n > 0)),
                 _ => bail!("mock: unknown command {command:?}"),
             }
             say("ok")?;

@@ -71,12 +71,25 @@ fn write_field(
     name: &str,
     value: &dyn fmt::Debug,
 ) -> fmt::Result {
+    write_name(writer, first, name)?;
+    write!(writer, "{value:?}")
+}
+
+fn write_name(writer: &mut Writer<'_>, first: bool, name: &str) -> fmt::Result {
     if !first {
         writer.write_char(' ')?;
     }
     writer.write_str(name)?;
-    writer.write_char('=')?;
-    write!(writer, "{value:?}")
+    writer.write_char('=')
+}
+
+/// Whether `value`'s `Debug` is `value` itself in quotes: printable ASCII
+/// with no `"` or `\`, the only characters a `str`'s `Debug` leaves alone
+/// and never escapes (each other character goes through `escape_debug`).
+fn quotes_as_is(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 impl Visit for PlainVisitor<'_> {
@@ -85,19 +98,27 @@ impl Visit for PlainVisitor<'_> {
             return;
         }
         let name = field.name();
-        if self.plain(name) {
-            self.write(name, &value);
-        } else {
+        if !self.plain(name) {
             self.delegate(name, |v| v.record_str(field, value));
+        } else if quotes_as_is(value) {
+            // What `Debug` writes, without its walk of every character.
+            self.result = write_name(&mut self.writer, self.is_empty, name).and_then(|()| {
+                self.writer.write_char('"')?;
+                self.writer.write_str(value)?;
+                self.writer.write_char('"')
+            });
+            self.is_empty = false;
+        } else {
+            self.write(name, &value);
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.record_debug(field, &value);
+        self.record_integer(field, value, itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record_debug(field, &value);
+        self.record_integer(field, value, itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -120,6 +141,24 @@ impl Visit for PlainVisitor<'_> {
             self.write(name, value);
         } else {
             self.delegate(name, |v| v.record_debug(field, value));
+        }
+    }
+}
+
+impl PlainVisitor<'_> {
+    /// An integer field: `digits` (its `Debug`, which is its `Display`) written
+    /// as they are, or `value` left to `DefaultVisitor`.
+    fn record_integer(&mut self, field: &Field, value: impl fmt::Debug, digits: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        if self.plain(name) {
+            self.result = write_name(&mut self.writer, self.is_empty, name)
+                .and_then(|()| self.writer.write_str(digits));
+            self.is_empty = false;
+        } else {
+            self.delegate(name, |v| v.record_debug(field, &value));
         }
     }
 }
@@ -209,6 +248,12 @@ mod tests {
             id = ?Some("x"),
             shown = %"display \u{1b}",
             outcome = "complete",
+            quote_edges = " ~'!/09:@AZ[`az{}",
+            unicode = "caf\u{e9} e\u{301} \u{1f600} \u{200b} \u{7f} \u{a0}",
+            every_ascii = (0_u8..0x80).map(char::from).collect::<String>().as_str(),
+            lowest = i64::MIN,
+            highest = u64::MAX,
+            zero = 0_u64,
         );
         tracing::warn!(error = %Outer(inner()), "message with \u{1b}[31m colour and {}", 42);
         let error = Outer(inner());
