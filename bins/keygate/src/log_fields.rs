@@ -6,11 +6,70 @@
 //! Everything else (the message, raw identifiers, log-crate metadata, errors,
 //! and every field when colours are on) is left to `DefaultVisitor` itself.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::time::{Duration, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+
+/// The time at the start of a log line, exactly as tracing-subscriber's
+/// `SystemTime` writes it (RFC 3339 in UTC with microseconds:
+/// `2026-12-02T01:14:46.123456Z`), with the part up to the second kept per
+/// thread and made again only when the second changes: working out the date
+/// was an eighth of the request line's cost (docs/benchmarks.md).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LogTime;
+
+thread_local! {
+    /// The second last written, and its `YYYY-MM-DDTHH:MM:SS.`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+impl FormatTime for LogTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        let Ok(since) = std::time::SystemTime::now().duration_since(UNIX_EPOCH) else {
+            // A clock before 1970: tracing-subscriber's own, for its sign.
+            return SystemTime.format_time(w);
+        };
+        let written = SECOND.try_with(|second| {
+            let mut second = second.try_borrow_mut().ok()?;
+            let (cached, prefix) = &mut *second;
+            if *cached != since.as_secs() {
+                *prefix = second_prefix(since.as_secs())?;
+                *cached = since.as_secs();
+            }
+            Some(write_time(w, prefix, since))
+        });
+        match written {
+            Ok(Some(result)) => result,
+            // Past year 9999, or on a thread being torn down.
+            _ => SystemTime.format_time(w),
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of `secs` after the epoch; `None` past year 9999,
+/// which tracing-subscriber writes with a sign.
+fn second_prefix(secs: u64) -> Option<String> {
+    let at = chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)?;
+    (chrono::Datelike::year(&at) <= 9999).then(|| at.format("%Y-%m-%dT%H:%M:%S.").to_string())
+}
+
+/// `prefix`, then the microseconds of `since` in six digits, then `Z`.
+fn write_time(w: &mut impl fmt::Write, prefix: &str, since: Duration) -> fmt::Result {
+    let mut micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    w.write_str(prefix)?;
+    w.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)?;
+    w.write_char('Z')
+}
 
 /// The fields of a text log line, as `name=value` (the value's `Debug`, so a
 /// string is quoted and escaped), separated by spaces.
@@ -288,6 +347,50 @@ mod tests {
             tracing::subscriber::with_default(subscriber, events);
         }
         String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn times_are_those_of_system_time() {
+        // tracing-subscriber's `SystemTime` writes chrono's RFC 3339 with
+        // microseconds and `Z`:
+        let mut theirs = String::new();
+        SystemTime
+            .format_time(&mut Writer::new(&mut theirs))
+            .unwrap();
+        let parsed = chrono::DateTime::parse_from_rfc3339(&theirs).unwrap();
+        let rfc3339 = |at: chrono::DateTime<chrono::FixedOffset>| {
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        };
+        assert_eq!(rfc3339(parsed), theirs);
+        assert_eq!(theirs.len(), 27, "{theirs}");
+        // ... and so does `LogTime`, at every kind of instant.
+        let instants = [
+            Duration::ZERO,
+            Duration::new(59, 999_999_999),
+            Duration::new(951_782_400, 1_000), // 2000-02-29
+            Duration::new(2_147_483_647, 500_000),
+            Duration::new(1_796_083_200, 123_456_789),
+            Duration::new(253_402_300_799, 999_999_000), // 9999-12-31T23:59:59
+        ];
+        for since in instants {
+            let prefix = second_prefix(since.as_secs()).unwrap();
+            let mut ours = String::new();
+            write_time(&mut ours, &prefix, since).unwrap();
+            let at = chrono::DateTime::from_timestamp(
+                i64::try_from(since.as_secs()).unwrap(),
+                since.subsec_nanos(),
+            )
+            .unwrap();
+            assert_eq!(ours, rfc3339(at.fixed_offset()), "{since:?}");
+        }
+        assert_eq!(second_prefix(253_402_300_800), None, "year 10000");
+        let mut now = String::new();
+        LogTime.format_time(&mut Writer::new(&mut now)).unwrap();
+        let parsed = chrono::DateTime::parse_from_rfc3339(&now).unwrap();
+        assert_eq!(rfc3339(parsed), now);
+        assert!(
+            (parsed - chrono::DateTime::parse_from_rfc3339(&theirs).unwrap()).num_seconds() < 60
+        );
     }
 
     #[test]

@@ -314,6 +314,7 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_timer(log_fields::LogTime)
         .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.fmt_fields(log_fields::PlainFields).try_init(),
