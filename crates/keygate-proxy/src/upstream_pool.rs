@@ -97,14 +97,10 @@ impl UpstreamPool {
 
     /// Sends `request` on the first shard with room, adding one when none has.
     pub(crate) fn request(&self, request: Request<Full<Bytes>>) -> (ResponseFuture, StreamSlot) {
-        let shard = self.take_room();
-        let future = shard.client.request(request);
-        (
-            future,
-            StreamSlot {
-                _held: Arc::new(Held(shard)),
-            },
-        )
+        // The place is held (and freed on any unwind) before the request starts.
+        let held = Arc::new(Held(self.take_room()));
+        let future = held.0.client.request(request);
+        (future, StreamSlot { _held: held })
     }
 
     /// How many shards the pool has grown to.
@@ -114,27 +110,30 @@ impl UpstreamPool {
 
     /// A shard with one more request counted in it.
     fn take_room(&self) -> Arc<Shard> {
-        if let Some(shard) = self.with_room(&self.read_shards()) {
-            return shard;
+        {
+            let shards = self.read_shards();
+            if let Some(shard) = self.with_room(&shards) {
+                return shard;
+            }
+            if shards.len() >= MAX_SHARDS {
+                if let Some(shard) = least_loaded(&shards) {
+                    return shard;
+                }
+            }
         }
         let mut shards = self.write_shards();
         // Another request may have freed room or added a shard meanwhile.
         if let Some(shard) = self.with_room(&shards) {
             return shard;
         }
-        if shards.len() < MAX_SHARDS {
-            let shard = self.shard();
-            shard.in_flight.fetch_add(1, Ordering::AcqRel);
-            shards.push(Arc::clone(&shard));
-            return shard;
+        if shards.len() >= MAX_SHARDS {
+            if let Some(shard) = least_loaded(&shards) {
+                return shard;
+            }
         }
-        // Full everywhere: the least loaded shard queues it.
-        let shard = shards
-            .iter()
-            .min_by_key(|s| s.in_flight.load(Ordering::Acquire))
-            .map(Arc::clone)
-            .unwrap_or_else(|| self.shard());
+        let shard = self.shard();
         shard.in_flight.fetch_add(1, Ordering::AcqRel);
+        shards.push(Arc::clone(&shard));
         shard
     }
 
@@ -154,6 +153,7 @@ impl UpstreamPool {
             .map(Arc::clone)
     }
 
+    /// A new shard, nothing in flight on it.
     fn shard(&self) -> Arc<Shard> {
         Arc::new(Shard {
             client: Client::builder(TokioExecutor::new())
@@ -174,6 +174,16 @@ impl UpstreamPool {
     fn write_shards(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Shard>>> {
         self.shards.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Full everywhere: the least loaded shard takes the request (over HTTP/2 it
+/// waits there for a stream), its count taken; `None` for no shard.
+fn least_loaded(shards: &[Arc<Shard>]) -> Option<Arc<Shard>> {
+    let shard = shards
+        .iter()
+        .min_by_key(|s| s.in_flight.load(Ordering::Acquire))?;
+    shard.in_flight.fetch_add(1, Ordering::AcqRel);
+    Some(Arc::clone(shard))
 }
 
 #[cfg(test)]
@@ -227,6 +237,31 @@ mod tests {
         drop((again, rest));
         assert_eq!(in_flight(&pool), [0, 0, 0]);
         assert_eq!(pool.shard_count(), 3);
+    }
+
+    #[test]
+    fn requests_from_many_threads_never_pass_a_shards_cap() {
+        let pool = pool(7);
+        let held = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..25 {
+                        let slot = StreamSlot {
+                            _held: Arc::new(Held(pool.take_room())),
+                        };
+                        held.lock().unwrap().push(slot);
+                    }
+                });
+            }
+        });
+        let counts = in_flight(&pool);
+        assert_eq!(counts.iter().sum::<usize>(), 200);
+        // First fit, a shard added only when all are full: 28 full, one with 4.
+        assert_eq!(counts.len(), 200usize.div_ceil(7), "{counts:?}");
+        assert!(counts.iter().all(|&n| n <= 7), "{counts:?}");
+        drop(held);
+        assert!(in_flight(&pool).iter().all(|&n| n == 0));
     }
 
     #[test]

@@ -146,8 +146,10 @@ async fn upstream_tls_with_a_custom_ca() {
 }
 
 /// A provider caps each HTTP/2 connection's streams (`SETTINGS_MAX_CONCURRENT_STREAMS`):
-/// past `streams_per_connection`, keygate opens another connection rather than
-/// queueing the request behind a stream that may last minutes.
+/// past `streams_per_connection` requests in flight, keygate opens another
+/// connection rather than queueing the request behind streams that may last
+/// minutes; a stream's place is held until its body ends, and is taken again
+/// once it has.
 #[tokio::test]
 async fn streams_past_a_connections_cap_open_another_connection() {
     let certs = TestCerts::generate();
@@ -155,8 +157,8 @@ async fn streams_past_a_connections_cap_open_another_connection() {
     let (ca_path, _, _) = certs.write_to(dir.path()).unwrap();
     let mock = MockUpstream::start_tls(&certs).await;
     mock.set_max_streams(Some(2));
-    // Streams that last far longer than the test waits for them to start.
-    mock.set_chunk_delay(Duration::from_secs(30));
+    // Streams that last far longer than the test.
+    mock.set_chunk_delay(Duration::from_secs(60));
     let gw = TestGateway::builder(&mock)
         .config(|c| {
             for upstream in &mut c.upstreams {
@@ -168,33 +170,44 @@ async fn streams_past_a_connections_cap_open_another_connection() {
         .start()
         .await;
     let key = gw.key().await;
-
     let url = gw.url("/v1/chat/completions");
-    let streams: Vec<_> = (0..5)
-        .map(|_| {
-            let request = json_request(&url, &key, &chat("gpt-4o", true));
-            tokio::spawn(async move { client().request(request).await })
-        })
-        .collect();
-    // All five reach the upstream while the first two are still streaming.
+    // One stream at a time, each with its head back before the next is sent:
+    // a place freed at the head (not at the body's end) would send the third
+    // to the first connection, where it would wait for a stream.
+    let mut open = Vec::new();
+    for n in 0..4 {
+        let request = json_request(&url, &key, &chat("gpt-4o", true));
+        let response = tokio::time::timeout(Duration::from_secs(10), client().request(request))
+            .await
+            .unwrap_or_else(|_| panic!("stream {n} got no head"))
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        open.push(response);
+    }
+    let connections = |mock: &MockUpstream| -> Vec<usize> {
+        mock.requests().iter().map(|r| r.connection).collect()
+    };
+    let seen = connections(&mock);
+    assert_eq!(seen.len(), 4);
+    assert!(mock.requests().iter().all(|r| r.version == Version::HTTP_2));
+    assert_eq!(seen[0], seen[1], "{seen:?}");
+    assert_eq!(seen[2], seen[3], "{seen:?}");
+    assert_ne!(seen[0], seen[2], "{seen:?}");
+
+    // The first stream's client leaves: its place on the first connection is
+    // free again, and the next stream takes it.
+    drop(open.remove(0));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while mock.requests().len() < 5 && tokio::time::Instant::now() < deadline {
+    while mock.cancelled_streams() < 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let versions: Vec<_> = mock.requests().iter().map(|r| r.version).collect();
-    assert_eq!(
-        versions,
-        [Version::HTTP_2; 5],
-        "requests that reached the upstream"
-    );
-    assert_eq!(mock.completed_streams(), 0);
-    assert!(
-        mock.connections() >= 3,
-        "{} connections",
-        mock.connections()
-    );
-    for stream in streams {
-        let response = stream.await.unwrap().unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-    }
+    assert_eq!(mock.cancelled_streams(), 1);
+    let request = json_request(&url, &key, &chat("gpt-4o", true));
+    let response = tokio::time::timeout(Duration::from_secs(10), client().request(request))
+        .await
+        .expect("the fifth stream got no head")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = connections(&mock);
+    assert_eq!(seen[4], seen[0], "{seen:?}");
 }

@@ -36,6 +36,10 @@ pub(super) async fn handle(
             headers: parts.headers.clone(),
             body: body.clone(),
             version: parts.version,
+            connection: parts
+                .extensions
+                .get::<super::server::ConnectionNumber>()
+                .map_or(0, |n| n.0),
         });
     }
     let behaviour = shared.behaviour().clone();

@@ -72,27 +72,41 @@ async fn serve_connection(
     builder
         .http2()
         .max_concurrent_streams((max_streams > 0).then_some(max_streams));
-    let shared_connections = Arc::clone(&shared);
-    let shared_connections = &shared_connections.connections;
-    let service = service_fn(move |request| with_extra_headers(Arc::clone(&shared), request));
+    let counter = Arc::clone(&shared);
+    // Each request is told which connection it came on (numbered from 1 in
+    // order of acceptance, after the TLS handshake).
+    let service = move |connection: usize| {
+        let shared = Arc::clone(&shared);
+        service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(ConnectionNumber(connection));
+            with_extra_headers(Arc::clone(&shared), request)
+        })
+    };
+    let number = || counter.connections.fetch_add(1, Ordering::SeqCst) + 1;
     match tls {
         None => {
-            shared_connections.fetch_add(1, Ordering::SeqCst);
+            let connection = number();
             let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service(connection))
                 .await;
         }
         Some(acceptor) => {
             let Ok(stream) = acceptor.accept(stream).await else {
                 return;
             };
-            shared_connections.fetch_add(1, Ordering::SeqCst);
+            let connection = number();
             let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service(connection))
                 .await;
         }
     }
 }
+
+/// Which of the mock's connections a request came on.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ConnectionNumber(pub(super) usize);
 
 /// Runs hyper's HTTP/2 stream tasks until they finish or the mock stops.
 #[derive(Clone)]

@@ -28,6 +28,9 @@ pub struct RecordedRequest {
     pub body: Bytes,
     /// The HTTP version the request came in on.
     pub version: Version,
+    /// The connection it came on: the mock's connections are numbered from 1
+    /// in the order they were accepted (see [`super::MockUpstream::connections`]).
+    pub connection: usize,
 }
 
 /// State shared by the handle and every connection.
