@@ -19,13 +19,9 @@ pub(crate) const OPEN_STREAM_TOKENS: u64 = 150;
 pub(crate) const OPEN_STREAM_INTERVAL: Duration = Duration::from_millis(200);
 pub(crate) const OPEN_STREAMS_LIMIT: Duration = Duration::from_secs(20);
 
-/// The HTTP/2 stream cap of the mock's connections in the HTTP/2 run: the
-/// `SETTINGS_MAX_CONCURRENT_STREAMS` hosted providers set.
-pub(crate) const UPSTREAM_STREAM_CAP: u32 = 100;
-
 /// The memory figure of a priced keygate whose upstream is the mock over TLS with
 /// HTTP/2 (ALPN h2), as hosted providers are reached: its streams share upstream
-/// connections (each capped at [`UPSTREAM_STREAM_CAP`] streams, so keygate opens
+/// connections (each capped at [`bench_report::UPSTREAM_STREAM_CAP`] streams, so keygate opens
 /// one per 100) instead of holding one each, as they do over the plain HTTP/1.1
 /// mock of the other arms. Only memory is measured for it.
 pub(crate) async fn h2_upstream_memory(
@@ -41,8 +37,11 @@ pub(crate) async fn h2_upstream_memory(
         .context("the temporary directory is not UTF-8")?;
     let mut mock = ServerChild::start(&["--serve-mock-tls", certs_arg], mock_launch).await?;
     // As a hosted provider caps each connection's streams.
-    mock.command(&format!("max-streams {UPSTREAM_STREAM_CAP}"))
-        .await?;
+    mock.command(&format!(
+        "max-streams {}",
+        bench_report::UPSTREAM_STREAM_CAP
+    ))
+    .await?;
     spec.upstream_url = mock.url.clone();
     spec.ca_file = Some(certs.join("ca.pem"));
     let gateway = start_gateway(spec, launch).await?;

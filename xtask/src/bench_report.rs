@@ -130,6 +130,10 @@ fn each<T>(new: impl Fn() -> Result<T>) -> Result<[T; ARM_COUNT]> {
     Ok([new()?, new()?, new()?, new()?, new()?, new()?, new()?])
 }
 
+/// The HTTP/2 stream cap of the mock's connections in the HTTP/2 memory run:
+/// the `SETTINGS_MAX_CONCURRENT_STREAMS` hosted providers set.
+pub(crate) const UPSTREAM_STREAM_CAP: u32 = 100;
+
 /// A process's memory idle and with many streams open.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rss {
@@ -602,7 +606,7 @@ pub(crate) fn markdown(results: &Results, meta: &Meta) -> String {
         let _ = writeln!(
             out,
             "\nWith an HTTP/2 upstream (same run, measured after the arms above): the priced keygate with the mock served over TLS with ALPN h2, so that its streams share upstream connections, as they do with a hosted provider, instead of each holding its own as on the plain HTTP/1.1 mock of the table; the mock caps each connection at {} streams, as providers do, and keygate opens another past its default `streams_per_connection` of 100: RSS per open stream **{per_stream:.1} KB** (idle {:.1} MB, {} streams open {:.1} MB, {} failed); goal ≤ 32.0 KB: {}.",
-            crate::bench_memory::UPSTREAM_STREAM_CAP,
+            UPSTREAM_STREAM_CAP,
             kib_to_mb(rss.idle_kib),
             thousands(rss.streams as f64),
             kib_to_mb(rss.open_kib),

@@ -38,7 +38,7 @@ pub(super) async fn handle(
             version: parts.version,
             connection: parts
                 .extensions
-                .get::<super::server::ConnectionNumber>()
+                .get::<super::state::ConnectionNumber>()
                 .map_or(0, |n| n.0),
         });
     }

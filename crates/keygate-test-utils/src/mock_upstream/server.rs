@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::routes::handle;
-use super::state::{Fault, Shared};
+use super::state::{ConnectionNumber, Fault, Shared};
 
 /// Accepts connections until `stopped`'s sender is dropped, then aborts every
 /// connection task it started.
@@ -103,10 +103,6 @@ async fn serve_connection(
         }
     }
 }
-
-/// Which of the mock's connections a request came on.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct ConnectionNumber(pub(super) usize);
 
 /// Runs hyper's HTTP/2 stream tasks until they finish or the mock stops.
 #[derive(Clone)]

@@ -33,6 +33,11 @@ pub struct RecordedRequest {
     pub connection: usize,
 }
 
+/// Which of the mock's connections a request came on, in the request's
+/// extensions.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ConnectionNumber(pub(super) usize);
+
 /// State shared by the handle and every connection.
 pub(super) struct Shared {
     behaviour: Mutex<Behaviour>,
