@@ -19,7 +19,7 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 /// `SystemTime` writes it (RFC 3339 in UTC with microseconds:
 /// `2026-12-02T01:14:46.123456Z`), with the part up to the second kept per
 /// thread and made again only when the second changes: working out the date
-/// was an eighth of the request line's cost (docs/benchmarks.md).
+/// was a fifth of the request line's cost (docs/benchmarks.md).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LogTime;
 
@@ -111,6 +111,17 @@ impl PlainVisitor<'_> {
         self.is_empty = false;
     }
 
+    /// Writes `name=` and then `parts` as they are: what the value's `Debug`
+    /// would write, already worked out.
+    fn write_as_is(&mut self, name: &str, parts: &[&str]) {
+        self.result = write_name(&mut self.writer, self.is_empty, name).and_then(|()| {
+            parts
+                .iter()
+                .try_for_each(|part| self.writer.write_str(part))
+        });
+        self.is_empty = false;
+    }
+
     /// Leaves the field to `DefaultVisitor`.
     fn delegate(&mut self, name: &str, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
         let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
@@ -161,12 +172,7 @@ impl Visit for PlainVisitor<'_> {
             self.delegate(name, |v| v.record_str(field, value));
         } else if quotes_as_is(value) {
             // What `Debug` writes, without its walk of every character.
-            self.result = write_name(&mut self.writer, self.is_empty, name).and_then(|()| {
-                self.writer.write_char('"')?;
-                self.writer.write_str(value)?;
-                self.writer.write_char('"')
-            });
-            self.is_empty = false;
+            self.write_as_is(name, &["\"", value, "\""]);
         } else {
             self.write(name, &value);
         }
@@ -213,9 +219,7 @@ impl PlainVisitor<'_> {
         }
         let name = field.name();
         if self.plain(name) {
-            self.result = write_name(&mut self.writer, self.is_empty, name)
-                .and_then(|()| self.writer.write_str(digits));
-            self.is_empty = false;
+            self.write_as_is(name, &[digits]);
         } else {
             self.delegate(name, |v| v.record_debug(field, &value));
         }
