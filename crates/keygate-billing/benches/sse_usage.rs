@@ -1,6 +1,7 @@
 //! Criterion bench: the billing work done on every byte of a streamed response —
 //! the SSE parser alone, `StreamUsage` (usage read from the upstream's stream) and
-//! `UsageChunkFilter` (the injected usage chunk removed again) — over a recorded-
+//! `UsageChunkFilter` (the injected usage chunk removed again), the two in turn and
+//! in one pass (`UsageChunkFilter::reading_usage`) — over a recorded-
 //! shape OpenAI chat stream and an Anthropic messages stream of 500 content
 //! events, fed one event per frame as upstreams send them; and the per-request
 //! `inject_include_usage` rewrite of a request body.
@@ -166,6 +167,19 @@ fn filter(frames: &[Vec<u8>]) -> usize {
     sent + filter.finish().len()
 }
 
+/// The usage read and the usage chunk removed in one pass, as keygate does for
+/// a client that did not ask for usage.
+fn read_and_filter(shape: ApiShape, frames: &[Vec<u8>]) -> (usize, u64) {
+    let mut filter = UsageChunkFilter::reading_usage(shape);
+    let mut sent = 0;
+    for frame in frames {
+        sent += filter.push(black_box(frame)).len();
+    }
+    sent += filter.finish().len();
+    let output = filter.reader().map_or(0, |r| r.usage().output_tokens);
+    (sent, output)
+}
+
 fn stream_group(
     group: &mut BenchmarkGroup<'_, WallTime>,
     shape: ApiShape,
@@ -179,6 +193,12 @@ fn stream_group(
     });
     if with_filter {
         group.bench_function("usage_chunk_filter", |b| b.iter(|| filter(frames)));
+        group.bench_function("stream_usage_then_filter", |b| {
+            b.iter(|| (read_usage(shape, frames).usage(), filter(frames)))
+        });
+        group.bench_function("reading_filter", |b| {
+            b.iter(|| read_and_filter(shape, frames))
+        });
     }
 }
 
@@ -194,6 +214,10 @@ fn streams(c: &mut Criterion) {
     assert_eq!(
         filter(&openai) as u64,
         total_bytes(&openai) - (usage_chunk + null_usage) as u64
+    );
+    assert_eq!(
+        read_and_filter(ApiShape::OpenAiCompletions, &openai),
+        (filter(&openai), 500)
     );
     eprintln!(
         "openai stream: {} frames, {} bytes",

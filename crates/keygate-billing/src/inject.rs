@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::sse::{SseParser, find_either, find_line_end};
+use crate::usage::{ApiShape, StreamUsage};
 
 /// What [`inject_include_usage`] made of a request body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,9 +112,7 @@ fn splice(text: &str, range: std::ops::Range<usize>, with: &str) -> Injection {
 
 /// Where `part`, a slice borrowed from `whole`, lies in it.
 fn range_in(whole: &str, part: &str) -> Option<std::ops::Range<usize>> {
-    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
-    let end = start.checked_add(part.len())?;
-    (end <= whole.len()).then_some(start..end)
+    range_in_bytes(whole.as_bytes(), part.as_bytes())
 }
 
 /// Whether `bytes` start, after whitespace, with `{`. Serde reads a struct from
@@ -132,6 +131,10 @@ pub(crate) fn is_json_object(bytes: &[u8]) -> bool {
 /// than [`MAX_HELD_EVENT_BYTES`]; a longer one cannot be a usage chunk and is
 /// passed through as it arrives. Lines end in `\n`, `\r\n` or `\r`, as for
 /// [`SseParser`].
+///
+/// Made with [`UsageChunkFilter::reading_usage`], it also reads the usage from
+/// the stream as a [`StreamUsage`] fed the upstream's bytes would, in the same
+/// pass: each event is parsed once, for both.
 #[derive(Debug, Default)]
 pub struct UsageChunkFilter {
     /// The current event so far, while it may still be a usage-only chunk.
@@ -146,6 +149,8 @@ pub struct UsageChunkFilter {
     /// that event went.
     ended_on_cr: Option<Fate>,
     removed: u64,
+    /// The usage read from the stream, before the filter's cuts.
+    reader: Option<Box<StreamUsage>>,
 }
 
 /// Longest event [`UsageChunkFilter`] holds back to look at. A usage-only chunk
@@ -165,6 +170,21 @@ impl UsageChunkFilter {
             at_line_start: true,
             ..Self::default()
         }
+    }
+
+    /// A filter at the start of a stream that also reads its usage, as
+    /// [`StreamUsage::new`]`(shape)` would from the bytes before the filter.
+    pub fn reading_usage(shape: ApiShape) -> Self {
+        Self {
+            reader: Some(Box::new(StreamUsage::new(shape))),
+            ..Self::new()
+        }
+    }
+
+    /// The usage read so far, for a filter made with
+    /// [`UsageChunkFilter::reading_usage`].
+    pub fn reader(&self) -> Option<&StreamUsage> {
+        self.reader.as_deref()
     }
 
     /// Feeds the next piece of the upstream stream; returns the bytes to send to
@@ -220,13 +240,14 @@ impl UsageChunkFilter {
     }
 
     /// Ends the stream; returns what is left of an unfinished last event (nothing
-    /// if that event is a usage-only chunk).
-    pub fn finish(mut self) -> Vec<u8> {
-        if is_usage_only(&self.held) {
+    /// if that event is a usage-only chunk). Nothing is pushed after it.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let held = std::mem::take(&mut self.held);
+        if is_usage_only(&held) {
             self.removed += 1;
             return Vec::new();
         }
-        self.held
+        held
     }
 
     /// Usage-only chunks removed so far.
@@ -236,21 +257,40 @@ impl UsageChunkFilter {
 
     fn keep(&mut self, byte: u8, out: &mut Vec<u8>) {
         if self.passing {
-            out.push(byte);
+            self.pass(std::slice::from_ref(&byte), out);
             return;
         }
         self.held.push(byte);
         if self.held.len() > MAX_HELD_EVENT_BYTES {
-            out.append(&mut self.held);
-            self.passing = true;
+            self.start_passing(out);
         }
+    }
+
+    /// The held event is too long to be a usage chunk: it goes out, and the
+    /// rest of it as it comes.
+    fn start_passing(&mut self, out: &mut Vec<u8>) {
+        if let Some(reader) = &mut self.reader {
+            // A passing event is read as the stream reader reads any bytes; the
+            // reader's parser is between events here.
+            reader.push(&self.held);
+        }
+        out.append(&mut self.held);
+        self.passing = true;
+    }
+
+    /// Bytes of a passing event.
+    fn pass(&mut self, run: &[u8], out: &mut Vec<u8>) {
+        if let Some(reader) = &mut self.reader {
+            reader.push(run);
+        }
+        out.extend_from_slice(run);
     }
 
     /// [`UsageChunkFilter::keep`] for each byte of `run`, none of them a line
     /// ending.
     fn keep_run(&mut self, run: &[u8], out: &mut Vec<u8>) {
         if self.passing {
-            out.extend_from_slice(run);
+            self.pass(run, out);
             return;
         }
         // `held` is never longer than `MAX_HELD_EVENT_BYTES` between bytes.
@@ -261,24 +301,109 @@ impl UsageChunkFilter {
         }
         let (head, rest) = run.split_at(room);
         self.held.extend_from_slice(head);
-        out.append(&mut self.held);
-        self.passing = true;
-        out.extend_from_slice(rest);
+        self.start_passing(out);
+        self.pass(rest, out);
     }
 
     fn end_event(&mut self, out: &mut Vec<u8>) -> Fate {
         if std::mem::replace(&mut self.passing, false) {
             return Fate::Sent;
         }
-        if is_usage_only(&self.held) {
-            self.held.clear();
-            self.removed += 1;
-            return Fate::Removed;
+        match self.classify() {
+            Verdict::UsageOnly => {
+                self.held.clear();
+                self.removed += 1;
+                return Fate::Removed;
+            }
+            Verdict::Keep => {}
+            Verdict::Cut(range) => {
+                self.held.drain(range);
+            }
+            Verdict::Scan => strip_null_usage(&mut self.held),
         }
-        strip_null_usage(&mut self.held);
         out.append(&mut self.held);
         Fate::Sent
     }
+
+    /// What to do with the held event, complete; a reading filter reads its
+    /// usage on the way. Each event is parsed once where it is one `data:`
+    /// line of a JSON object, as upstreams send them; any other is parsed as
+    /// before, by each reader.
+    fn classify(&mut self) -> Verdict {
+        let Some(reader) = &mut self.reader else {
+            return Verdict::of(is_usage_only(&self.held));
+        };
+        if let Some(data) = single_data_line(&self.held) {
+            return match reader.read_event("", data) {
+                Some(chunk) if is_json_object(data.as_bytes()) => {
+                    if chunk.usage_only {
+                        Verdict::UsageOnly
+                    } else if !chunk.null_usage {
+                        Verdict::Keep
+                    } else if let Some(cut) = trailing_null_usage(&self.held, data) {
+                        Verdict::Cut(cut)
+                    } else {
+                        Verdict::Scan
+                    }
+                }
+                _ => Verdict::of(is_usage_only_data(data)),
+            };
+        }
+        // The held event is one event: the parser dispatches it at most once.
+        let mut parser = SseParser::new();
+        let mut usage_only = None;
+        for bytes in [&self.held[..], b"\n\n"] {
+            parser.push_borrowed(bytes, |e| {
+                reader.read_event(&e.event, &e.data);
+                usage_only.get_or_insert_with(|| is_usage_only_data(&e.data));
+            });
+        }
+        Verdict::of(usage_only.unwrap_or(false))
+    }
+}
+
+/// What [`UsageChunkFilter`] does with a complete event.
+enum Verdict {
+    /// Remove it: a usage-only chunk.
+    UsageOnly,
+    /// Send it as it is: it has no `"usage": null`.
+    Keep,
+    /// Send it without these bytes, its `"usage": null` member.
+    Cut(std::ops::Range<usize>),
+    /// Send it without a `"usage": null` member [`strip_null_usage`] finds.
+    Scan,
+}
+
+impl Verdict {
+    fn of(usage_only: bool) -> Self {
+        if usage_only {
+            Verdict::UsageOnly
+        } else {
+            Verdict::Scan
+        }
+    }
+}
+
+/// Where, in `event`, the `,"usage":null` that ends `data` (a JSON object,
+/// borrowed from `event`, whose top-level `usage` is `null`) lies, as OpenAI
+/// writes it: last, without spaces. It is the top-level member, as
+/// [`strip_null_usage`] would find it: the last `}` of a valid object closes
+/// it, and the quote after a comma opens a key, never an escaped quote.
+fn trailing_null_usage(event: &[u8], data: &str) -> Option<std::ops::Range<usize>> {
+    const MEMBER: &str = r#","usage":null"#;
+    let body = data.strip_suffix('}')?;
+    if !body.ends_with(MEMBER) {
+        return None;
+    }
+    let end = range_in_bytes(event, body.as_bytes())?.end;
+    Some(end - MEMBER.len()..end)
+}
+
+/// Where `part`, a slice borrowed from `whole`, lies in it.
+fn range_in_bytes(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
 }
 
 /// With `include_usage` set, OpenAI adds `"usage":null` to every chunk before
@@ -397,7 +522,7 @@ mod null_usage_tests {
 }
 
 /// Deserialises a field that is present, `null` included, as `Some`.
-fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -262,7 +262,9 @@ pub fn read_json(shape: ApiShape, body: &[u8]) -> Usage {
 struct StreamEvent<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
-    usage: Option<RawUsage>,
+    /// Absent: `None`; `null`: `Some(None)`.
+    #[serde(default, deserialize_with = "crate::inject::present")]
+    usage: Option<Option<RawUsage>>,
     /// Anthropic `message_start`.
     message: Option<WithUsage>,
     /// Responses API `response.completed`.
@@ -271,10 +273,14 @@ struct StreamEvent<'a> {
     choices: Option<AnyContent>,
 }
 
-/// Whether any of a chunk's `choices` carries content. Every choice is read (and
-/// must be valid) as for a `Vec<Choice>`, but none is kept.
+/// Whether any of a chunk's `choices` carries content, and whether there are
+/// none. Every choice is read (and must be valid) as for a `Vec<Choice>`, but
+/// none is kept.
 #[derive(Debug, Default)]
-struct AnyContent(bool);
+struct AnyContent {
+    content: bool,
+    empty: bool,
+}
 
 impl<'de> Deserialize<'de> for AnyContent {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -287,11 +293,15 @@ impl<'de> Deserialize<'de> for AnyContent {
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyContent, A::Error> {
-                let mut any = false;
+                let mut any = AnyContent {
+                    content: false,
+                    empty: true,
+                };
                 while let Some(choice) = seq.next_element::<Choice<'de>>()? {
-                    any |= choice.has_content();
+                    any.content |= choice.has_content();
+                    any.empty = false;
                 }
-                Ok(AnyContent(any))
+                Ok(any)
             }
         }
         deserializer.deserialize_seq(Choices)
@@ -372,23 +382,49 @@ impl StreamUsage {
     pub fn usage(&self) -> Usage {
         self.state.usage
     }
+
+    /// Reads one whole event, its `event` field and its `data`, without the
+    /// parser: as if the event's bytes had been pushed (between events).
+    pub(crate) fn read_event(&mut self, event: &str, data: &str) -> Option<ChunkKind> {
+        self.state.read(event, data)
+    }
+}
+
+/// What [`StreamUsage::read_event`] saw of an event's `choices` and `usage`,
+/// for the usage-chunk filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ChunkKind {
+    /// `"choices": []` and a `usage` that is not `null`.
+    pub(crate) usage_only: bool,
+    /// `"usage": null`.
+    pub(crate) null_usage: bool,
 }
 
 impl StreamState {
     fn on_event(&mut self, event: &SseEvent) {
-        if event.data == "[DONE]" {
-            return;
+        self.read(&event.event, &event.data);
+    }
+
+    /// Reads one event; `None` when its data is not JSON it reads (`[DONE]`
+    /// is `Some`: nothing).
+    fn read(&mut self, event: &str, data: &str) -> Option<ChunkKind> {
+        if data == "[DONE]" {
+            return Some(ChunkKind::default());
         }
-        let Ok(parsed) = serde_json::from_str::<StreamEvent>(&event.data) else {
-            return;
+        let parsed = serde_json::from_str::<StreamEvent>(data).ok()?;
+        let kind = parsed.kind.as_deref().unwrap_or(event);
+        let chunk = ChunkKind {
+            usage_only: parsed.choices.as_ref().is_some_and(|c| c.empty)
+                && matches!(parsed.usage, Some(Some(_))),
+            null_usage: matches!(parsed.usage, Some(None)),
         };
-        let kind = parsed.kind.as_deref().unwrap_or(event.event.as_str());
+        let usage = parsed.usage.flatten();
         match self.shape {
             ApiShape::OpenAiCompletions | ApiShape::OpenAiEmbeddings => {
-                if parsed.choices.is_some_and(|c| c.0) {
+                if parsed.choices.is_some_and(|c| c.content) {
                     self.content_events = self.content_events.saturating_add(1);
                 }
-                if let Some(raw) = parsed.usage {
+                if let Some(raw) = usage {
                     self.usage = raw.into_usage(self.shape);
                 }
             }
@@ -417,7 +453,7 @@ impl StreamState {
                     self.content_events = self.content_events.saturating_add(1)
                 }
                 "message_delta" => {
-                    if let Some(output) = parsed.usage.and_then(|u| u.output_tokens) {
+                    if let Some(output) = usage.and_then(|u| u.output_tokens) {
                         // Cumulative: the last one is the total.
                         self.usage.output_tokens = output.tokens;
                         if self.anthropic_started {
@@ -432,6 +468,7 @@ impl StreamState {
                 _ => {}
             },
         }
+        Some(chunk)
     }
 }
 

@@ -49,6 +49,8 @@ pub(crate) trait BodyFilter: Send + 'static {
     fn push(&mut self, data: &[u8]) -> Vec<u8>;
     /// What is still held back, at the end of the body; called at most once.
     fn finish(&mut self) -> Vec<u8>;
+    /// The body ended, after any `finish`; called exactly once.
+    fn on_end(&mut self, _end: BodyEnd) {}
 }
 
 /// Body of every response keygate sends.
@@ -197,8 +199,9 @@ impl Stream {
         if !self.ended {
             self.ended = true;
             for stage in &mut self.stages {
-                if let Stage::Observe(observer) = stage {
-                    observer.on_end(end);
+                match stage {
+                    Stage::Observe(observer) => observer.on_end(end),
+                    Stage::Filter(filter) => filter.on_end(end),
                 }
             }
         }

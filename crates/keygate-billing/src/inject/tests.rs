@@ -1,6 +1,7 @@
 //! Tests of the include_usage injection and the usage-chunk filter.
 
 use super::*;
+use keygate_types::UsageSource;
 
 fn rewritten(body: &str) -> String {
     match inject_include_usage(body.as_bytes()) {
@@ -180,4 +181,41 @@ fn a_long_event_streams_through_without_being_held() {
     assert!(filter.push(b"\n\n").is_empty());
     assert_eq!(filter.removed(), 1);
     assert!(filter.finish().is_empty());
+}
+
+/// The reading filter fed `input` in pieces of `size`: what it sends, and what
+/// it read.
+fn read_filtered(input: &[u8], size: usize) -> (Vec<u8>, crate::Usage, u64) {
+    let mut filter = UsageChunkFilter::reading_usage(crate::ApiShape::OpenAiCompletions);
+    let mut out = Vec::new();
+    for piece in input.chunks(size) {
+        out.extend(filter.push(piece));
+    }
+    out.extend(filter.finish());
+    let reader = filter.reader().unwrap();
+    (out, reader.usage(), reader.content_events())
+}
+
+#[test]
+fn a_reading_filter_reads_every_kind_of_event_once() {
+    let long = format!(
+        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}],\"usage\":null}}\n\n",
+        "x".repeat(MAX_HELD_EVENT_BYTES)
+    );
+    let short = "data: {\"choices\":[{\"delta\":{\"content\":\"y\"}}],\"usage\":null}\r\n\r\n";
+    // The usage chunk split over two `data:` lines, as SSE allows.
+    let usage = "data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+    let input = format!("{long}{short}{usage}data: [DONE]\n\n");
+    for size in [1, 7, 4096, input.len()] {
+        let (out, usage, content) = read_filtered(input.as_bytes(), size);
+        // The long chunk passes as it came (it is not held, so not cut); the
+        // short one loses its `"usage":null`; the usage chunk is gone.
+        let expected = format!(
+            "{long}data: {{\"choices\":[{{\"delta\":{{\"content\":\"y\"}}}}]}}\r\n\r\ndata: [DONE]\n\n"
+        );
+        assert!(out == expected.as_bytes(), "pieces of {size}");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (3, 2), "{size}");
+        assert_eq!(usage.source, UsageSource::Reported);
+        assert_eq!(content, 2, "pieces of {size}");
+    }
 }

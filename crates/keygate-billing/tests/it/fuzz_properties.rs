@@ -121,8 +121,51 @@ fn split_seed(data: &[u8], shape_byte: bool) -> Option<(ApiShape, u32, &[u8])> {
     Some((shape, u32::from_le_bytes(seed.try_into().ok()?), rest))
 }
 
+/// A filter that reads usage passes the bytes the plain filter passes, and reads
+/// the usage a `StreamUsage` reads from the unfiltered stream, however the
+/// stream is split.
+fn reading_filter_agrees(shape: ApiShape, seed: u32, stream: &[u8]) -> Result<(), TestCaseError> {
+    let mut plain = UsageChunkFilter::new();
+    let mut expected = plain.push(stream);
+    expected.extend(plain.finish());
+    let mut unfiltered = StreamUsage::new(shape);
+    unfiltered.push(stream);
+    for split in [vec![stream], pieces(seed, stream)] {
+        let mut reading = UsageChunkFilter::reading_usage(shape);
+        let mut out = Vec::new();
+        for piece in split {
+            out.extend(reading.push(piece));
+        }
+        out.extend(reading.finish());
+        prop_assert_eq!(&out, &expected);
+        prop_assert_eq!(reading.removed(), plain.removed());
+        let read = reading.reader().expect("a reading filter has a reader");
+        prop_assert_eq!(read.usage(), unfiltered.usage());
+        prop_assert_eq!(read.content_events(), unfiltered.content_events());
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// fuzz target `usage_chunk_filter`, reading.
+    #[test]
+    fn a_reading_filter_filters_and_reads_as_the_two_readers_do(
+        data in mutated("usage_chunk_filter"),
+    ) {
+        let Some((shape, seed, stream)) = split_seed(&data, false) else { return Ok(()) };
+        reading_filter_agrees(shape, seed, stream)?;
+    }
+
+    /// fuzz target `usage_stream`, through a reading filter.
+    #[test]
+    fn a_reading_filter_reads_every_shape_as_the_stream_reader_does(
+        data in mutated("usage_stream"),
+    ) {
+        let Some((shape, seed, stream)) = split_seed(&data, true) else { return Ok(()) };
+        reading_filter_agrees(shape, seed, stream)?;
+    }
 
     /// fuzz target `billing_inputs`.
     #[test]

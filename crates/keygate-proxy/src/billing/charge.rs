@@ -70,6 +70,9 @@ enum Reader {
     None,
     Json(JsonUsage),
     Stream(Box<StreamUsage>),
+    /// A stream whose usage chunk is removed: the filter reads the usage in
+    /// the same pass.
+    Filtered(Box<UsageChunkFilter>),
 }
 
 impl Charge {
@@ -109,8 +112,12 @@ impl Charge {
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let filter = self.filter_usage_chunk && event_stream && head.status.is_success();
         self.reader = Some(match (self.shape, event_stream) {
             (None, _) => Reader::None,
+            (Some(shape), true) if filter => {
+                Reader::Filtered(Box::new(UsageChunkFilter::reading_usage(shape)))
+            }
             (Some(shape), true) => Reader::Stream(Box::new(StreamUsage::new(shape))),
             (Some(shape), false) => Reader::Json(JsonUsage::new(shape)),
         });
@@ -118,13 +125,11 @@ impl Charge {
             record.status = head.status.as_u16();
             record.ttfb_ms = millis(first_byte);
         }
-        let filter = self.filter_usage_chunk && event_stream && head.status.is_success();
-        let body = body.observe(Box::new(self));
-        if !filter {
-            return body;
+        if matches!(self.reader, Some(Reader::Filtered(_))) {
+            head.headers.remove(header::CONTENT_LENGTH);
+            return body.filter(Box::new(self));
         }
-        head.headers.remove(header::CONTENT_LENGTH);
-        body.filter(Box::new(UsageFilter(Some(UsageChunkFilter::new()))))
+        body.observe(Box::new(self))
     }
 
     /// Hands the usage billed to the request's span, at the body's end.
@@ -172,6 +177,9 @@ impl Charge {
             }
             Reader::Json(json) => (json.usage(), 0),
             Reader::Stream(stream) => (stream.usage(), stream.content_events()),
+            Reader::Filtered(filter) => filter
+                .reader()
+                .map_or((Usage::default(), 0), |s| (s.usage(), s.content_events())),
         };
         if matches!(read.source, UsageSource::Reported | UsageSource::Capped) {
             return Some(read);
@@ -194,7 +202,7 @@ impl Charge {
             (BodyEnd::Failed, _) if content_events > 0 => Some(estimate()),
             (BodyEnd::Failed, _) => None,
             // A complete stream without its final usage chunk.
-            (BodyEnd::Complete, Some(Reader::Stream(_))) => Some(estimate()),
+            (BodyEnd::Complete, Some(Reader::Stream(_) | Reader::Filtered(_))) => Some(estimate()),
             // A complete JSON answer without usage: nothing to go on.
             (BodyEnd::Complete, _) => Some(read),
         }
@@ -207,10 +215,40 @@ impl BodyObserver for Charge {
             None | Some(Reader::None) => {}
             Some(Reader::Json(json)) => json.push(data),
             Some(Reader::Stream(stream)) => stream.push(data),
+            // Read as it is filtered.
+            Some(Reader::Filtered(_)) => {}
         }
     }
 
     fn on_end(&mut self, end: BodyEnd) {
+        self.settle(end);
+    }
+}
+
+/// A charge whose usage chunk is removed rides on the body as its filter.
+impl BodyFilter for Charge {
+    fn push(&mut self, data: &[u8]) -> Vec<u8> {
+        match &mut self.reader {
+            Some(Reader::Filtered(filter)) => filter.push(data),
+            _ => data.to_vec(),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        match &mut self.reader {
+            Some(Reader::Filtered(filter)) => filter.finish(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        self.settle(end);
+    }
+}
+
+impl Charge {
+    /// Settles the request as its body ended; once.
+    fn settle(&mut self, end: BodyEnd) {
         let Some(mut record) = self.record.take() else {
             return;
         };
@@ -291,27 +329,8 @@ impl Drop for Charge {
             None => self.close(499),
             // A body dropped without an end (it never is, but a panic mid-poll
             // could): bill it as cancelled rather than strand the hold.
-            Some(_) => self.on_end(BodyEnd::Cancelled),
+            Some(_) => self.settle(BodyEnd::Cancelled),
         }
-    }
-}
-
-/// The usage-chunk filter as a body stage.
-struct UsageFilter(Option<UsageChunkFilter>);
-
-impl BodyFilter for UsageFilter {
-    fn push(&mut self, data: &[u8]) -> Vec<u8> {
-        match &mut self.0 {
-            Some(filter) => filter.push(data),
-            None => data.to_vec(),
-        }
-    }
-
-    fn finish(&mut self) -> Vec<u8> {
-        self.0
-            .take()
-            .map(UsageChunkFilter::finish)
-            .unwrap_or_default()
     }
 }
 
