@@ -11,14 +11,15 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::sse::{SseParser, find_either, find_line_end};
-use crate::usage::{ApiShape, StreamUsage};
+use crate::usage::{ApiShape, StreamUsage, present};
 
 /// What [`inject_include_usage`] made of a request body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Injection {
     /// A stream the client did not ask usage for: forward this body instead, and
-    /// pass the response through a [`UsageChunkFilter`] (after reading usage from
-    /// the unfiltered bytes).
+    /// pass the response through a [`UsageChunkFilter`], one made with
+    /// [`UsageChunkFilter::reading_usage`] to read the usage on the way (or read
+    /// it from the unfiltered bytes first).
     Rewritten(Vec<u8>),
     /// The client asked for usage itself: forward the body and the stream as they are.
     AlreadyAsked,
@@ -519,15 +520,6 @@ mod null_usage_tests {
             assert_eq!(strip(text), text);
         }
     }
-}
-
-/// Deserialises a field that is present, `null` included, as `Some`.
-pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(deserializer).map(Some)
 }
 
 /// The index of the `{` a JSON object starts at, after leading whitespace.

@@ -249,6 +249,15 @@ struct WithUsage {
     usage: Option<RawUsage>,
 }
 
+/// Deserialises a field that is present, `null` included, as `Some`.
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Usage from a complete JSON response body.
 pub fn read_json(shape: ApiShape, body: &[u8]) -> Usage {
     match serde_json::from_slice::<WithUsage>(body) {
@@ -263,7 +272,7 @@ struct StreamEvent<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
     /// Absent: `None`; `null`: `Some(None)`.
-    #[serde(default, deserialize_with = "crate::inject::present")]
+    #[serde(default, deserialize_with = "present")]
     usage: Option<Option<RawUsage>>,
     /// Anthropic `message_start`.
     message: Option<WithUsage>,

@@ -219,3 +219,94 @@ fn a_reading_filter_reads_every_kind_of_event_once() {
         assert_eq!(content, 2, "pieces of {size}");
     }
 }
+
+/// The reading filter agrees with the plain filter (bytes sent, chunks removed)
+/// and with a `StreamUsage` fed the unfiltered stream (usage, content events),
+/// for `input` split in pieces of every size in `sizes`.
+fn reading_agrees(shape: crate::ApiShape, input: &[u8], sizes: &[usize]) {
+    let mut plain = UsageChunkFilter::new();
+    let mut expected = plain.push(input);
+    expected.extend(plain.finish());
+    let mut unfiltered = crate::StreamUsage::new(shape);
+    unfiltered.push(input);
+    for &size in sizes {
+        let mut reading = UsageChunkFilter::reading_usage(shape);
+        let mut out = Vec::new();
+        for piece in input.chunks(size) {
+            out.extend(reading.push(piece));
+        }
+        out.extend(reading.finish());
+        assert!(out == expected, "{shape:?}, pieces of {size}: other bytes");
+        assert_eq!(reading.removed(), plain.removed(), "{shape:?}, {size}");
+        let reader = reading.reader().unwrap();
+        assert_eq!(reader.usage(), unfiltered.usage(), "{shape:?}, {size}");
+        assert_eq!(
+            reader.content_events(),
+            unfiltered.content_events(),
+            "{shape:?}, {size}"
+        );
+    }
+}
+
+#[test]
+fn long_events_are_read_as_the_stream_reader_reads_them() {
+    use crate::ApiShape::{AnthropicMessages, OpenAiCompletions};
+    let text = |n: usize| "w".repeat(n);
+    let chunk = |content: &str, end: &str| {
+        format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{content}\"}}}}],\"usage\":null}}{end}{end}"
+        )
+    };
+    let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9}}";
+    // Held to one byte past the limit, so the blank line's first byte starts
+    // the passing: `data: ` and `\n` are 7 bytes.
+    let exact = format!("data: {}\n\n", text(MAX_HELD_EVENT_BYTES - 6));
+    let streams = [
+        // Long events with every line ending, between short ones, then usage.
+        format!(
+            "{}{}{}{}{usage}\r\n\r\n",
+            chunk(&text(MAX_HELD_EVENT_BYTES), "\r\n"),
+            chunk("a", "\r\n"),
+            chunk(&text(MAX_HELD_EVENT_BYTES + 3), "\r"),
+            chunk("b", "\n"),
+        ),
+        format!("{exact}{}{usage}\n\n", chunk("c", "\n")),
+        // Past the SSE parser's own limit, with invalid UTF-8 in it.
+        format!(
+            "{}{}{usage}\n\n",
+            chunk(&format!("{}\u{fffd}", text(crate::MAX_EVENT_BYTES)), "\n"),
+            chunk("d", "\n"),
+        ),
+        // A long event the stream ends in.
+        format!(
+            "{}{}",
+            chunk("e", "\n"),
+            &chunk(&text(MAX_HELD_EVENT_BYTES + 9), "\n")[..MAX_HELD_EVENT_BYTES + 40]
+        ),
+    ];
+    let sizes = [1 << 20, 65_537, 4096, 333, 7];
+    for stream in &streams {
+        reading_agrees(OpenAiCompletions, stream.as_bytes(), &sizes);
+    }
+    let mut invalid = streams[2].clone().into_bytes();
+    let at = invalid.len() / 2;
+    invalid[at] = 0xff;
+    reading_agrees(OpenAiCompletions, &invalid, &sizes);
+    // An Anthropic stream, named events included, read under its own shape.
+    let anthropic = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":4}}}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"delta\":{{\"text\":\"{}\"}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"delta\":{{\"text\":\"x\"}}}}\n\n\
+         event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":7}}}}\n\n",
+        text(MAX_HELD_EVENT_BYTES)
+    );
+    reading_agrees(AnthropicMessages, anthropic.as_bytes(), &sizes);
+    let mut reading = UsageChunkFilter::reading_usage(AnthropicMessages);
+    reading.push(anthropic.as_bytes());
+    let read = reading.reader().unwrap();
+    assert_eq!(
+        (read.usage().input_tokens, read.usage().output_tokens),
+        (4, 7)
+    );
+    assert_eq!(read.content_events(), 2);
+}
