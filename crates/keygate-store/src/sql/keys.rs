@@ -11,6 +11,7 @@ use keygate_keys::KeyHash;
 use keygate_types::{AccountId, KeyId, Micros};
 
 use super::DbStore;
+use super::limit::limited;
 #[cfg(feature = "sqlite")]
 use super::pool::SqliteConn;
 use super::rows::{AccountRow, KeyChangeRow, KeyRow, KeySettingsRow, NewKeyChangeRow, millis};
@@ -331,16 +332,18 @@ macro_rules! sql_ops {
                 limit: u32,
             ) -> Result<Vec<KeyChange>> {
                 let after = i64::try_from(after).unwrap_or(i64::MAX);
-                key_changes::table
-                    .filter(key_changes::seq.gt(after))
-                    .order(key_changes::seq.asc())
-                    .limit(i64::from(limit))
-                    .select(KeyChangeRow::as_select())
-                    .load(c)
-                    .await?
-                    .into_iter()
-                    .map(KeyChange::try_from)
-                    .collect()
+                limited(
+                    key_changes::table
+                        .filter(key_changes::seq.gt(after))
+                        .order(key_changes::seq.asc())
+                        .select(KeyChangeRow::as_select()),
+                    limit,
+                )
+                .load(c)
+                .await?
+                .into_iter()
+                .map(KeyChange::try_from)
+                .collect()
             }
 
             pub(super) async fn latest_key_change(c: &mut C) -> Result<u64> {

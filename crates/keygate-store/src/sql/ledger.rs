@@ -14,6 +14,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use keygate_types::{AccountId, KeyId, Micros, ReservationId, UsageSource};
 
 use super::DbStore;
+use super::limit::limited;
 use super::pool::Conn;
 #[cfg(feature = "sqlite")]
 use super::pool::SqliteConn;
@@ -452,13 +453,15 @@ macro_rules! ledger_ops {
                 )
                 .execute(c)
                 .await?;
-                let expired: Vec<ReservationRow> = reservations::table
-                    .filter(reservations::expires_at.lt(millis(now)))
-                    .filter(reservations::swept_at.is_null())
-                    .select(ReservationRow::as_select())
-                    .limit(1000)
-                    .load(c)
-                    .await?;
+                let expired: Vec<ReservationRow> = limited(
+                    reservations::table
+                        .filter(reservations::expires_at.lt(millis(now)))
+                        .filter(reservations::swept_at.is_null())
+                        .select(ReservationRow::as_select()),
+                    1000,
+                )
+                .load(c)
+                .await?;
                 let mut swept = 0;
                 for row in expired {
                     let key: KeyId = row.key_id.parse()?;

@@ -29,6 +29,7 @@ mod control;
 mod error;
 mod keys;
 mod ledger;
+mod limit;
 mod migrate;
 mod pool;
 mod rows;
