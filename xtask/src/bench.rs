@@ -48,6 +48,9 @@ struct Options {
     pub(crate) observability: bool,
     /// Count instructions per request under callgrind instead of the load runs.
     callgrind: bool,
+    /// Only the memory figures (RSS idle and with open streams), printed and
+    /// never written: about a minute.
+    memory: bool,
     /// Hidden: run one of the bench's servers instead.
     serve: Option<Serve>,
 }
@@ -60,7 +63,7 @@ enum Serve {
     OtlpSink,
 }
 
-pub(crate) const USAGE: &str = "usage: cargo xtask bench [--quick] [--pin] [--no-write] [--upstream mock|nginx] [--observability] [--callgrind]";
+pub(crate) const USAGE: &str = "usage: cargo xtask bench [--quick] [--pin] [--no-write] [--upstream mock|nginx] [--observability] [--callgrind] [--memory]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
@@ -73,6 +76,7 @@ impl Options {
                 "--no-write" => options.no_write = true,
                 "--observability" => options.observability = true,
                 "--callgrind" => options.callgrind = true,
+                "--memory" => options.memory = true,
                 "--upstream" => match args.next().map(String::as_str) {
                     Some("mock") => options.nginx_upstream = false,
                     Some("nginx") => options.nginx_upstream = true,
@@ -227,8 +231,14 @@ pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
         nginx,
         nginx_upstream: options.nginx_upstream,
         observability: options.observability,
+        memory_only: options.memory,
     };
     let (results, meta) = runtime.block_on(run(setup))?;
+    if options.memory {
+        println!("\n{}", bench_report::memory_summary(&results));
+        println!("(--memory: docs/benchmarks.md left as it was)");
+        return Ok(results.failures() == 0);
+    }
     let markdown = bench_report::markdown(&results, &meta);
     println!("\n{markdown}");
     if options.no_write {
@@ -251,6 +261,8 @@ struct Setup {
     nginx: PathBuf,
     nginx_upstream: bool,
     observability: bool,
+    /// Skip the load runs: memory only.
+    memory_only: bool,
 }
 
 /// Everything the runs drive, per arm (indexed by `Arm::index`).
@@ -271,6 +283,7 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         nginx,
         nginx_upstream,
         observability,
+        memory_only,
     } = setup;
     let started = Instant::now();
     let load_before = loadavg();
@@ -312,7 +325,11 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         extra,
         ca_file: None,
     };
-    let priced = start_gateway(gateway("priced", false, String::new()), &proxy_launch).await?;
+    let priced_launch = Launch {
+        wrapper: priced_wrapper(),
+        ..proxy_launch.clone()
+    };
+    let priced = start_gateway(gateway("priced", false, String::new()), &priced_launch).await?;
     let zero = start_gateway(gateway("zero", true, String::new()), &proxy_launch).await?;
     let mut sink = None;
     let mut observed = Vec::new();
@@ -429,106 +446,16 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         );
     }
 
-    upstream.command("reply 0").await?;
-    upstream.command("chunk-delay-us 0").await?;
-    println!("\nSequential requests on one keep-alive connection");
-    for round in 0..plan.rounds {
-        for arm in order(&arms.active, round) {
-            let run = bench_load::sequential(arm_target(&arms, arm)?, &plain, plan.sequential);
-            let run: Latency = run.await?;
-            progress(round, arm, &format!("p50 {}", micros(&run.histogram, 0.5)));
-            results.sequential[arm.index()].merge(&run)?;
-            tokio::time::sleep(PAUSE).await;
-        }
-    }
-    for (i, rate) in RATES.into_iter().enumerate() {
-        println!("\nOpen loop at {rate} requests/s");
-        for round in 0..plan.rounds {
-            for arm in order(&arms.active, round) {
-                let run: OpenLoop = bench_load::open_loop(
-                    arm_target(&arms, arm)?,
-                    &plain,
-                    rate,
-                    plan.open_loop,
-                    OPEN_LOOP_CONNECTIONS,
-                )
-                .await?;
-                progress(
-                    round,
-                    arm,
-                    &format!(
-                        "p50 {}  p99 {}  missed {}",
-                        micros(&run.latency.histogram, 0.5),
-                        micros(&run.latency.histogram, 0.99),
-                        run.missed
-                    ),
-                );
-                results.open_loop[i][arm.index()].merge(&run)?;
-                tokio::time::sleep(PAUSE).await;
-            }
-        }
-    }
-    println!("\nClosed loop, {CLOSED_LOOP_CONNECTIONS} connections");
-    for round in 0..plan.rounds {
-        for arm in order(&arms.active, round) {
-            let server = arms.pids[arm.index()].or(upstream.pid());
-            let cpu_before = server
-                .map(bench_serve::cpu_micros_with_children)
-                .transpose()?;
-            let run: Throughput = bench_load::closed_loop(
-                arm_target(&arms, arm)?,
-                &plain,
-                plan.closed_loop,
-                CLOSED_LOOP_CONNECTIONS,
-            )
-            .await?;
-            if let (Some(pid), Some(before)) = (server, cpu_before) {
-                let used = bench_serve::cpu_micros_with_children(pid)?.saturating_sub(before);
-                results.closed_loop_cpu_us[arm.index()] += used;
-            }
-            progress(round, arm, &format!("{:.0} req/s", run.per_second()));
-            results.closed_loop[arm.index()].merge(&run);
-            tokio::time::sleep(PAUSE).await;
-        }
-    }
-    println!(
-        "\nStreams of {STREAM_TOKENS} chunks {} ms apart, {STREAM_CONNECTIONS} connections",
-        if nginx_upstream {
-            0
-        } else {
-            STREAM_INTERVAL.as_millis()
-        }
-    );
-    upstream.command(&format!("reply {STREAM_TOKENS}")).await?;
-    upstream
-        .command(&format!("chunk-delay-us {}", STREAM_INTERVAL.as_micros()))
-        .await?;
-    for round in 0..plan.rounds {
-        for arm in order(&arms.active, round) {
-            let mut run: Streaming = bench_load::streaming(
-                arm_target(&arms, arm)?,
-                &streamed,
-                usize::try_from(STREAM_TOKENS)?,
-                plan.streaming,
-                STREAM_CONNECTIONS,
-            )
-            .await?;
-            if nginx_upstream {
-                // nginx's canned stream comes in one piece: no gaps to measure.
-                run.token_gaps.reset();
-            }
-            progress(
-                round,
-                arm,
-                &format!(
-                    "first event p50 {}  token gap p50 {}",
-                    micros(&run.first_event, 0.5),
-                    micros(&run.token_gaps, 0.5)
-                ),
-            );
-            results.streaming[arm.index()].merge(&run)?;
-            tokio::time::sleep(PAUSE).await;
-        }
+    if !memory_only {
+        let mut load = Load {
+            plan,
+            arms: &arms,
+            upstream: &mut upstream,
+            plain: &plain,
+            streamed: &streamed,
+            nginx_upstream,
+        };
+        load.measure(&mut results).await?;
     }
     let measured = started.elapsed();
 
@@ -607,6 +534,130 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
     Ok((results, meta))
 }
 
+/// The load runs of one bench run, round by round over the active arms.
+struct Load<'a> {
+    plan: Plan,
+    arms: &'a Arms,
+    upstream: &'a mut Upstream,
+    plain: &'a Bytes,
+    streamed: &'a Bytes,
+    nginx_upstream: bool,
+}
+
+impl Load<'_> {
+    /// Sequential, open-loop, closed-loop and streaming figures into `results`.
+    async fn measure(&mut self, results: &mut Results) -> Result<()> {
+        self.upstream.command("reply 0").await?;
+        self.upstream.command("chunk-delay-us 0").await?;
+        println!("\nSequential requests on one keep-alive connection");
+        for round in 0..self.plan.rounds {
+            for arm in order(&self.arms.active, round) {
+                let run = bench_load::sequential(
+                    arm_target(self.arms, arm)?,
+                    self.plain,
+                    self.plan.sequential,
+                );
+                let run: Latency = run.await?;
+                progress(round, arm, &format!("p50 {}", micros(&run.histogram, 0.5)));
+                results.sequential[arm.index()].merge(&run)?;
+                tokio::time::sleep(PAUSE).await;
+            }
+        }
+        for (i, rate) in RATES.into_iter().enumerate() {
+            println!("\nOpen loop at {rate} requests/s");
+            for round in 0..self.plan.rounds {
+                for arm in order(&self.arms.active, round) {
+                    let run: OpenLoop = bench_load::open_loop(
+                        arm_target(self.arms, arm)?,
+                        self.plain,
+                        rate,
+                        self.plan.open_loop,
+                        OPEN_LOOP_CONNECTIONS,
+                    )
+                    .await?;
+                    progress(
+                        round,
+                        arm,
+                        &format!(
+                            "p50 {}  p99 {}  missed {}",
+                            micros(&run.latency.histogram, 0.5),
+                            micros(&run.latency.histogram, 0.99),
+                            run.missed
+                        ),
+                    );
+                    results.open_loop[i][arm.index()].merge(&run)?;
+                    tokio::time::sleep(PAUSE).await;
+                }
+            }
+        }
+        println!("\nClosed loop, {CLOSED_LOOP_CONNECTIONS} connections");
+        for round in 0..self.plan.rounds {
+            for arm in order(&self.arms.active, round) {
+                let server = self.arms.pids[arm.index()].or(self.upstream.pid());
+                let cpu_before = server
+                    .map(bench_serve::cpu_micros_with_children)
+                    .transpose()?;
+                let run: Throughput = bench_load::closed_loop(
+                    arm_target(self.arms, arm)?,
+                    self.plain,
+                    self.plan.closed_loop,
+                    CLOSED_LOOP_CONNECTIONS,
+                )
+                .await?;
+                if let (Some(pid), Some(before)) = (server, cpu_before) {
+                    let used = bench_serve::cpu_micros_with_children(pid)?.saturating_sub(before);
+                    results.closed_loop_cpu_us[arm.index()] += used;
+                }
+                progress(round, arm, &format!("{:.0} req/s", run.per_second()));
+                results.closed_loop[arm.index()].merge(&run);
+                tokio::time::sleep(PAUSE).await;
+            }
+        }
+        println!(
+            "\nStreams of {STREAM_TOKENS} chunks {} ms apart, {STREAM_CONNECTIONS} connections",
+            if self.nginx_upstream {
+                0
+            } else {
+                STREAM_INTERVAL.as_millis()
+            }
+        );
+        self.upstream
+            .command(&format!("reply {STREAM_TOKENS}"))
+            .await?;
+        self.upstream
+            .command(&format!("chunk-delay-us {}", STREAM_INTERVAL.as_micros()))
+            .await?;
+        for round in 0..self.plan.rounds {
+            for arm in order(&self.arms.active, round) {
+                let mut run: Streaming = bench_load::streaming(
+                    arm_target(self.arms, arm)?,
+                    self.streamed,
+                    usize::try_from(STREAM_TOKENS)?,
+                    self.plan.streaming,
+                    STREAM_CONNECTIONS,
+                )
+                .await?;
+                if self.nginx_upstream {
+                    // nginx's canned stream comes in one piece: no gaps to measure.
+                    run.token_gaps.reset();
+                }
+                progress(
+                    round,
+                    arm,
+                    &format!(
+                        "first event p50 {}  token gap p50 {}",
+                        micros(&run.first_event, 0.5),
+                        micros(&run.token_gaps, 0.5)
+                    ),
+                );
+                results.streaming[arm.index()].merge(&run)?;
+                tokio::time::sleep(PAUSE).await;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `ok REQUESTS BYTES` → (requests, bytes).
 fn parse_sink_stats(line: &str) -> Option<(u64, u64)> {
     let mut words = line.split_whitespace();
@@ -644,6 +695,15 @@ fn gateway_warnings(gateway: &Gateway) -> Option<String> {
 async fn memory(arms: &Arms, arm: Arm, body: &Bytes) -> Result<Rss> {
     let pid = arms.pids[arm.index()].context("the process has no pid")?;
     bench_memory::memory_of(arm_target(arms, arm)?, pid, arm.label(), body).await
+}
+
+/// `KEYGATE_BENCH_WRAP`, split at spaces: a program (and its arguments) the
+/// priced keygate runs under, e.g. `valgrind --tool=dhat` for a heap profile
+/// with `--memory`. Unset: none.
+fn priced_wrapper() -> Vec<String> {
+    std::env::var("KEYGATE_BENCH_WRAP")
+        .map(|wrap| wrap.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// The arms in round `round`'s order: rotated, so no arm always runs first.
