@@ -22,7 +22,9 @@ use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use keygate_test_utils::workspace_binary;
 
-use crate::bench_load::{self, Latency, OpenLoop, Streaming, Target, Throughput};
+mod runs;
+
+use crate::bench_load::{self, Target};
 use crate::bench_memory::{self, OPEN_STREAM_INTERVAL, OPEN_STREAM_TOKENS, OPEN_STREAMS};
 use crate::bench_nginx::{self, NginxChild, Role};
 use crate::bench_report::{self, ARM_COUNT, ARMS, Arm, Meta, OBSERVABILITY_ARMS, Results, Rss};
@@ -235,7 +237,7 @@ pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
     };
     let (results, meta) = runtime.block_on(run(setup))?;
     if options.memory {
-        println!("\n{}", bench_report::memory_summary(&results));
+        println!("\n{}", bench_memory::memory_summary(&results));
         println!("(--memory: docs/benchmarks.md left as it was)");
         return Ok(results.failures() == 0);
     }
@@ -447,7 +449,7 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
     }
 
     if !memory_only {
-        let mut load = Load {
+        let mut load = runs::Load {
             plan,
             arms: &arms,
             upstream: &mut upstream,
@@ -532,130 +534,6 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         notes,
     };
     Ok((results, meta))
-}
-
-/// The load runs of one bench run, round by round over the active arms.
-struct Load<'a> {
-    plan: Plan,
-    arms: &'a Arms,
-    upstream: &'a mut Upstream,
-    plain: &'a Bytes,
-    streamed: &'a Bytes,
-    nginx_upstream: bool,
-}
-
-impl Load<'_> {
-    /// Sequential, open-loop, closed-loop and streaming figures into `results`.
-    async fn measure(&mut self, results: &mut Results) -> Result<()> {
-        self.upstream.command("reply 0").await?;
-        self.upstream.command("chunk-delay-us 0").await?;
-        println!("\nSequential requests on one keep-alive connection");
-        for round in 0..self.plan.rounds {
-            for arm in order(&self.arms.active, round) {
-                let run = bench_load::sequential(
-                    arm_target(self.arms, arm)?,
-                    self.plain,
-                    self.plan.sequential,
-                );
-                let run: Latency = run.await?;
-                progress(round, arm, &format!("p50 {}", micros(&run.histogram, 0.5)));
-                results.sequential[arm.index()].merge(&run)?;
-                tokio::time::sleep(PAUSE).await;
-            }
-        }
-        for (i, rate) in RATES.into_iter().enumerate() {
-            println!("\nOpen loop at {rate} requests/s");
-            for round in 0..self.plan.rounds {
-                for arm in order(&self.arms.active, round) {
-                    let run: OpenLoop = bench_load::open_loop(
-                        arm_target(self.arms, arm)?,
-                        self.plain,
-                        rate,
-                        self.plan.open_loop,
-                        OPEN_LOOP_CONNECTIONS,
-                    )
-                    .await?;
-                    progress(
-                        round,
-                        arm,
-                        &format!(
-                            "p50 {}  p99 {}  missed {}",
-                            micros(&run.latency.histogram, 0.5),
-                            micros(&run.latency.histogram, 0.99),
-                            run.missed
-                        ),
-                    );
-                    results.open_loop[i][arm.index()].merge(&run)?;
-                    tokio::time::sleep(PAUSE).await;
-                }
-            }
-        }
-        println!("\nClosed loop, {CLOSED_LOOP_CONNECTIONS} connections");
-        for round in 0..self.plan.rounds {
-            for arm in order(&self.arms.active, round) {
-                let server = self.arms.pids[arm.index()].or(self.upstream.pid());
-                let cpu_before = server
-                    .map(bench_serve::cpu_micros_with_children)
-                    .transpose()?;
-                let run: Throughput = bench_load::closed_loop(
-                    arm_target(self.arms, arm)?,
-                    self.plain,
-                    self.plan.closed_loop,
-                    CLOSED_LOOP_CONNECTIONS,
-                )
-                .await?;
-                if let (Some(pid), Some(before)) = (server, cpu_before) {
-                    let used = bench_serve::cpu_micros_with_children(pid)?.saturating_sub(before);
-                    results.closed_loop_cpu_us[arm.index()] += used;
-                }
-                progress(round, arm, &format!("{:.0} req/s", run.per_second()));
-                results.closed_loop[arm.index()].merge(&run);
-                tokio::time::sleep(PAUSE).await;
-            }
-        }
-        println!(
-            "\nStreams of {STREAM_TOKENS} chunks {} ms apart, {STREAM_CONNECTIONS} connections",
-            if self.nginx_upstream {
-                0
-            } else {
-                STREAM_INTERVAL.as_millis()
-            }
-        );
-        self.upstream
-            .command(&format!("reply {STREAM_TOKENS}"))
-            .await?;
-        self.upstream
-            .command(&format!("chunk-delay-us {}", STREAM_INTERVAL.as_micros()))
-            .await?;
-        for round in 0..self.plan.rounds {
-            for arm in order(&self.arms.active, round) {
-                let mut run: Streaming = bench_load::streaming(
-                    arm_target(self.arms, arm)?,
-                    self.streamed,
-                    usize::try_from(STREAM_TOKENS)?,
-                    self.plan.streaming,
-                    STREAM_CONNECTIONS,
-                )
-                .await?;
-                if self.nginx_upstream {
-                    // nginx's canned stream comes in one piece: no gaps to measure.
-                    run.token_gaps.reset();
-                }
-                progress(
-                    round,
-                    arm,
-                    &format!(
-                        "first event p50 {}  token gap p50 {}",
-                        micros(&run.first_event, 0.5),
-                        micros(&run.token_gaps, 0.5)
-                    ),
-                );
-                results.streaming[arm.index()].merge(&run)?;
-                tokio::time::sleep(PAUSE).await;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// `ok REQUESTS BYTES` → (requests, bytes).

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use bytes::Bytes;
 
 use crate::bench_load::{self, Target};
-use crate::bench_report::{self, Rss};
+use crate::bench_report::{self, Results, Rss, kib_to_mb};
 use crate::bench_serve::{self, Launch, ServerChild};
 use crate::bench_setup::{GatewaySpec, start_gateway};
 
@@ -93,4 +93,32 @@ pub(crate) async fn memory_of(
     // Let the gateway settle the hung-up streams before the next arm runs.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(rss)
+}
+
+/// The memory figures alone, one line an arm (`cargo xtask bench --memory`).
+pub(crate) fn memory_summary(results: &Results) -> String {
+    let rows = results
+        .arms
+        .iter()
+        .filter_map(|arm| Some((arm.label(), results.rss[arm.index()]?)))
+        .chain(
+            results
+                .rss_h2_upstream
+                .map(|rss| ("keygate, h2 upstream", rss)),
+        );
+    let mut out = String::from(
+        "| arm | RSS idle | RSS open | per open stream | failed |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (label, rss) in rows {
+        let per_stream = rss
+            .per_stream_kb()
+            .map_or_else(|| "—".to_owned(), |kb| format!("{kb:.1} KB"));
+        out.push_str(&format!(
+            "| {label} | {:.1} MB | {:.1} MB | {per_stream} | {} |\n",
+            kib_to_mb(rss.idle_kib),
+            kib_to_mb(rss.open_kib),
+            rss.failed
+        ));
+    }
+    out
 }

@@ -171,34 +171,6 @@ pub(crate) struct Meta {
     pub(crate) notes: Vec<String>,
 }
 
-/// The memory figures alone, one line an arm (`cargo xtask bench --memory`).
-pub(crate) fn memory_summary(results: &Results) -> String {
-    let rows = results
-        .arms
-        .iter()
-        .filter_map(|arm| Some((arm.label(), results.rss[arm.index()]?)))
-        .chain(
-            results
-                .rss_h2_upstream
-                .map(|rss| ("keygate, h2 upstream", rss)),
-        );
-    let mut out = String::from(
-        "| arm | RSS idle | RSS open | per open stream | failed |\n|---|---:|---:|---:|---:|\n",
-    );
-    for (label, rss) in rows {
-        let per_stream = rss
-            .per_stream_kb()
-            .map_or_else(|| "—".to_owned(), |kb| format!("{kb:.1} KB"));
-        out.push_str(&format!(
-            "| {label} | {:.1} MB | {:.1} MB | {per_stream} | {} |\n",
-            kib_to_mb(rss.idle_kib),
-            kib_to_mb(rss.open_kib),
-            rss.failed
-        ));
-    }
-    out
-}
-
 /// KiB (as `/proc` counts) to MB (10^6 bytes).
 pub(crate) fn kib_to_mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1e6
