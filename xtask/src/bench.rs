@@ -51,8 +51,12 @@ struct Options {
     /// Count instructions per request under callgrind instead of the load runs.
     callgrind: bool,
     /// Only the memory figures (RSS idle and with open streams), printed and
-    /// never written: about a minute.
+    /// never written: about 20 seconds.
     memory: bool,
+    /// `KEYGATE_BENCH_WRAP`, split at spaces: a program (and its arguments) the
+    /// priced keygate runs under with `--memory`, e.g. `valgrind --tool=dhat`
+    /// for a heap profile.
+    wrap: Vec<String>,
     /// Hidden: run one of the bench's servers instead.
     serve: Option<Serve>,
 }
@@ -68,8 +72,14 @@ enum Serve {
 pub(crate) const USAGE: &str = "usage: cargo xtask bench [--quick] [--pin] [--no-write] [--upstream mock|nginx] [--observability] [--callgrind] [--memory]";
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Options> {
-        let mut options = Options::default();
+    /// `args` after `bench`; `wrap` is `KEYGATE_BENCH_WRAP`'s value.
+    fn parse(args: &[String], wrap: Option<&str>) -> Result<Options> {
+        let mut options = Options {
+            wrap: wrap.map_or_else(Vec::new, |wrap| {
+                wrap.split_whitespace().map(str::to_owned).collect()
+            }),
+            ..Options::default()
+        };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -96,6 +106,19 @@ impl Options {
                 }
                 other => bail!("unknown argument {other:?} ({USAGE})"),
             }
+        }
+        if options.memory && options.callgrind {
+            bail!("--memory and --callgrind are two different runs: pick one ({USAGE})");
+        }
+        if options.memory && options.nginx_upstream {
+            bail!(
+                "--memory measures streams over the mock, which nginx's canned answers cannot hold open: drop --upstream nginx"
+            );
+        }
+        if !options.wrap.is_empty() && !options.memory {
+            bail!(
+                "KEYGATE_BENCH_WRAP is for --memory runs: a wrapped keygate's load figures would be the wrapper's"
+            );
         }
         Ok(options)
     }
@@ -147,7 +170,8 @@ const PAUSE: Duration = Duration::from_millis(200);
 const BUILT_ENV: &str = "KEYGATE_BENCH_BUILT";
 /// Runs `cargo xtask bench ARGS`; `Ok(false)` when a run saw failed requests.
 pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
-    let options = Options::parse(args)?;
+    let wrap = std::env::var("KEYGATE_BENCH_WRAP").ok();
+    let options = Options::parse(args, wrap.as_deref())?;
     match &options.serve {
         Some(Serve::Mock(tls)) => return bench_serve::serve_mock(tls.as_deref()).map(|()| true),
         Some(Serve::Baseline(upstream)) => {
@@ -234,6 +258,7 @@ pub(crate) fn main(root: &Path, args: &[String]) -> Result<bool> {
         nginx_upstream: options.nginx_upstream,
         observability: options.observability,
         memory_only: options.memory,
+        wrap: options.wrap.clone(),
     };
     let (results, meta) = runtime.block_on(run(setup))?;
     if options.memory {
@@ -265,6 +290,8 @@ struct Setup {
     observability: bool,
     /// Skip the load runs: memory only.
     memory_only: bool,
+    /// What the priced keygate runs under (empty: nothing).
+    wrap: Vec<String>,
 }
 
 /// Everything the runs drive, per arm (indexed by `Arm::index`).
@@ -286,6 +313,7 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         nginx_upstream,
         observability,
         memory_only,
+        wrap,
     } = setup;
     let started = Instant::now();
     let load_before = loadavg();
@@ -328,7 +356,7 @@ async fn run(setup: Setup) -> Result<(Results, Meta)> {
         ca_file: None,
     };
     let priced_launch = Launch {
-        wrapper: priced_wrapper(),
+        wrapper: wrap,
         ..proxy_launch.clone()
     };
     let priced = start_gateway(gateway("priced", false, String::new()), &priced_launch).await?;
@@ -575,15 +603,6 @@ async fn memory(arms: &Arms, arm: Arm, body: &Bytes) -> Result<Rss> {
     bench_memory::memory_of(arm_target(arms, arm)?, pid, arm.label(), body).await
 }
 
-/// `KEYGATE_BENCH_WRAP`, split at spaces: a program (and its arguments) the
-/// priced keygate runs under, e.g. `valgrind --tool=dhat` for a heap profile
-/// with `--memory`. Unset: none.
-fn priced_wrapper() -> Vec<String> {
-    std::env::var("KEYGATE_BENCH_WRAP")
-        .map(|wrap| wrap.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
 /// The arms in round `round`'s order: rotated, so no arm always runs first.
 fn order(active: &[Arm], round: usize) -> Vec<Arm> {
     let mut arms = active.to_vec();
@@ -610,4 +629,29 @@ fn micros(histogram: &hdrhistogram::Histogram<u64>, quantile: f64) -> String {
         "{:.1} µs",
         histogram.value_at_quantile(quantile) as f64 / 1000.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], wrap: Option<&str>) -> Result<Options> {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Options::parse(&args, wrap)
+    }
+
+    #[test]
+    fn memory_runs_take_a_wrapper_and_refuse_what_they_cannot_measure() {
+        let options = parse(&["--memory"], Some("valgrind  --tool=dhat")).unwrap();
+        assert!(options.memory);
+        assert_eq!(options.wrap, ["valgrind", "--tool=dhat"]);
+        assert!(parse(&["--memory"], None).unwrap().wrap.is_empty());
+        for refused in [
+            parse(&["--memory", "--callgrind"], None),
+            parse(&["--memory", "--upstream", "nginx"], None),
+            parse(&["--quick"], Some("valgrind --tool=dhat")),
+        ] {
+            assert!(refused.is_err());
+        }
+    }
 }
