@@ -85,6 +85,12 @@ struct Stream {
     /// after its headers would otherwise leave the client with no answer at all
     /// rather than the head and a body that breaks off.
     failure: Option<BodyError>,
+    /// Whether the filters have given up what they held back (`finish`), which
+    /// they do once, at the body's last data frame or its trailers.
+    flushed: bool,
+    /// The upstream's trailers, held for one poll while the bytes the filters
+    /// held back go out first: nothing may follow trailers.
+    trailers: Option<Frame<Bytes>>,
     /// The request's place on its upstream connection, freed when the body is
     /// dropped (after `body`, so after the upstream stream is closed).
     slot: Option<StreamSlot>,
@@ -148,6 +154,8 @@ impl GatewayBody {
                     armed: false,
                 }),
                 failure: None,
+                flushed: false,
+                trailers: None,
                 slot: None,
             }),
         }
@@ -221,8 +229,11 @@ impl Stream {
     }
 
     /// Passes an upstream data frame through the stages; `None` when nothing of
-    /// it is left for the client. `last` flushes the filters.
+    /// it is left for the client. `last` flushes the filters, unless they were
+    /// flushed before.
     fn pass(&mut self, mut data: Bytes, last: bool) -> Option<Bytes> {
+        let flush = last && !self.flushed;
+        self.flushed |= last;
         for stage in &mut self.stages {
             match stage {
                 Stage::Observe(observer) => {
@@ -232,7 +243,7 @@ impl Stream {
                 }
                 Stage::Filter(filter) => {
                     let mut out = filter.push(&data);
-                    if last {
+                    if flush {
                         out.extend_from_slice(&filter.finish());
                     }
                     data = Bytes::from(out);
@@ -240,6 +251,14 @@ impl Stream {
             }
         }
         (!data.is_empty()).then_some(data)
+    }
+}
+
+impl Stream {
+    /// The upstream's trailers, on their way out: the body's end.
+    fn trailers_out(&mut self, trailers: Frame<Bytes>) -> Frame<Bytes> {
+        self.end(BodyEnd::Complete);
+        trailers
     }
 }
 
@@ -273,6 +292,9 @@ impl Body for GatewayBody {
                 if let Some(error) = stream.failure.take() {
                     return Poll::Ready(Some(Err(error)));
                 }
+                if let Some(trailers) = stream.trailers.take() {
+                    return Poll::Ready(Some(Ok(stream.trailers_out(trailers))));
+                }
                 if stream.ended {
                     return Poll::Ready(None);
                 }
@@ -296,21 +318,33 @@ impl Body for GatewayBody {
                         // With a known length the server stops polling after the
                         // last byte, so the end is seen here, not as a `None`.
                         let last = stream.body.is_end_stream();
-                        let frame = match frame.into_data() {
-                            Ok(data) => match stream.pass(data, last) {
-                                Some(data) => Frame::data(data),
-                                None if last => {
-                                    stream.end(BodyEnd::Complete);
-                                    return Poll::Ready(None);
+                        let data = match frame.into_data() {
+                            Ok(data) => data,
+                            // Trailers, the last frame: after what the filters
+                            // still hold back.
+                            Err(trailers) => match stream.pass(Bytes::new(), true) {
+                                Some(tail) => {
+                                    stream.trailers = Some(trailers);
+                                    return Poll::Ready(Some(Ok(Frame::data(tail))));
                                 }
-                                None => continue,
+                                None => {
+                                    return Poll::Ready(Some(Ok(stream.trailers_out(trailers))));
+                                }
                             },
-                            Err(frame) => frame,
                         };
-                        if last {
-                            stream.end(BodyEnd::Complete);
+                        match stream.pass(data, last) {
+                            Some(data) => {
+                                if last {
+                                    stream.end(BodyEnd::Complete);
+                                }
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            }
+                            None if last => {
+                                stream.end(BodyEnd::Complete);
+                                return Poll::Ready(None);
+                            }
+                            None => continue,
                         }
-                        return Poll::Ready(Some(Ok(frame)));
                     }
                     Some(Err(error)) => return stream.fail(Box::new(error), cx),
                     None => {
@@ -328,7 +362,9 @@ impl Body for GatewayBody {
             Inner::Full(full) => full.is_end_stream(),
             // A failure still to report is not an end.
             Inner::Stream(stream) => {
-                stream.failure.is_none() && (stream.ended || stream.body.is_end_stream())
+                stream.failure.is_none()
+                    && stream.trailers.is_none()
+                    && (stream.ended || stream.body.is_end_stream())
             }
         }
     }
@@ -340,5 +376,106 @@ impl Body for GatewayBody {
             Inner::Stream(stream) if stream.filtered => SizeHint::default(),
             Inner::Stream(stream) => stream.body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http::HeaderMap;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+
+    /// Holds every byte back until `finish`, and notes what it was called with.
+    struct HoldAll {
+        held: Vec<u8>,
+        calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl BodyFilter for HoldAll {
+        fn push(&mut self, data: &[u8]) -> Vec<u8> {
+            self.held.extend_from_slice(data);
+            Vec::new()
+        }
+
+        fn finish(&mut self) -> Vec<u8> {
+            self.calls.lock().unwrap().push("finish".to_owned());
+            std::mem::take(&mut self.held)
+        }
+
+        fn on_end(&mut self, end: BodyEnd) {
+            self.calls.lock().unwrap().push(format!("{end:?}"));
+        }
+    }
+
+    /// A real HTTP/2 response whose body is `data` then trailers, as an
+    /// [`Incoming`] on the client side of an in-memory connection.
+    async fn with_trailers(data: &'static [&'static str]) -> Incoming {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_request| async move {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let frames: Vec<_> = data
+                    .iter()
+                    .copied()
+                    .map(|chunk: &'static str| Frame::data(Bytes::from_static(chunk.as_bytes())))
+                    .chain([Frame::trailers(trailers)])
+                    .map(Ok::<_, std::convert::Infallible>)
+                    .collect();
+                let body = StreamBody::new(futures_util::stream::iter(frames));
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), service)
+                .await;
+        });
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::new(http_body_util::Empty::<Bytes>::new());
+        sender.send_request(request).await.unwrap().into_body()
+    }
+
+    #[tokio::test]
+    async fn trailers_come_after_what_a_filter_held_back_which_is_flushed_once() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let filter = HoldAll {
+            held: Vec::new(),
+            calls: Arc::clone(&calls),
+        };
+        let upstream = with_trailers(&["data: one\n\n", "data: tw"]).await;
+        let mut body = GatewayBody::stream(upstream, None).filter(Box::new(filter));
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            assert!(trailers.is_none(), "a frame after the trailers");
+            match frame.into_data() {
+                Ok(chunk) => data.extend_from_slice(&chunk),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        assert_eq!(data, b"data: one\n\ndata: tw");
+        let trailers = trailers.expect("the upstream's trailers reach the client");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(body.is_end_stream());
+        assert_eq!(*calls.lock().unwrap(), ["finish", "Complete"]);
+    }
+
+    #[tokio::test]
+    async fn trailers_with_nothing_held_back_pass_at_once() {
+        let upstream = with_trailers(&["data: one\n\n"]).await;
+        let mut body = GatewayBody::stream(upstream, None);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+        let second = body.frame().await.unwrap().unwrap();
+        assert!(second.is_trailers());
+        assert!(body.frame().await.is_none());
     }
 }
