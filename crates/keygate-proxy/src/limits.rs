@@ -369,7 +369,8 @@ enum Reader {
 impl LimitHold {
     /// Rides on the response body until it ends, reading usage from the
     /// upstream's own bytes when tokens are limited. Add it before any stage
-    /// that rewrites the body.
+    /// that rewrites the body. When the request is billed, the charge reads
+    /// the usage instead: see [`LimitHold::answered`].
     pub(crate) fn attach(mut self, head: &response::Parts, body: GatewayBody) -> GatewayBody {
         self.success = head.status.is_success();
         if !self.tokens.is_empty()
@@ -386,6 +387,23 @@ impl LimitHold {
             });
         }
         body.observe(Box::new(self))
+    }
+
+    /// For a request whose charge carries this hold to the body's end and
+    /// reads the usage once for both ([`LimitHold::settle`]): notes whether the
+    /// answer was a success.
+    pub(crate) fn answered(&mut self, head: &response::Parts) {
+        self.success = head.status.is_success();
+    }
+
+    /// Settles the token buckets at the body's end with `used`, the usage the
+    /// charge read from the same bytes; `None` leaves the estimate standing.
+    /// Once; the slot is given back as the hold drops.
+    pub(crate) fn settle(mut self, used: Option<&Usage>) {
+        let used = used
+            .filter(|u| matches!(u.source, UsageSource::Reported | UsageSource::Capped))
+            .copied();
+        self.settle_with(used);
     }
 
     /// The tokens the request used, when the upstream said.
@@ -415,6 +433,13 @@ impl BodyObserver for LimitHold {
     }
 
     fn on_end(&mut self, _end: BodyEnd) {
+        let used = self.used();
+        self.settle_with(used);
+    }
+}
+
+impl LimitHold {
+    fn settle_with(&mut self, used: Option<Usage>) {
         if self.tokens.is_empty() || self.settled {
             return;
         }
@@ -422,7 +447,7 @@ impl BodyObserver for LimitHold {
         let delta = if !self.success {
             // An error answer used no tokens.
             -estimate
-        } else if let Some(usage) = self.used() {
+        } else if let Some(usage) = used {
             let used = usage.input_tokens.saturating_add(usage.output_tokens);
             i64::try_from(used)
                 .unwrap_or(i64::MAX)

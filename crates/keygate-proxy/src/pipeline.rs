@@ -341,25 +341,33 @@ impl Gateway {
             // Held by the body, not the head, which the server drops first.
             body = body.hold(slot);
         }
-        if let Some(limits) = ctx.limits.take() {
-            // First: it reads usage from the upstream's own bytes, and holds
-            // the request's slot until the body ends.
-            body = limits.attach(&head, body);
-        }
         let usage_slot = ctx.log.span.as_ref().and_then(|s| s.usage_slot());
+        let limits = ctx.limits.take();
         if let Some(mut charge) = ctx.charge.take() {
             if let Some(slot) = usage_slot {
                 // Billing reads the usage; the span takes it at the end.
                 charge.report_usage(slot);
             }
+            if let Some(limits) = limits {
+                // And the limits: one reading of the body for both. The charge
+                // holds the request's slot until the body ends.
+                charge.carry_limits(&head, limits);
+            }
             body = charge.attach(&mut head, body, first_byte);
-        } else if let Some(reader) = ctx.log.span.as_ref().and_then(|span| {
-            span.usage_reader(
-                crate::billing::shape_of(exchange.endpoint),
-                event_stream(&head),
-            )
-        }) {
-            body = body.observe(reader);
+        } else {
+            if let Some(limits) = limits {
+                // First: it reads usage from the upstream's own bytes, and
+                // holds the request's slot until the body ends.
+                body = limits.attach(&head, body);
+            }
+            if let Some(reader) = ctx.log.span.as_ref().and_then(|span| {
+                span.usage_reader(
+                    crate::billing::shape_of(exchange.endpoint),
+                    event_stream(&head),
+                )
+            }) {
+                body = body.observe(reader);
+            }
         }
         for observer in taps {
             body = body.observe(observer);

@@ -19,6 +19,7 @@ use super::metrics::bump;
 use super::usage_writer::UsageWriter;
 use crate::body::{BodyEnd, BodyFilter, BodyObserver, GatewayBody};
 use crate::endpoint::Endpoint;
+use crate::limits::LimitHold;
 use crate::metrics::GatewayMetrics;
 use crate::traces::UsageSlot;
 
@@ -51,6 +52,9 @@ pub(crate) struct Charge {
     metrics: Option<Arc<GatewayMetrics>>,
     /// Where the request's span takes the usage billed, when it is traced.
     usage_slot: Option<UsageSlot>,
+    /// The request's limits, settled with the usage read here: one reading of
+    /// the body for both.
+    limits: Option<LimitHold>,
 }
 
 /// What [`Charge::new`] needs besides the writer.
@@ -89,6 +93,7 @@ impl Charge {
             record: Some(parts.record),
             metrics: None,
             usage_slot: None,
+            limits: None,
         }
     }
 
@@ -130,6 +135,13 @@ impl Charge {
             return body.filter(Box::new(self));
         }
         body.observe(Box::new(self))
+    }
+
+    /// Carries the request's limits to the body's end and settles them with
+    /// the usage read for the bill, instead of their reading it again.
+    pub(crate) fn carry_limits(&mut self, head: &response::Parts, mut limits: LimitHold) {
+        limits.answered(head);
+        self.limits = Some(limits);
     }
 
     /// Hands the usage billed to the request's span, at the body's end.
@@ -254,6 +266,9 @@ impl Charge {
         };
         let success = StatusCode::from_u16(record.status).is_ok_and(|s| s.is_success());
         let usage = self.usage(success, end);
+        if let Some(limits) = self.limits.take() {
+            limits.settle(usage.as_ref());
+        }
         let cost = match (&usage, &self.price) {
             (Some(usage), Some(price)) if usage.source != UsageSource::Unknown => price.cost(usage),
             _ => Micros::ZERO,
