@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +26,9 @@ use crate::conn::{Activity, ConnectionMetrics, Tracked, Watchdog};
 use crate::context::PeerAddr;
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
+
+/// What a connection may end with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,20 +150,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Shutdown {
     let background = gateway.start_background().await;
+    let protocols = Arc::new(Protocols::new(&options));
     let acceptor = options.tls.map(TlsAcceptor::from);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(256 * 1024)
-        .max_concurrent_streams(options.http2_max_concurrent_streams)
-        .keep_alive_interval(options.http2_keepalive_interval)
-        .keep_alive_timeout(options.http2_keepalive_timeout);
-    let protocols = Arc::new(Protocols::new(builder));
     let graceful = GracefulShutdown::new();
     let metrics = Arc::clone(&gateway.local.connections);
     let slots = Arc::new(Semaphore::new(options.max_connections));
@@ -238,32 +229,31 @@ pub async fn serve(
                     };
                     let first = deadline.saturating_duration_since(Instant::now());
                     let io = TokioIo::new(Watchdog::new(tcp, activity, first, idle));
-                    let connection = protocols.pick(protocol).serve_connection(io, service);
-                    watcher.watch(connection.into_owned()).await
-                }
-                Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    match protocol {
+                        // Inline: the common connection's task holds hyper's
+                        // HTTP/1 connection and nothing bigger.
+                        Protocol::Http1 => watcher
+                            .watch(protocols.http1.serve_connection(io, service))
                             .await
-                        {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!("TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let protocol = match tls.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        Some(b"http/1.1") => Protocol::Http1,
-                        _ => Protocol::Unknown,
+                            .map_err(Into::into),
+                        other => {
+                            let connection = protocols.pick(other).serve_connection(io, service);
+                            Box::pin(watcher.watch(connection.into_owned())).await
+                        }
+                    }
+                }
+                // Boxed: a TLS stream and its handshake are larger than the
+                // rest of the task, which would otherwise be as large for
+                // every connection.
+                Some(acceptor) => {
+                    let connection = TlsConnection {
+                        acceptor,
+                        tcp,
+                        activity,
+                        first,
+                        idle,
                     };
-                    let io = TokioIo::new(Watchdog::new(tls, activity, first, idle));
-                    let connection = protocols.pick(protocol).serve_connection(io, service);
-                    watcher.watch(connection.into_owned()).await
+                    Box::pin(connection.serve(&protocols, service, watcher)).await
                 }
             };
             if let Err(e) = served {
@@ -288,6 +278,55 @@ pub async fn serve(
     outcome
 }
 
+/// An accepted connection to serve over TLS.
+struct TlsConnection {
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    activity: Arc<Activity>,
+    first: Duration,
+    idle: Duration,
+}
+
+impl TlsConnection {
+    /// The handshake, then the connection in the protocol ALPN chose.
+    async fn serve<S>(
+        self,
+        protocols: &Protocols,
+        service: S,
+        watcher: Watcher,
+    ) -> Result<(), BoxError>
+    where
+        S: hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = hyper::Response<Tracked<crate::GatewayBody>>,
+                Error = Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let handshake = self.acceptor.accept(self.tcp);
+        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return Ok(());
+            }
+        };
+        let protocol = match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Unknown,
+        };
+        let io = TokioIo::new(Watchdog::new(tls, self.activity, self.first, self.idle));
+        let connection = protocols.pick(protocol).serve_connection(io, service);
+        watcher.watch(connection.into_owned()).await
+    }
+}
+
 /// What a client speaks, as far as is known before hyper reads from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
@@ -302,24 +341,44 @@ enum Protocol {
 /// 24 bytes apart and hands them to hyper as a first read of their own, which
 /// makes hyper grow the connection's read buffer from 8 to 16 KB for the rest of
 /// the request; an open stream then holds the larger buffer.
+///
+/// A plain-TCP HTTP/1 connection, the common one, is served by hyper's own
+/// HTTP/1 builder rather than hyper-util's: its connection is an enum sized for
+/// HTTP/2 as well, which made every connection's task about 3 KB larger.
 struct Protocols {
     any: auto::Builder<TokioExecutor>,
-    http1: auto::Builder<TokioExecutor>,
+    http1_auto: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
 }
 
 impl Protocols {
-    fn new(any: auto::Builder<TokioExecutor>) -> Self {
+    fn new(options: &ServerOptions) -> Self {
+        let mut any = auto::Builder::new(TokioExecutor::new());
+        any.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout);
+        any.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(256 * 1024)
+            .max_concurrent_streams(options.http2_max_concurrent_streams)
+            .keep_alive_interval(options.http2_keepalive_interval)
+            .keep_alive_timeout(options.http2_keepalive_timeout);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout);
         Self {
-            http1: any.clone().http1_only(),
+            http1_auto: any.clone().http1_only(),
             http2: any.clone().http2_only(),
             any,
+            http1,
         }
     }
 
     fn pick(&self, protocol: Protocol) -> &auto::Builder<TokioExecutor> {
         match protocol {
-            Protocol::Http1 => &self.http1,
+            Protocol::Http1 => &self.http1_auto,
             Protocol::Http2 => &self.http2,
             Protocol::Unknown => &self.any,
         }
