@@ -19,7 +19,7 @@ use crate::error::ConfigError;
 use crate::models::ModelPattern;
 pub use crate::signing::{HookSecret, SigningConfig};
 use crate::signing::{MessageId, Signer};
-use crate::upstream_pool::UpstreamPool;
+use crate::upstream_pool::{Connector, UpstreamPool};
 
 /// Default of [`UpstreamConfig::streams_per_connection`]: the
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` most providers' HTTP/2 servers allow.
@@ -282,7 +282,7 @@ impl Upstream {
                 "base_url uses http:// to a host that is not loopback: the provider key travels unencrypted"
             );
         }
-        let connector = build_connector(roots, timeouts)
+        let connector = build_connector(&scheme, roots, timeouts)
             .map_err(|message| ConfigError::new(format!("{field}.ca_file"), message))?;
         let streams = usize::try_from(config.streams_per_connection).unwrap_or(usize::MAX);
         let pool = UpstreamPool::new(connector, streams);
@@ -404,27 +404,31 @@ fn load_roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore
 }
 
 /// The connector every shard of the upstream's pool connects through: TCP with
-/// the connect timeout, then TLS (ALPN h2 and http/1.1) for `https://`.
+/// the connect timeout, then for `https://` TLS (ALPN h2 and http/1.1).
 fn build_connector(
+    scheme: &Scheme,
     roots: rustls::RootCertStore,
     timeouts: UpstreamTimeouts,
-) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+) -> Result<Connector, String> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeouts.connect));
+    if *scheme == Scheme::HTTP {
+        return Ok(Connector::Plain(http));
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut http = HttpConnector::new();
     http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(timeouts.connect));
     // ALPN is set by the builder (h2, http/1.1); the config above must not set it.
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
+        .https_only()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(https)
+    Ok(Connector::Tls(https))
 }

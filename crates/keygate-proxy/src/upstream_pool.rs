@@ -23,8 +23,22 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// The HTTP client of one shard.
-type ShardClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// How an upstream's connections are made.
+#[derive(Clone)]
+pub(crate) enum Connector {
+    /// `http://`: TCP only.
+    Plain(HttpConnector),
+    /// `https://`: TCP, then TLS.
+    Tls(HttpsConnector<HttpConnector>),
+}
+
+/// The HTTP client of one shard. A plain upstream's has a client of its own
+/// type: each connection's task then holds a TCP stream, not an enum sized for
+/// a TLS one (about 1 KB more per HTTP/1.1 connection).
+enum ShardClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
 
 /// Most shards an upstream grows to (at the default of 100 streams each, 6,400
 /// requests at once); past it the least loaded shard takes the request, and it
@@ -36,7 +50,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One upstream's connections.
 pub(crate) struct UpstreamPool {
-    connector: HttpsConnector<HttpConnector>,
+    connector: Connector,
     streams_per_connection: usize,
     /// Grows, never shrinks: a shard without requests keeps its idle
     /// connections only until [`IDLE_TIMEOUT`].
@@ -81,10 +95,7 @@ impl std::fmt::Debug for UpstreamPool {
 impl UpstreamPool {
     /// A pool connecting through `connector`, at most `streams_per_connection`
     /// (at least 1) requests at once on each shard.
-    pub(crate) fn new(
-        connector: HttpsConnector<HttpConnector>,
-        streams_per_connection: usize,
-    ) -> Self {
+    pub(crate) fn new(connector: Connector, streams_per_connection: usize) -> Self {
         let pool = Self {
             connector,
             streams_per_connection: streams_per_connection.max(1),
@@ -99,7 +110,10 @@ impl UpstreamPool {
     pub(crate) fn request(&self, request: Request<Full<Bytes>>) -> (ResponseFuture, StreamSlot) {
         // The place is held (and freed on any unwind) before the request starts.
         let held = Arc::new(Held(self.take_room()));
-        let future = held.0.client.request(request);
+        let future = match &held.0.client {
+            ShardClient::Plain(client) => client.request(request),
+            ShardClient::Tls(client) => client.request(request),
+        };
         (future, StreamSlot { _held: held })
     }
 
@@ -155,12 +169,17 @@ impl UpstreamPool {
 
     /// A new shard, nothing in flight on it.
     fn shard(&self) -> Arc<Shard> {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(IDLE_TIMEOUT);
+        let client = match &self.connector {
+            Connector::Plain(http) => ShardClient::Plain(builder.build(http.clone())),
+            Connector::Tls(https) => ShardClient::Tls(builder.build(https.clone())),
+        };
         Arc::new(Shard {
-            client: Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(IDLE_TIMEOUT)
-                .build(self.connector.clone()),
+            client,
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -191,20 +210,7 @@ mod tests {
     use super::*;
 
     fn pool(streams: usize) -> UpstreamPool {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-            )
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(HttpConnector::new());
-        UpstreamPool::new(https, streams)
+        UpstreamPool::new(Connector::Plain(HttpConnector::new()), streams)
     }
 
     fn in_flight(pool: &UpstreamPool) -> Vec<usize> {
