@@ -115,7 +115,11 @@ impl Options {
                 "--memory measures streams over the mock, which nginx's canned answers cannot hold open: drop --upstream nginx"
             );
         }
-        if !options.wrap.is_empty() && !options.memory {
+        if options.serve.is_some() {
+            // A server of the run's (the mock, the baseline) inherits the
+            // run's environment; the wrapper is the gateway's, not its.
+            options.wrap.clear();
+        } else if !options.wrap.is_empty() && !options.memory {
             bail!(
                 "KEYGATE_BENCH_WRAP is for --memory runs: a wrapped keygate's load figures would be the wrapper's"
             );
@@ -653,5 +657,8 @@ mod tests {
         ] {
             assert!(refused.is_err());
         }
+        // The run's servers inherit its environment: they ignore the wrapper.
+        let mock = parse(&["--serve-mock"], Some("valgrind --tool=dhat")).unwrap();
+        assert!(mock.wrap.is_empty());
     }
 }

@@ -25,7 +25,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 
 use crate::auth::CachedKey;
-use crate::billing::{ESTIMATE_BYTES_PER_TOKEN, shape_of};
+use crate::billing::{ESTIMATE_BYTES_PER_TOKEN, SettledWithUsage, shape_of};
 use crate::body::{BodyEnd, BodyObserver, GatewayBody};
 use crate::config::{LimitSettings, Tier};
 use crate::endpoint::Endpoint;
@@ -390,20 +390,10 @@ impl LimitHold {
     }
 
     /// For a request whose charge carries this hold to the body's end and
-    /// reads the usage once for both ([`LimitHold::settle`]): notes whether the
+    /// reads the usage once for both ([`SettledWithUsage`]): notes whether the
     /// answer was a success.
     pub(crate) fn answered(&mut self, head: &response::Parts) {
         self.success = head.status.is_success();
-    }
-
-    /// Settles the token buckets at the body's end with `used`, the usage the
-    /// charge read from the same bytes; `None` leaves the estimate standing.
-    /// Once; the slot is given back as the hold drops.
-    pub(crate) fn settle(mut self, used: Option<&Usage>) {
-        let used = used
-            .filter(|u| matches!(u.source, UsageSource::Reported | UsageSource::Capped))
-            .copied();
-        self.settle_with(used);
     }
 
     /// The tokens the request used, when the upstream said.
@@ -434,6 +424,17 @@ impl BodyObserver for LimitHold {
 
     fn on_end(&mut self, _end: BodyEnd) {
         let used = self.used();
+        self.settle_with(used);
+    }
+}
+
+/// The usage the charge read from the same bytes; `None` leaves the estimate
+/// standing. The slot is given back as the hold drops.
+impl SettledWithUsage for LimitHold {
+    fn settle(mut self: Box<Self>, used: Option<&Usage>) {
+        let used = used
+            .filter(|u| matches!(u.source, UsageSource::Reported | UsageSource::Capped))
+            .copied();
         self.settle_with(used);
     }
 }

@@ -19,7 +19,6 @@ use super::metrics::bump;
 use super::usage_writer::UsageWriter;
 use crate::body::{BodyEnd, BodyFilter, BodyObserver, GatewayBody};
 use crate::endpoint::Endpoint;
-use crate::limits::LimitHold;
 use crate::metrics::GatewayMetrics;
 use crate::traces::UsageSlot;
 
@@ -54,7 +53,14 @@ pub(crate) struct Charge {
     usage_slot: Option<UsageSlot>,
     /// The request's limits, settled with the usage read here: one reading of
     /// the body for both.
-    limits: Option<LimitHold>,
+    limits: Option<Box<dyn SettledWithUsage>>,
+}
+
+/// What settles with the usage a charge read, when the body ends (the
+/// request's limits): the charge carries it there.
+pub(crate) trait SettledWithUsage: std::fmt::Debug + Send + 'static {
+    /// The usage read (`None`: none, or an error answer); once.
+    fn settle(self: Box<Self>, used: Option<&Usage>);
 }
 
 /// What [`Charge::new`] needs besides the writer.
@@ -137,10 +143,9 @@ impl Charge {
         body.observe(Box::new(self))
     }
 
-    /// Carries the request's limits to the body's end and settles them with
-    /// the usage read for the bill, instead of their reading it again.
-    pub(crate) fn carry_limits(&mut self, head: &response::Parts, mut limits: LimitHold) {
-        limits.answered(head);
+    /// Carries `limits` to the body's end and settles them with the usage read
+    /// for the bill, instead of their reading it again.
+    pub(crate) fn carry(&mut self, limits: Box<dyn SettledWithUsage>) {
         self.limits = Some(limits);
     }
 

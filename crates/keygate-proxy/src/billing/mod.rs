@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use charge::ChargeParts;
 pub use charge::ESTIMATE_BYTES_PER_TOKEN;
-pub(crate) use charge::{Charge, shape_of};
+pub(crate) use charge::{Charge, SettledWithUsage, shape_of};
 pub use config::BillingConfig;
 use leases::{LeaseHold, Leased, Leases};
 use metrics::bump;
