@@ -312,7 +312,7 @@ impl UsageChunkFilter {
         }
         match self.classify() {
             Verdict::UsageOnly => {
-                self.held.clear();
+                self.held = Vec::new();
                 self.removed += 1;
                 return Fate::Removed;
             }
@@ -322,7 +322,14 @@ impl UsageChunkFilter {
             }
             Verdict::Scan => strip_null_usage(&mut self.held),
         }
-        out.append(&mut self.held);
+        if out.is_empty() {
+            // The common case, an event to a frame: the held bytes go out as
+            // they are, and no buffer is kept between events (an open stream
+            // would hold one as long as its longest event).
+            *out = std::mem::take(&mut self.held);
+        } else {
+            out.append(&mut self.held);
+        }
         Fate::Sent
     }
 
