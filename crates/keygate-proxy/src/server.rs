@@ -1,7 +1,8 @@
 //! Accepting connections: plain TCP or TLS (ALPN h2 and http/1.1), HTTP/1.1 and
 //! HTTP/2 (told by ALPN, or on plain TCP by a peek at the client's first bytes)
-//! through hyper-util's builder, at most `max_connections` at once, each under
-//! its idle deadlines, and graceful shutdown.
+//! through hyper's HTTP/1 builder (plain HTTP/1) or hyper-util's, at most
+//! `max_connections` at once, each under its idle deadlines, and graceful
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
