@@ -3,8 +3,9 @@
 //! `UsageChunkFilter` (the injected usage chunk removed again), the two in turn and
 //! in one pass (`UsageChunkFilter::reading_usage`) — over a recorded-
 //! shape OpenAI chat stream and an Anthropic messages stream of 500 content
-//! events, fed one event per frame as upstreams send them; and the per-request
-//! `inject_include_usage` rewrite of a request body.
+//! events, fed one event per frame as upstreams send them; the per-request
+//! `inject_include_usage` rewrite of a request body; and `JsonUsage` over a
+//! non-streamed chat completion as OpenAI sends it.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,7 +20,7 @@ use std::hint::black_box;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use keygate_billing::{
-    ApiShape, Injection, SseParser, StreamUsage, UsageChunkFilter, UsageSource,
+    ApiShape, Injection, JsonUsage, SseParser, StreamUsage, UsageChunkFilter, UsageSource,
     inject_include_usage,
 };
 
@@ -277,5 +278,25 @@ fn inject(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, streams, inject);
+/// A non-streamed chat completion of OpenAI's shape (its usage with both
+/// `*_details` objects), about 1 KB.
+const CHAT_COMPLETION: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The quarterly report shows revenue of 4.2 million, up 12% on the year, with operating costs flat. The largest gain came from the \"enterprise\" tier; churn fell to 2.1%.\nNext quarter's outlook is cautious.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1843,"completion_tokens":52,"total_tokens":1895,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_06737a9306"}"#;
+
+fn json_usage(c: &mut Criterion) {
+    let mut group = c.benchmark_group("json_usage");
+    let body = CHAT_COMPLETION.as_bytes();
+    let read = || {
+        let mut reader = JsonUsage::new(ApiShape::OpenAiCompletions);
+        reader.push(black_box(body));
+        reader.usage()
+    };
+    let usage = read();
+    assert_eq!(usage.source, UsageSource::Reported);
+    assert_eq!(usage.cached_input_tokens, 1024);
+    group.throughput(Throughput::BytesDecimal(body.len() as u64));
+    group.bench_function("chat_completion", |b| b.iter(read));
+    group.finish();
+}
+
+criterion_group!(benches, streams, inject, json_usage);
 criterion_main!(benches);

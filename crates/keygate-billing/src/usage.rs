@@ -174,22 +174,77 @@ struct Details {
 
 impl<'de> Deserialize<'de> for Details {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The one member read; the rest are skipped by name.
         #[derive(Deserialize)]
-        struct Fields {
-            cached_tokens: Option<Count>,
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Member {
+            CachedTokens,
+            #[serde(other)]
+            Other,
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            Fields(Fields),
-            Other(IgnoredAny),
+        /// An object read in place (no buffered copy, as an untagged enum
+        /// would make); anything else is absent, as is an object naming
+        /// `cached_tokens` twice.
+        struct DetailsVisitor;
+        impl<'de> Visitor<'de> for DetailsVisitor {
+            type Value = Details;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a usage details object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
+                let mut cached_tokens = None;
+                let (mut seen, mut twice) = (false, false);
+                while let Some(member) = map.next_key::<Member>()? {
+                    match member {
+                        Member::CachedTokens => {
+                            twice |= std::mem::replace(&mut seen, true);
+                            // `null` is absent.
+                            cached_tokens = map.next_value::<Option<Count>>()?;
+                        }
+                        Member::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(if twice {
+                    Details::default()
+                } else {
+                    Details { cached_tokens }
+                })
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Details, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Details::default())
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Details, E> {
+                Ok(Details::default())
+            }
+
+            fn visit_unit<E>(self) -> Result<Details, E> {
+                Ok(Details::default())
+            }
         }
-        Ok(match Either::deserialize(deserializer)? {
-            Either::Fields(fields) => Details {
-                cached_tokens: fields.cached_tokens,
-            },
-            Either::Other(_) => Details::default(),
-        })
+        deserializer.deserialize_any(DetailsVisitor)
     }
 }
 
@@ -572,5 +627,34 @@ mod json_usage_tests {
         let mut reader = JsonUsage::new(ApiShape::OpenAiCompletions);
         reader.push(br#"{"id":"x"}"#);
         assert_eq!(reader.usage().source, UsageSource::Unknown);
+    }
+
+    #[test]
+    fn details_of_the_wrong_kind_count_as_absent_and_the_usage_stands() {
+        let read = |details: &str| {
+            let body = format!(
+                r#"{{"usage":{{"prompt_tokens":10,"completion_tokens":2,"prompt_tokens_details":{details}}}}}"#
+            );
+            read_json(ApiShape::OpenAiCompletions, body.as_bytes())
+        };
+        let full = read(r#"{"audio_tokens":0,"cached_tokens":4,"x":{"y":[1,{"z":2}]}}"#);
+        assert_eq!((full.input_tokens, full.cached_input_tokens), (10, 4));
+        assert_eq!(full.source, UsageSource::Reported);
+        for absent in [
+            r#"{}"#,
+            r#"{"cached_tokens":4,"cached_tokens":5}"#,
+            r#"{"cached_tokens":null}"#,
+            r#"[4]"#,
+            r#""4""#,
+            r#"4"#,
+            r#"true"#,
+            r#"null"#,
+        ] {
+            let usage = read(absent);
+            assert_eq!(usage.input_tokens, 10, "{absent}");
+            assert_eq!(usage.output_tokens, 2, "{absent}");
+            assert_eq!(usage.cached_input_tokens, 0, "{absent}");
+            assert_eq!(usage.source, UsageSource::Reported, "{absent}");
+        }
     }
 }
