@@ -10,6 +10,7 @@
 mod config;
 mod control;
 mod log_fields;
+mod log_writer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ use keygate_proxy::{Billing, Gateway, Limits, RedisLimiter, ServerOptions, Shutd
 use keygate_store::{CredentialStore as _, DatabaseUrl, DbStore, Ledger};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::{Config, LimitsBackend, LogFormat, Overrides};
 
@@ -298,19 +300,19 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// Logs go to stderr through a writer thread, so no request waits on a `write`
-/// to the terminal or a pipe. The thread writes every line waiting in one
-/// `write` (a buffer flushed whenever the queue runs empty). When the writer
-/// falls behind, lines wait rather than being dropped.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through a writer thread of their own (`log_writer`), so
+/// no request waits on a `write` to the terminal or a pipe, or wakes a thread
+/// for each line. When the writer falls behind, lines wait rather than being
+/// dropped. Should that thread not start, lines are written as they come.
+fn init_tracing(format: LogFormat) -> Option<log_writer::LogGuard> {
     let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("keygate-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = match log_writer::batched(std::io::stderr()) {
+        Ok((writer, guard)) => (BoxMakeWriter::new(writer), Some(guard)),
+        Err(e) => {
+            eprintln!("keygate: cannot start the log writer thread ({e}); writing logs directly");
+            (BoxMakeWriter::new(std::io::stderr), None)
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
