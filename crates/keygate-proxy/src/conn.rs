@@ -8,11 +8,10 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Version, request};
 use http_body::{Body, Frame, SizeHint};
@@ -20,7 +19,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// Largest unread body drained after an early answer, so that the connection
 /// stays usable for the next request.
@@ -43,24 +42,55 @@ pub(crate) struct ConnectionMetrics {
 
 /// The requests in flight on one connection, shared by its socket's
 /// [`Watchdog`] and the service that answers them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Activity {
     /// Requests whose answer has not been sent whole.
     busy: AtomicUsize,
-    /// Bumped at every request start and end, so that the watchdog re-arms.
-    epoch: AtomicU64,
-    /// The connection's task, woken when the last request ends so that the
-    /// idle deadline starts then.
-    waker: AtomicWaker,
+    /// Whether a request has begun: until then the first deadline holds.
+    begun: AtomicBool,
+    /// When the last request in flight ended, in nanoseconds after `origin`.
+    idle_since: AtomicU64,
+    origin: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            busy: AtomicUsize::new(0),
+            begun: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
 }
 
 impl Activity {
     /// Marks a request in flight until the guard is dropped.
     pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.begun.store(true, Ordering::Release);
         Busy(Arc::clone(self))
     }
+
+    /// When an idle connection is due to close (`first` before any request,
+    /// `idle` after the last answer); `None` while a request is in flight.
+    fn closes_at(&self, first: Instant, idle: Duration) -> Option<Instant> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if !self.begun.load(Ordering::Acquire) {
+            return Some(first);
+        }
+        let since = Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
+        Some(later(later(self.origin, since), idle))
+    }
+}
+
+/// `at + by`, or about 30 years on (as tokio's own `sleep` does) past what an
+/// `Instant` can hold: an operator's very long timeout never panics.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .unwrap_or_else(|| at + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// A request in flight; dropped with its answer's body.
@@ -69,9 +99,13 @@ pub(crate) struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.epoch.fetch_add(1, Ordering::AcqRel);
+        // Noted, not signalled: the watchdog's timer reads it when it fires.
+        // Waking the connection's task here (this runs inside its own poll)
+        // made tokio reschedule it as a yield and wake the other worker for
+        // it, on every request.
+        let since = u64::try_from(self.0.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.waker.wake();
+            self.0.idle_since.store(since, Ordering::Release);
         }
     }
 }
@@ -117,24 +151,31 @@ pin_project! {
     /// (no request in flight) too long: `first` before its first request has
     /// reached the service, `idle` after an answer. A request in flight
     /// suspends the deadline; its body has its own (`body_read_timeout`).
+    ///
+    /// One timer for the connection's life, never set later than one `idle`
+    /// after a read: when it fires, the watchdog looks at the connection's
+    /// [`Activity`] and either closes it or sets the timer again (to when the
+    /// idle time will be up, or one `idle` on while a request is in flight).
+    /// A request's end only notes the time.
     pub(crate) struct Watchdog<IO> {
         #[pin]
         io: IO,
         activity: Arc<Activity>,
+        first: Instant,
         idle: Duration,
-        seen_epoch: u64,
-        deadline: Option<Pin<Box<Sleep>>>,
+        deadline: Pin<Box<Sleep>>,
     }
 }
 
 impl<IO> Watchdog<IO> {
     pub(crate) fn new(io: IO, activity: Arc<Activity>, first: Duration, idle: Duration) -> Self {
+        let first = later(Instant::now(), first);
         Self {
             io,
             activity,
+            first,
             idle,
-            seen_epoch: 0,
-            deadline: Some(Box::pin(tokio::time::sleep(first))),
+            deadline: Box::pin(tokio::time::sleep_until(first)),
         }
     }
 }
@@ -146,23 +187,27 @@ impl<IO: AsyncRead> AsyncRead for Watchdog<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        let epoch = this.activity.epoch.load(Ordering::Acquire);
-        if epoch != *this.seen_epoch {
-            *this.seen_epoch = epoch;
-            *this.deadline = match this.activity.busy.load(Ordering::Acquire) {
-                0 => Some(Box::pin(tokio::time::sleep(*this.idle))),
-                _ => None,
-            };
+        // Never later than one `idle` from a read: the last answer ends after
+        // this read, so the timer fires no later than that answer's idle
+        // deadline and finds it (below).
+        let now = Instant::now();
+        let latest = later(now, *this.idle);
+        if this.deadline.deadline() > latest {
+            this.deadline.as_mut().reset(latest);
         }
         let read = this.io.poll_read(cx, buf);
         if read.is_pending() {
-            this.activity.waker.register(cx.waker());
-            if let Some(deadline) = this.deadline {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the connection was idle too long",
-                    )));
+            while this.deadline.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                match this.activity.closes_at(*this.first, *this.idle) {
+                    Some(at) if at <= now => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the connection was idle too long",
+                        )));
+                    }
+                    Some(at) => this.deadline.as_mut().reset(at),
+                    None => this.deadline.as_mut().reset(later(now, *this.idle)),
                 }
             }
         }
