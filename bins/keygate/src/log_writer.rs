@@ -51,6 +51,13 @@ impl Shared {
 
     fn append(&self, line: &[u8]) {
         let mut state = self.lock();
+        if state.closed {
+            // After the writer's last batch (a thread still logging as the
+            // process ends): written as it comes.
+            drop(state);
+            let _ = std::io::stderr().write_all(line);
+            return;
+        }
         while state.waiting.len() > MAX_WAITING && !state.closed {
             state = self
                 .taken
@@ -134,12 +141,23 @@ fn write_out(shared: &Shared, mut out: impl Write) {
     }
 }
 
+/// Longest wait at exit for the last lines to be written: a blocked stderr
+/// (a stalled log collector) must not keep the process from ending.
+const LAST_WRITE: Duration = Duration::from_secs(2);
+
 impl Drop for LogGuard {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.landed.notify_one();
         self.shared.taken.notify_all();
-        if let Some(thread) = self.thread.take() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + LAST_WRITE;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if thread.is_finished() {
             let _ = thread.join();
         }
     }

@@ -103,10 +103,12 @@ impl Drop for Busy {
         // Waking the connection's task here (this runs inside its own poll)
         // made tokio reschedule it as a yield and wake the other worker for
         // it, on every request.
+        // Before the count drops: a watchdog that sees no request in flight
+        // also sees this end (an HTTP/2 stream ends on another thread). End
+        // times only grow, so the latest of two ends at once is kept.
         let since = u64::try_from(self.0.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle_since.store(since, Ordering::Release);
-        }
+        self.0.idle_since.fetch_max(since, Ordering::AcqRel);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
