@@ -370,7 +370,7 @@ impl LimitHold {
     /// Rides on the response body until it ends, reading usage from the
     /// upstream's own bytes when tokens are limited. Add it before any stage
     /// that rewrites the body. When the request is billed, the charge reads
-    /// the usage instead: see [`LimitHold::answered`].
+    /// the usage instead and settles the hold ([`SettledWithUsage`]).
     pub(crate) fn attach(mut self, head: &response::Parts, body: GatewayBody) -> GatewayBody {
         self.success = head.status.is_success();
         if !self.tokens.is_empty()
@@ -387,13 +387,6 @@ impl LimitHold {
             });
         }
         body.observe(Box::new(self))
-    }
-
-    /// For a request whose charge carries this hold to the body's end and
-    /// reads the usage once for both ([`SettledWithUsage`]): notes whether the
-    /// answer was a success.
-    pub(crate) fn answered(&mut self, head: &response::Parts) {
-        self.success = head.status.is_success();
     }
 
     /// The tokens the request used, when the upstream said.
@@ -431,7 +424,8 @@ impl BodyObserver for LimitHold {
 /// The usage the charge read from the same bytes; `None` leaves the estimate
 /// standing. The slot is given back as the hold drops.
 impl SettledWithUsage for LimitHold {
-    fn settle(mut self: Box<Self>, used: Option<&Usage>) {
+    fn settle(mut self: Box<Self>, success: bool, used: Option<&Usage>) {
+        self.success = success;
         let used = used
             .filter(|u| matches!(u.source, UsageSource::Reported | UsageSource::Capped))
             .copied();

@@ -348,10 +348,9 @@ impl Gateway {
                 // Billing reads the usage; the span takes it at the end.
                 charge.report_usage(slot);
             }
-            if let Some(mut limits) = limits {
+            if let Some(limits) = limits {
                 // And the limits: one reading of the body for both. The charge
                 // holds the request's slot until the body ends.
-                limits.answered(&head);
                 charge.carry(Box::new(limits));
             }
             body = charge.attach(&mut head, body, first_byte);

@@ -59,8 +59,9 @@ pub(crate) struct Charge {
 /// What settles with the usage a charge read, when the body ends (the
 /// request's limits): the charge carries it there.
 pub(crate) trait SettledWithUsage: std::fmt::Debug + Send + 'static {
-    /// The usage read (`None`: none, or an error answer); once.
-    fn settle(self: Box<Self>, used: Option<&Usage>);
+    /// Whether the answer was a success, and the usage read (`None`: none,
+    /// or an error answer); once.
+    fn settle(self: Box<Self>, success: bool, used: Option<&Usage>);
 }
 
 /// What [`Charge::new`] needs besides the writer.
@@ -272,7 +273,7 @@ impl Charge {
         let success = StatusCode::from_u16(record.status).is_ok_and(|s| s.is_success());
         let usage = self.usage(success, end);
         if let Some(limits) = self.limits.take() {
-            limits.settle(usage.as_ref());
+            limits.settle(success, usage.as_ref());
         }
         let cost = match (&usage, &self.price) {
             (Some(usage), Some(price)) if usage.source != UsageSource::Unknown => price.cost(usage),
