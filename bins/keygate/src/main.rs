@@ -63,7 +63,10 @@ fn main() -> ExitCode {
     }
     // Held to the end of `main`: dropping it writes the last log lines.
     let _log_writer = init_tracing(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The main runtime runs start-up, the control plane, the metrics listener
+    // and the background tasks; client connections are served on worker
+    // threads of their own (`[server] workers`), so one thread is enough here.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -198,6 +201,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
+        workers = config.server.workers,
         "keygate listening on {scheme}://{}",
         listener.local_addr().unwrap_or(config.listen)
     );

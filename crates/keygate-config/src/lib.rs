@@ -259,6 +259,8 @@ pub struct RawServer {
     pub http2_keepalive_timeout: Option<String>,
     /// `trusted_proxies`: CIDR blocks whose forwarding headers name the client.
     pub trusted_proxies: Option<Vec<String>>,
+    /// `workers`: threads serving client connections, each with its own runtime.
+    pub workers: Option<usize>,
 }
 
 /// `[billing]`.

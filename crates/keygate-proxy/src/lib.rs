@@ -85,6 +85,7 @@ mod text;
 mod traces;
 mod upstream;
 mod upstream_pool;
+mod workers;
 
 pub use auth::{Authenticated, Authenticator, CachedKey};
 pub use billing::{

@@ -27,6 +27,7 @@ use crate::conn::{Activity, ConnectionMetrics, Tracked, Watchdog};
 use crate::context::PeerAddr;
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
+use crate::workers::Workers;
 
 /// What a connection may end with.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,6 +68,12 @@ pub struct ServerOptions {
     pub http2_keepalive_interval: Duration,
     /// HTTP/2: how long a ping may go unanswered before the connection closes.
     pub http2_keepalive_timeout: Duration,
+    /// Threads that serve client connections, each running a current-thread
+    /// runtime of its own and accepting from the listener: a request is then
+    /// served start to end on one thread, with its upstream connection, and
+    /// no thread wakes another for it. 0 (the default) serves them on the
+    /// runtime [`serve`] is called on.
+    pub workers: usize,
 }
 
 impl ServerOptions {
@@ -83,6 +90,7 @@ impl ServerOptions {
             http2_max_concurrent_streams: defaults::HTTP2_MAX_CONCURRENT_STREAMS,
             http2_keepalive_interval: defaults::HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: defaults::HTTP2_KEEPALIVE_TIMEOUT,
+            workers: 0,
         }
     }
 }
@@ -144,6 +152,11 @@ pub fn server_tls(
 /// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting
 /// and gives open connections `options.grace` to finish. The gateway's background
 /// tasks are stopped, and their last batch written, before this returns.
+///
+/// With `options.workers` above 0 the connections are served on that many
+/// threads of their own, each with a current-thread runtime accepting from the
+/// same listener (see [`crate::workers`]); with 0, on the runtime this is
+/// called on.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -151,57 +164,137 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Shutdown {
     let background = gateway.start_background().await;
-    let protocols = Arc::new(Protocols::new(&options));
-    let acceptor = options.tls.map(TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
-    let metrics = Arc::clone(&gateway.local.connections);
-    let slots = Arc::new(Semaphore::new(options.max_connections));
-    let mut accept_backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-    // Connection tasks: watched by `graceful` for the drain, and aborted here if the
-    // grace period runs out.
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        while connections.try_join_next().is_some() {}
-        // A slot first: past `max_connections` nothing is accepted, so new
-        // connections wait in the kernel's backlog until one closes.
-        let slot = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                metrics.waited.fetch_add(1, Ordering::Relaxed);
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    slot = Arc::clone(&slots).acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                }
-            }
-        };
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    accept_backoff.reset();
-                    accepted
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait longer each time
-                    // rather than spin, while open connections may close.
-                    let wait = accept_backoff.next_wait();
-                    tracing::warn!(error = %e, wait_ms = wait.as_millis(), "accept failed");
+    let count = options.workers;
+    let listening = Arc::new(Listening::new(gateway, options));
+    let mut workers = Workers::start(&listening, &listener, count).await;
+    if workers.is_empty() {
+        if count > 0 {
+            tracing::warn!("no worker thread started: serving on the main runtime");
+        }
+        let outcome = listening.accept(listener, shutdown).await;
+        background.stop().await;
+        return outcome;
+    }
+    // The workers hold copies of the socket.
+    drop(listener);
+    shutdown.await;
+    let outcome = workers.drain().await;
+    background.stop().await;
+    workers.release().await;
+    outcome
+}
+
+/// What every accept loop of one server shares.
+pub(crate) struct Listening {
+    gateway: Arc<Gateway>,
+    protocols: Protocols,
+    acceptor: Option<TlsAcceptor>,
+    /// Slots under `max_connections`, for all the server's loops together.
+    slots: Arc<Semaphore>,
+    grace: Duration,
+    first: Duration,
+    idle: Duration,
+}
+
+impl Listening {
+    fn new(gateway: Arc<Gateway>, options: ServerOptions) -> Self {
+        Self {
+            gateway,
+            protocols: Protocols::new(&options),
+            acceptor: options.tls.map(TlsAcceptor::from),
+            slots: Arc::new(Semaphore::new(options.max_connections)),
+            grace: options.grace,
+            first: options.header_read_timeout,
+            idle: options.keepalive_timeout,
+        }
+    }
+
+    /// Accepts on `listener` until `shutdown`, serving each connection in a
+    /// task on the current runtime, then drains them under the grace period.
+    pub(crate) async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Shutdown {
+        let graceful = GracefulShutdown::new();
+        let metrics = Arc::clone(&self.gateway.local.connections);
+        let mut accept_backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+        // Connection tasks: watched by `graceful` for the drain, and aborted here
+        // if the grace period runs out.
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            while connections.try_join_next().is_some() {}
+            // A slot first: past `max_connections` nothing is accepted, so new
+            // connections wait in the kernel's backlog until one closes.
+            let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics.waited.fetch_add(1, Ordering::Relaxed);
                     tokio::select! {
                         () = &mut shutdown => break,
-                        () = tokio::time::sleep(wait) => continue,
+                        slot = Arc::clone(&self.slots).acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
                     }
                 }
-            },
+            };
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => {
+                        accept_backoff.reset();
+                        accepted
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait longer each
+                        // time rather than spin, while open connections may close.
+                        let wait = accept_backoff.next_wait();
+                        tracing::warn!(error = %e, wait_ms = wait.as_millis(), "accept failed");
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(wait) => continue,
+                        }
+                    }
+                },
+            };
+            let open = OpenConnection::new(slot, Arc::clone(&metrics));
+            let connection = Arc::clone(&self).connection(tcp, peer, graceful.watcher());
+            connections.spawn(async move {
+                let _open = open;
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let open = graceful.count();
+        tracing::info!(
+            open_connections = open,
+            grace_secs = self.grace.as_secs_f64(),
+            "shutting down: no longer accepting"
+        );
+        let outcome = tokio::select! {
+            () = graceful.shutdown() => Shutdown::Drained,
+            () = tokio::time::sleep(self.grace) => Shutdown::GraceExpired,
         };
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        outcome
+    }
+
+    /// Serves one accepted connection to its end.
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: std::net::SocketAddr,
+        watcher: Watcher,
+    ) -> Result<(), BoxError> {
         let _ = tcp.set_nodelay(true);
         let activity = Arc::new(Activity::default());
-        let open = OpenConnection::new(slot, Arc::clone(&metrics));
         let service = {
-            let gateway = Arc::clone(&gateway);
+            let gateway = Arc::clone(&self.gateway);
             let activity = Arc::clone(&activity);
             service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 let busy = activity.begin();
@@ -213,70 +306,45 @@ pub async fn serve(
                 }
             })
         };
-        let (first, idle) = (options.header_read_timeout, options.keepalive_timeout);
-        let protocols = Arc::clone(&protocols);
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        connections.spawn(async move {
-            let _open = open;
-            let served = match acceptor {
-                None => {
-                    // The first request head is due `first` after the accept,
-                    // the peek included.
-                    let deadline = Instant::now() + first;
-                    let Ok(protocol) = tokio::time::timeout_at(deadline, sniff(&tcp)).await else {
-                        tracing::debug!("no request within the header read timeout");
-                        return;
-                    };
-                    let first = deadline.saturating_duration_since(Instant::now());
-                    let io = TokioIo::new(Watchdog::new(tcp, activity, first, idle));
-                    match protocol {
-                        // Inline: the common connection's task holds hyper's
-                        // HTTP/1 connection and nothing bigger.
-                        Protocol::Http1 => watcher
-                            .watch(protocols.http1.serve_connection(io, service))
-                            .await
-                            .map_err(Into::into),
-                        other => {
-                            let connection = protocols.pick(other).serve_connection(io, service);
-                            Box::pin(watcher.watch(connection.into_owned())).await
-                        }
+        let (first, idle) = (self.first, self.idle);
+        match &self.acceptor {
+            None => {
+                // The first request head is due `first` after the accept, the
+                // peek included.
+                let deadline = Instant::now() + first;
+                let Ok(protocol) = tokio::time::timeout_at(deadline, sniff(&tcp)).await else {
+                    tracing::debug!("no request within the header read timeout");
+                    return Ok(());
+                };
+                let first = deadline.saturating_duration_since(Instant::now());
+                let io = TokioIo::new(Watchdog::new(tcp, activity, first, idle));
+                match protocol {
+                    // Inline: the common connection's task holds hyper's HTTP/1
+                    // connection and nothing bigger.
+                    Protocol::Http1 => watcher
+                        .watch(self.protocols.http1.serve_connection(io, service))
+                        .await
+                        .map_err(Into::into),
+                    other => {
+                        let connection = self.protocols.pick(other).serve_connection(io, service);
+                        Box::pin(watcher.watch(connection.into_owned())).await
                     }
                 }
-                // Boxed: a TLS stream and its handshake are larger than the
-                // rest of the task, which would otherwise be as large for
-                // every connection.
-                Some(acceptor) => {
-                    let connection = TlsConnection {
-                        acceptor,
-                        tcp,
-                        activity,
-                        first,
-                        idle,
-                    };
-                    Box::pin(connection.serve(&protocols, service, watcher)).await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection ended with an error");
             }
-        });
+            // Boxed: a TLS stream and its handshake are larger than the rest of
+            // the task, which would otherwise be as large for every connection.
+            Some(acceptor) => {
+                let connection = TlsConnection {
+                    acceptor: acceptor.clone(),
+                    tcp,
+                    activity,
+                    first,
+                    idle,
+                };
+                Box::pin(connection.serve(&self.protocols, service, watcher)).await
+            }
+        }
     }
-    drop(listener);
-    let open = graceful.count();
-    tracing::info!(
-        open_connections = open,
-        grace_secs = options.grace.as_secs_f64(),
-        "shutting down: no longer accepting"
-    );
-    let outcome = tokio::select! {
-        () = graceful.shutdown() => Shutdown::Drained,
-        () = tokio::time::sleep(options.grace) => Shutdown::GraceExpired,
-    };
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
-    background.stop().await;
-    outcome
 }
 
 /// An accepted connection to serve over TLS.

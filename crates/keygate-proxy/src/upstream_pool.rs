@@ -10,6 +10,11 @@
 //! shard is added when none has. Over HTTP/1.1, where each request has a
 //! connection of its own, a shard holds that many connections and the same
 //! rule only splits them between pools.
+//!
+//! Shards are kept per worker thread ([`crate::workers`]): a connection's task
+//! runs on the runtime that opened it, so a request sent on another worker's
+//! connection would wake that worker twice. Threads that are not workers share
+//! one set.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -48,13 +53,17 @@ const MAX_SHARDS: usize = 64;
 /// How long an unused connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Sets of shards, one per worker: worker `n` uses set `n % LANES`, threads
+/// that are not workers set 0. An unused set is an empty list.
+const LANES: usize = 64;
+
 /// One upstream's connections.
 pub(crate) struct UpstreamPool {
     connector: Connector,
     streams_per_connection: usize,
-    /// Grows, never shrinks: a shard without requests keeps its idle
-    /// connections only until [`IDLE_TIMEOUT`].
-    shards: RwLock<Vec<Arc<Shard>>>,
+    /// Per worker, see [`LANES`]. Each grows, never shrinks: a shard without
+    /// requests keeps its idle connections only until [`IDLE_TIMEOUT`].
+    lanes: Box<[RwLock<Vec<Arc<Shard>>>]>,
 }
 
 struct Shard {
@@ -96,14 +105,11 @@ impl UpstreamPool {
     /// A pool connecting through `connector`, at most `streams_per_connection`
     /// (at least 1) requests at once on each shard.
     pub(crate) fn new(connector: Connector, streams_per_connection: usize) -> Self {
-        let pool = Self {
+        Self {
             connector,
             streams_per_connection: streams_per_connection.max(1),
-            shards: RwLock::new(Vec::new()),
-        };
-        let first = pool.shard();
-        pool.write_shards().push(first);
-        pool
+            lanes: (0..LANES).map(|_| RwLock::new(Vec::new())).collect(),
+        }
     }
 
     /// Sends `request` on the first shard with room, adding one when none has.
@@ -117,15 +123,21 @@ impl UpstreamPool {
         (future, StreamSlot { _held: held })
     }
 
-    /// How many shards the pool has grown to.
+    /// How many shards the pool has grown to, over all workers.
     pub(crate) fn shard_count(&self) -> usize {
-        self.read_shards().len()
+        self.lanes.iter().map(|lane| read(lane).len()).sum()
     }
 
-    /// A shard with one more request counted in it.
+    /// This thread's shards.
+    fn lane(&self) -> &RwLock<Vec<Arc<Shard>>> {
+        &self.lanes[crate::workers::current() % LANES]
+    }
+
+    /// A shard of this thread's with one more request counted in it.
     fn take_room(&self) -> Arc<Shard> {
+        let lane = self.lane();
         {
-            let shards = self.read_shards();
+            let shards = read(lane);
             if let Some(shard) = self.with_room(&shards) {
                 return shard;
             }
@@ -135,7 +147,7 @@ impl UpstreamPool {
                 }
             }
         }
-        let mut shards = self.write_shards();
+        let mut shards = lane.write().unwrap_or_else(|e| e.into_inner());
         // Another request may have freed room or added a shard meanwhile.
         if let Some(shard) = self.with_room(&shards) {
             return shard;
@@ -183,16 +195,12 @@ impl UpstreamPool {
             in_flight: AtomicUsize::new(0),
         })
     }
+}
 
-    fn read_shards(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Shard>>> {
-        // A panic while the lock was held leaves the list whole (a push is
-        // the only write), so a poisoned lock is still good to read.
-        self.shards.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_shards(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Shard>>> {
-        self.shards.write().unwrap_or_else(|e| e.into_inner())
-    }
+fn read(lane: &RwLock<Vec<Arc<Shard>>>) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Shard>>> {
+    // A panic while the lock was held leaves the list whole (a push is the
+    // only write), so a poisoned lock is still good to read.
+    lane.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Full everywhere: the least loaded shard takes the request (over HTTP/2 it
@@ -214,7 +222,7 @@ mod tests {
     }
 
     fn in_flight(pool: &UpstreamPool) -> Vec<usize> {
-        pool.read_shards()
+        read(pool.lane())
             .iter()
             .map(|s| s.in_flight.load(Ordering::Acquire))
             .collect()
@@ -268,6 +276,51 @@ mod tests {
         assert!(counts.iter().all(|&n| n <= 7), "{counts:?}");
         drop(held);
         assert!(in_flight(&pool).iter().all(|&n| n == 0));
+    }
+
+    #[test]
+    fn each_worker_has_shards_of_its_own() {
+        let pool = pool(1);
+        let take = |worker| {
+            let pool = &pool;
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(move || {
+                        crate::workers::pretend(worker);
+                        Held(pool.take_room())
+                    })
+                    .join()
+                    .unwrap()
+            })
+        };
+        let (first, second, again) = (take(1), take(2), take(1));
+        assert!(
+            !Arc::ptr_eq(&first.0, &second.0),
+            "two workers shared a shard"
+        );
+        // Worker 1's shard is full (one stream each): a second one of its own.
+        assert!(!Arc::ptr_eq(&first.0, &again.0));
+        assert_eq!(pool.shard_count(), 3);
+        drop(first);
+        let reused = take(1);
+        assert!(
+            Arc::ptr_eq(&reused.0, &take_first(&pool, 1)),
+            "worker 1's first shard, freed, takes the next request"
+        );
+        drop((second, again, reused));
+    }
+
+    /// Worker `worker`'s first shard.
+    fn take_first(pool: &UpstreamPool, worker: usize) -> Arc<Shard> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    crate::workers::pretend(worker);
+                    Arc::clone(&read(pool.lane())[0])
+                })
+                .join()
+                .unwrap()
+        })
     }
 
     #[test]

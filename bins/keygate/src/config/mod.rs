@@ -417,6 +417,8 @@ output_per_mtok = 8.0
         let config = load_text(ISSUE_SHAPE, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
         assert!(config.server.max_connections >= 1);
         assert!(config.server.max_connections <= keygate_proxy::defaults::MAX_CONNECTIONS);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(config.server.workers, cpus, "a worker per CPU by default");
         assert_eq!(
             config.proxy.body_read_timeout,
             keygate_proxy::defaults::BODY_READ_TIMEOUT
@@ -425,7 +427,7 @@ output_per_mtok = 8.0
             "{ISSUE_SHAPE}[server]\nmax_connections = 20\nheader_read_timeout = \"300ms\"\n\
              body_read_timeout = \"2s\"\nkeepalive_timeout = \"5s\"\n\
              http2_max_concurrent_streams = 8\nhttp2_keepalive_interval = \"1m\"\n\
-             http2_keepalive_timeout = \"3s\"\n"
+             http2_keepalive_timeout = \"3s\"\nworkers = 3\n"
         );
         let config = load_text(&text, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
         let s = &config.server;
@@ -435,11 +437,14 @@ output_per_mtok = 8.0
         assert_eq!(s.http2_max_concurrent_streams, 8);
         assert_eq!(s.http2_keepalive_interval, Duration::from_secs(60));
         assert_eq!(s.http2_keepalive_timeout, Duration::from_secs(3));
+        assert_eq!(s.workers, 3);
         assert_eq!(config.proxy.body_read_timeout, Duration::from_secs(2));
         for (field, value) in [
             ("max_connections", "0"),
             ("http2_max_concurrent_streams", "0"),
             ("body_read_timeout", "\"0s\""),
+            ("workers", "0"),
+            ("workers", "1025"),
         ] {
             let text = format!("[server]\n{field} = {value}\n");
             let err = load_text(&text, &[]).unwrap_err().to_string();

@@ -91,7 +91,12 @@ pub(super) fn connections(
     if http2_max_concurrent_streams == 0 {
         bail!("server.http2_max_concurrent_streams: must be more than 0");
     }
+    let workers = raw.workers.unwrap_or_else(default_workers);
+    if !(1..=MAX_WORKERS).contains(&workers) {
+        bail!("server.workers: must be from 1 to {MAX_WORKERS}");
+    }
     let options = ServerOptions {
+        workers,
         tls: None,
         grace,
         max_connections,
@@ -123,6 +128,14 @@ pub(super) fn connections(
         defaults::BODY_READ_TIMEOUT,
     )?;
     Ok((options, body_read_timeout))
+}
+
+/// Most worker threads `server.workers` takes.
+const MAX_WORKERS: usize = 1024;
+
+/// One worker thread per CPU this process may run on (1 when unknown).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
 }
 
 /// Half the process's soft descriptor limit, at most

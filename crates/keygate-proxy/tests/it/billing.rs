@@ -355,12 +355,15 @@ async fn the_injected_usage_chunk_is_hidden_from_clients_that_did_not_ask() {
 /// 200 concurrent requests against a balance that covers about 10 reservations:
 /// every 2xx is paid for, nothing else is charged, the balance never goes below
 /// zero and nothing stays reserved.
-async fn concurrent_requests_never_overdraw(backend: Backend, window: Duration) {
+/// `workers` above 0: served on that many worker threads, each with a
+/// runtime of its own.
+async fn concurrent_requests_never_overdraw(backend: Backend, window: Duration, workers: usize) {
     let mock = MockUpstream::start().await;
     mock.set_reply(REPLY);
     mock.set_latency(Duration::from_millis(20));
     let Some(gw) = billed(&mock, backend)
         .billing(|billing| billing.batch_window = window)
+        .server(|options| options.workers = workers)
         .try_start()
         .await
     else {
@@ -428,13 +431,19 @@ async fn concurrent_requests_never_overdraw(backend: Backend, window: Duration) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_requests_never_overdraw_on_sqlite() {
-    concurrent_requests_never_overdraw(Backend::Sqlite, Duration::from_secs(1)).await;
+    concurrent_requests_never_overdraw(Backend::Sqlite, Duration::from_secs(1), 0).await;
+}
+
+/// The same served on two worker threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_on_worker_threads_never_overdraw_on_sqlite() {
+    concurrent_requests_never_overdraw(Backend::Sqlite, Duration::from_secs(1), 2).await;
 }
 
 /// The same with leases off: one store reservation per request.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_requests_never_overdraw_without_leases() {
-    concurrent_requests_never_overdraw(Backend::Sqlite, Duration::ZERO).await;
+    concurrent_requests_never_overdraw(Backend::Sqlite, Duration::ZERO, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -442,6 +451,19 @@ async fn concurrent_requests_never_overdraw_on_postgres() {
     concurrent_requests_never_overdraw(
         Backend::Postgres("overdraw_postgres"),
         Duration::from_secs(1),
+        0,
+    )
+    .await;
+}
+
+/// On PostgreSQL, served on two worker threads: the pool's connections are
+/// opened on (and driven by) whichever worker's runtime needed them first.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_on_worker_threads_never_overdraw_on_postgres() {
+    concurrent_requests_never_overdraw(
+        Backend::Postgres("overdraw_workers_postgres"),
+        Duration::from_secs(1),
+        2,
     )
     .await;
 }

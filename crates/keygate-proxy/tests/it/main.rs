@@ -22,3 +22,4 @@ mod signing;
 mod tls;
 mod traces;
 mod upstream_faults;
+mod workers;
