@@ -506,7 +506,7 @@ pub(crate) fn markdown(results: &Results, meta: &Meta) -> String {
     );
     let _ = writeln!(
         out,
-        "- **nginx proxy**: Debian's nginx as a reverse proxy in front of {upstream} (`proxy_pass` to an `upstream` block with `keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, `proxy_buffering off`, `access_log off`, `worker_processes auto`: one worker per core, as keygate runs one tokio worker per core);"
+        "- **nginx proxy**: Debian's nginx as a reverse proxy in front of {upstream} (`proxy_pass` to an `upstream` block with `keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, `proxy_buffering off`, `access_log off`, `worker_processes auto`: one worker per core, as keygate runs one worker thread per core, `[server] workers`);"
     );
     let _ = writeln!(
         out,
