@@ -16,7 +16,9 @@
 //! OpenTelemetry span in the GenAI conventions, exported over OTLP/HTTP.
 //!
 //! Embedding the gateway in a service of your own takes a store, a config with the
-//! upstreams, and a listener:
+//! upstreams, and a listener. Connections are served on the runtime that calls
+//! [`serve`]; [`ServerOptions::workers`] serves them instead on threads of their
+//! own, a current-thread runtime each, as the `keygate` binary does:
 //!
 //! ```
 //! use std::sync::Arc;
