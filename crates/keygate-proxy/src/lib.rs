@@ -87,6 +87,7 @@ mod text;
 mod traces;
 mod upstream;
 mod upstream_pool;
+mod worker;
 mod workers;
 
 pub use auth::{Authenticated, Authenticator, CachedKey};
@@ -109,12 +110,13 @@ pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsSettings};
 pub use models::{InvalidModelPattern, ModelPattern, key_allows_model};
 pub use rate::{LimitKind, RateHeaders};
 pub use routing::{Affinity, RetryOn, Router, RoutingMetrics, RoutingSettings};
-pub use server::{ServerOptions, Shutdown, load_tls, serve, serve_metrics, server_tls};
+pub use server::{ServerOptions, Shutdown, load_tls, serve_metrics, server_tls};
 pub use traces::{Tracing, TracingConfig};
 pub use upstream::{
     DEFAULT_STREAMS_PER_CONNECTION, HookSecret, ProviderKey, SigningConfig, Upstream,
     UpstreamConfig, UpstreamTimeouts,
 };
+pub use workers::serve;
 
 /// Internals reached by the criterion benches in `benches/`; not an API.
 #[doc(hidden)]

@@ -27,7 +27,6 @@ use crate::conn::{Activity, ConnectionMetrics, Tracked, Watchdog};
 use crate::context::PeerAddr;
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
-use crate::workers::Workers;
 
 /// What a connection may end with.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,7 +71,7 @@ pub struct ServerOptions {
     /// runtime of its own and accepting from the listener: a request is then
     /// served start to end on one thread, with its upstream connection, and
     /// no thread wakes another for it. 0 (the default) serves them on the
-    /// runtime [`serve`] is called on.
+    /// runtime [`serve`](crate::serve) is called on.
     pub workers: usize,
 }
 
@@ -149,41 +148,6 @@ pub fn server_tls(
     Ok(Arc::new(config))
 }
 
-/// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting
-/// and gives open connections `options.grace` to finish. The gateway's background
-/// tasks are stopped, and their last batch written, before this returns.
-///
-/// With `options.workers` above 0 the connections are served on that many
-/// threads of their own, each with a current-thread runtime accepting from the
-/// same listener (see [`crate::workers`]); with 0, on the runtime this is
-/// called on.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    options: ServerOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Shutdown {
-    let background = gateway.start_background().await;
-    let count = options.workers;
-    let listening = Arc::new(Listening::new(gateway, options));
-    let mut workers = Workers::start(&listening, &listener, count).await;
-    if workers.is_empty() {
-        if count > 0 {
-            tracing::warn!("no worker thread started: serving on the main runtime");
-        }
-        let outcome = listening.accept(listener, shutdown).await;
-        background.stop().await;
-        return outcome;
-    }
-    // The workers hold copies of the socket.
-    drop(listener);
-    shutdown.await;
-    let outcome = workers.drain().await;
-    background.stop().await;
-    workers.release().await;
-    outcome
-}
-
 /// What every accept loop of one server shares.
 pub(crate) struct Listening {
     gateway: Arc<Gateway>,
@@ -197,7 +161,7 @@ pub(crate) struct Listening {
 }
 
 impl Listening {
-    fn new(gateway: Arc<Gateway>, options: ServerOptions) -> Self {
+    pub(crate) fn new(gateway: Arc<Gateway>, options: ServerOptions) -> Self {
         Self {
             gateway,
             protocols: Protocols::new(&options),

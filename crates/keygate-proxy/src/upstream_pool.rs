@@ -130,7 +130,7 @@ impl UpstreamPool {
 
     /// This thread's shards.
     fn lane(&self) -> &RwLock<Vec<Arc<Shard>>> {
-        &self.lanes[crate::workers::current() % LANES]
+        &self.lanes[crate::worker::current() % LANES]
     }
 
     /// A shard of this thread's with one more request counted in it.
@@ -286,7 +286,7 @@ mod tests {
             std::thread::scope(|scope| {
                 scope
                     .spawn(move || {
-                        crate::workers::pretend(worker);
+                        crate::worker::enter(worker);
                         Held(pool.take_room())
                     })
                     .join()
@@ -315,7 +315,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    crate::workers::pretend(worker);
+                    crate::worker::enter(worker);
                     Arc::clone(&read(pool.lane())[0])
                 })
                 .join()

@@ -6,7 +6,7 @@
 //! requests paid for a thread waking another. Here each worker thread runs a
 //! current-thread runtime with its own accept loop on a copy of the
 //! listener's descriptor, so a connection, its requests, and the upstream
-//! connections they open (pooled per worker, see [`current`]) stay on the
+//! connections they open (pooled per worker, see [`crate::worker::current`]) stay on the
 //! thread that accepted it. All workers wait on the one listening socket: the
 //! kernel wakes each of them for a new connection and the first to call
 //! `accept` takes it, which favours a worker that is not busy.
@@ -18,30 +18,48 @@
 //!
 //! [`ServerOptions::workers`]: crate::ServerOptions::workers
 
-use std::cell::Cell;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use crate::server::{Listening, Shutdown};
+use crate::gateway::Gateway;
+use crate::server::{Listening, ServerOptions, Shutdown};
 
-thread_local! {
-    /// This thread's worker number, from 1; 0 on any other thread.
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The worker this thread is: 1 for the first, 0 on a thread that is not a
-/// worker. State kept per worker (an upstream's pooled connections) is picked
-/// by it.
-pub(crate) fn current() -> usize {
-    WORKER.with(Cell::get)
-}
-
-/// Makes this thread count as worker `number`, for tests of per-worker state.
-#[cfg(test)]
-pub(crate) fn pretend(number: usize) {
-    WORKER.with(|w| w.set(number));
+/// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting
+/// and gives open connections `options.grace` to finish. The gateway's background
+/// tasks are stopped, and their last batch written, before this returns.
+///
+/// With `options.workers` above 0 the connections are served on that many
+/// threads of their own, each with a current-thread runtime accepting from the
+/// same listener (see the module's docs); with 0, on the runtime this is
+/// called on.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Shutdown {
+    let background = gateway.start_background().await;
+    let count = options.workers;
+    let listening = Arc::new(Listening::new(gateway, options));
+    let mut workers = Workers::start(&listening, &listener, count).await;
+    if workers.is_empty() {
+        if count > 0 {
+            tracing::warn!("no worker thread started: serving on the main runtime");
+        }
+        let outcome = listening.accept(listener, shutdown).await;
+        background.stop().await;
+        return outcome;
+    }
+    // The workers hold copies of the socket.
+    drop(listener);
+    shutdown.await;
+    let outcome = workers.drain().await;
+    background.stop().await;
+    workers.release().await;
+    outcome
 }
 
 /// Worker threads serving one listener.
@@ -172,7 +190,7 @@ impl Worker {
         started: oneshot::Sender<std::io::Result<()>>,
         done: oneshot::Sender<Shutdown>,
     ) {
-        WORKER.with(|w| w.set(self.number));
+        crate::worker::enter(self.number);
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
