@@ -232,11 +232,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
             )))
         }
     };
-    let shutdown = keygate_proxy::serve(listener, gateway, options, stopped(stop_rx)).await;
+    let shutdown =
+        keygate_proxy::serve(listener, Arc::clone(&gateway), options, stopped(stop_rx)).await;
     control.stop().await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
+    // Last: the worker runtimes end with the gateway, and the control plane may
+    // have used store connections opened on them until it stopped.
+    drop(gateway);
     match shutdown {
         Shutdown::Drained => tracing::info!("shut down cleanly"),
         Shutdown::GraceExpired => {

@@ -73,6 +73,9 @@ pub struct Gateway {
     pub(crate) tracing: Option<Arc<Tracing>>,
     poll_interval: Duration,
     last_used_flush: Duration,
+    /// Dropped with the gateway: the server's worker runtimes end then (see
+    /// [`crate::workers`]).
+    pub(crate) lifetime: tokio::sync::watch::Sender<()>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -149,6 +152,7 @@ impl Gateway {
             tracing: None,
             poll_interval: config.auth.poll_interval,
             last_used_flush: config.auth.last_used_flush,
+            lifetime: tokio::sync::watch::Sender::new(()),
         })
     }
 

@@ -155,6 +155,9 @@ pub(crate) struct Listening {
     acceptor: Option<TlsAcceptor>,
     /// Slots under `max_connections`, for all the server's loops together.
     slots: Arc<Semaphore>,
+    /// Every slot was taken when a loop last looked (one pause counted however
+    /// many loops wait through it).
+    paused: std::sync::atomic::AtomicBool,
     grace: Duration,
     first: Duration,
     idle: Duration,
@@ -167,6 +170,7 @@ impl Listening {
             protocols: Protocols::new(&options),
             acceptor: options.tls.map(TlsAcceptor::from),
             slots: Arc::new(Semaphore::new(options.max_connections)),
+            paused: std::sync::atomic::AtomicBool::new(false),
             grace: options.grace,
             first: options.header_read_timeout,
             idle: options.keepalive_timeout,
@@ -194,14 +198,18 @@ impl Listening {
             let slot = match Arc::clone(&self.slots).try_acquire_owned() {
                 Ok(slot) => slot,
                 Err(_) => {
-                    metrics.waited.fetch_add(1, Ordering::Relaxed);
-                    tokio::select! {
+                    if !self.paused.swap(true, Ordering::AcqRel) {
+                        metrics.waited.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let slot = tokio::select! {
                         () = &mut shutdown => break,
                         slot = Arc::clone(&self.slots).acquire_owned() => match slot {
                             Ok(slot) => slot,
                             Err(_) => break,
                         },
-                    }
+                    };
+                    self.paused.store(false, Ordering::Release);
+                    slot
                 }
             };
             let (tcp, peer) = tokio::select! {

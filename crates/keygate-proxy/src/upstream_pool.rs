@@ -54,7 +54,10 @@ const MAX_SHARDS: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Sets of shards, one per worker: worker `n` uses set `n % LANES`, threads
-/// that are not workers set 0. An unused set is an empty list.
+/// that are not workers set 0. An unused set is an empty list. Past 64 workers
+/// two workers share a set: correct (a connection's task then runs on the
+/// worker that opened it, and the other's requests wake that thread), only
+/// slower, on a machine with more cores than this gateway is likely given.
 const LANES: usize = 64;
 
 /// One upstream's connections.

@@ -11,10 +11,13 @@
 //! kernel wakes each of them for a new connection and the first to call
 //! `accept` takes it, which favours a worker that is not busy.
 //!
-//! A worker's runtime keeps running after its connections are drained, until
-//! the server's background work (the last usage records, the last
-//! `last_used_at` batch) is done: a store or Redis connection a request opened
-//! on that runtime is driven by it.
+//! A worker's runtime keeps running after its connections are drained, for as
+//! long as the [`Gateway`] lives: a store, Redis or upstream connection a
+//! request opened on that runtime is driven by it, and the gateway's store may
+//! still be in use (the last usage records, an admin API sharing it). When the
+//! last `Arc<Gateway>` is dropped, the worker threads end by themselves.
+//! Billing's money calls do not depend on them: they run on billing's own
+//! runtime (see [`crate::billing`]).
 //!
 //! [`ServerOptions::workers`]: crate::ServerOptions::workers
 
@@ -43,8 +46,9 @@ pub async fn serve(
 ) -> Shutdown {
     let background = gateway.start_background().await;
     let count = options.workers;
+    let lifetime = gateway.lifetime.subscribe();
     let listening = Arc::new(Listening::new(gateway, options));
-    let mut workers = Workers::start(&listening, &listener, count).await;
+    let mut workers = Workers::start(&listening, &listener, count, &lifetime).await;
     if workers.is_empty() {
         if count > 0 {
             tracing::warn!("no worker thread started: serving on the main runtime");
@@ -58,21 +62,15 @@ pub async fn serve(
     shutdown.await;
     let outcome = workers.drain().await;
     background.stop().await;
-    workers.release().await;
     outcome
 }
 
-/// Worker threads serving one listener.
+/// Worker threads serving one listener. Dropped (the server's future dropped),
+/// the workers stop accepting and drain as on shutdown.
 pub(crate) struct Workers {
     stop: watch::Sender<bool>,
-    release: watch::Sender<bool>,
-    running: Vec<Running>,
-}
-
-struct Running {
-    thread: std::thread::JoinHandle<()>,
-    /// How the worker's connections ended.
-    done: oneshot::Receiver<Shutdown>,
+    /// How each worker's connections ended.
+    running: Vec<oneshot::Receiver<Shutdown>>,
 }
 
 impl Workers {
@@ -83,16 +81,16 @@ impl Workers {
         listening: &Arc<Listening>,
         listener: &TcpListener,
         count: usize,
+        lifetime: &watch::Receiver<()>,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let (release, release_rx) = watch::channel(false);
         let mut running = Vec::with_capacity(count);
         for number in 1..=count {
             let started = Worker {
                 number,
                 listening: Arc::clone(listening),
                 stop: stop_rx.clone(),
-                release: release_rx.clone(),
+                lifetime: lifetime.clone(),
             }
             .spawn(listener)
             .await;
@@ -106,11 +104,7 @@ impl Workers {
         if !running.is_empty() {
             tracing::debug!(workers = running.len(), "serving on worker threads");
         }
-        Self {
-            stop,
-            release,
-            running,
-        }
+        Self { stop, running }
     }
 
     /// No worker started.
@@ -123,33 +117,14 @@ impl Workers {
     pub(crate) async fn drain(&mut self) -> Shutdown {
         let _ = self.stop.send(true);
         let mut outcome = Shutdown::Drained;
-        for worker in &mut self.running {
-            match (&mut worker.done).await {
+        for done in &mut self.running {
+            match done.await {
                 Ok(Shutdown::Drained) => {}
                 Ok(Shutdown::GraceExpired) => outcome = Shutdown::GraceExpired,
                 Err(_) => tracing::error!("a worker thread ended before its connections did"),
             }
         }
         outcome
-    }
-
-    /// Lets the drained workers' runtimes end, and waits for their threads.
-    pub(crate) async fn release(self) {
-        let _ = self.release.send(true);
-        let threads: Vec<_> = self.running.into_iter().map(|w| w.thread).collect();
-        let joined = tokio::task::spawn_blocking(move || {
-            threads
-                .into_iter()
-                .map(|t| t.join())
-                .filter(Result::is_err)
-                .count()
-        })
-        .await;
-        match joined {
-            Ok(0) => {}
-            Ok(panicked) => tracing::error!(panicked, "worker threads panicked"),
-            Err(e) => tracing::error!(error = %e, "cannot wait for the worker threads"),
-        }
     }
 }
 
@@ -158,28 +133,25 @@ struct Worker {
     number: usize,
     listening: Arc<Listening>,
     stop: watch::Receiver<bool>,
-    release: watch::Receiver<bool>,
+    /// Closed when the gateway is dropped.
+    lifetime: watch::Receiver<()>,
 }
 
 impl Worker {
     /// The thread, once its runtime and listener are up.
-    async fn spawn(self, listener: &TcpListener) -> std::io::Result<Running> {
+    /// The thread is detached: it ends by itself once drained and the gateway
+    /// is gone, or at once when it cannot start.
+    async fn spawn(self, listener: &TcpListener) -> std::io::Result<oneshot::Receiver<Shutdown>> {
         let copy = copy_listener(listener)?;
         let (started_tx, started) = oneshot::channel();
         let (done_tx, done) = oneshot::channel();
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("keygate-worker-{}", self.number))
             .spawn(move || self.run(copy, started_tx, done_tx))?;
         match started.await {
-            Ok(Ok(())) => Ok(Running { thread, done }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(std::io::Error::other("the worker thread ended at start"))
-            }
+            Ok(Ok(())) => Ok(done),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::other("the worker thread ended at start")),
         }
     }
 
@@ -204,7 +176,7 @@ impl Worker {
         let Self {
             listening,
             mut stop,
-            mut release,
+            mut lifetime,
             ..
         } = self;
         runtime.block_on(async move {
@@ -222,7 +194,8 @@ impl Worker {
             };
             let outcome = listening.accept(listener, stopped).await;
             let _ = done.send(outcome);
-            let _ = release.wait_for(|release| *release).await;
+            // Nothing sends: this ends when the gateway is dropped.
+            while lifetime.changed().await.is_ok() {}
         });
     }
 }

@@ -61,7 +61,7 @@ pub(crate) struct Leases {
     shards: Vec<Mutex<HashMap<KeyId, Arc<KeyLeases>>>>,
     /// Store calls that take leases run here, so a request that goes away
     /// mid-call cannot strand a reservation; shutdown waits for them.
-    tasks: tokio_util::task::TaskTracker,
+    tasks: super::tasks::HomeTasks,
     /// Shutdown began: a lease taken now is retired at once.
     closed: std::sync::atomic::AtomicBool,
     /// Requests may be charged past what they held.
@@ -197,6 +197,17 @@ impl Lease {
     }
 }
 
+/// A key's background refill, in flight until dropped.
+struct Refilling(Arc<KeyLeases>);
+
+impl Drop for Refilling {
+    fn drop(&mut self) {
+        self.0
+            .refilling
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 impl LeaseHold {
     /// Ends the request, charging `cost` cut to the amount held (or, with
     /// `charge_beyond_reservation`, all of it); returns what was charged to the
@@ -230,7 +241,7 @@ impl Leases {
         settler: Arc<dyn Settler>,
         window: Duration,
         ttl: Duration,
-        tasks: tokio_util::task::TaskTracker,
+        tasks: super::tasks::HomeTasks,
         beyond_reservation: bool,
     ) -> Self {
         Self {
@@ -317,38 +328,32 @@ impl Leases {
                 .refilling
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let (this, leases) = (Arc::clone(self), Arc::clone(leases));
-                let (account, key) = (account.clone(), key.clone());
-                let floor = amount.saturating_mul(LEASE_REQUESTS);
-                let size = lease.successor_size(self.window, floor);
-                // Who waits: shutdown, through the task tracker.
-                self.tasks.spawn(async move {
-                    for size in [size, floor] {
-                        let taken = Arc::clone(&this)
-                            .take_lease(
-                                Arc::clone(&leases),
-                                account.clone(),
-                                key.clone(),
-                                size,
-                                0,
-                                Some(Arc::clone(&lease)),
-                            )
-                            .await;
-                        // Refused at this size: try the floor; otherwise done.
-                        if !matches!(taken, Ok(Err(_))) {
-                            break;
-                        }
+            let (this, leases) = (Arc::clone(self), Arc::clone(leases));
+            let (account, key) = (account.clone(), key.clone());
+            let floor = amount.saturating_mul(LEASE_REQUESTS);
+            let size = lease.successor_size(self.window, floor);
+            // Clears the flag however the task ends, also dropped unrun.
+            let refilling = Refilling(Arc::clone(&leases));
+            // Who waits: shutdown, through the task tracker.
+            self.tasks.spawn(async move {
+                let _refilling = refilling;
+                for size in [size, floor] {
+                    let taken = Arc::clone(&this)
+                        .take_lease(
+                            Arc::clone(&leases),
+                            account.clone(),
+                            key.clone(),
+                            size,
+                            0,
+                            Some(Arc::clone(&lease)),
+                        )
+                        .await;
+                    // Refused at this size: try the floor; otherwise done.
+                    if !matches!(taken, Ok(Err(_))) {
+                        break;
                     }
-                    leases
-                        .refilling
-                        .store(false, std::sync::atomic::Ordering::Release);
-                });
-            } else {
-                leases
-                    .refilling
-                    .store(false, std::sync::atomic::Ordering::Release);
-            }
+                }
+            });
         }
         Some(hold)
     }
@@ -498,7 +503,7 @@ mod tests {
             settled.clone(),
             window,
             ttl,
-            tokio_util::task::TaskTracker::new(),
+            crate::billing::tasks::HomeTasks::new(),
             false,
         ))
     }
@@ -628,7 +633,7 @@ mod tests {
                 settled.clone(),
                 Duration::ZERO,
                 Duration::from_secs(60),
-                tokio_util::task::TaskTracker::new(),
+                crate::billing::tasks::HomeTasks::new(),
                 beyond,
             ));
             let a = held(leases.hold(&account, &key, Micros(100)).await.unwrap());

@@ -17,6 +17,7 @@ mod config;
 mod leases;
 mod metrics;
 mod settler;
+mod tasks;
 mod usage_writer;
 
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use chrono::{DateTime, Utc};
 use keygate_billing::{Demand, Injection, Price, inject_include_usage, reserve_upper_bound};
 use keygate_store::{ApiKey, Ledger, Micros, UsageRecord, UsageSource};
 use tokio::task::JoinHandle;
-use tokio_util::task::TaskTracker;
 
 use charge::ChargeParts;
 pub use charge::ESTIMATE_BYTES_PER_TOKEN;
@@ -37,6 +37,7 @@ use leases::{LeaseHold, Leased, Leases};
 use metrics::bump;
 pub use metrics::{BillingMetrics, BillingSnapshot};
 use settler::StoreSettler;
+use tasks::HomeTasks;
 use usage_writer::UsageWriter;
 pub use usage_writer::WriterSettings;
 
@@ -51,7 +52,7 @@ pub struct Billing {
     metrics: Arc<BillingMetrics>,
     leases: Arc<Leases>,
     /// Settlement tasks; waited for at shutdown.
-    tasks: TaskTracker,
+    tasks: HomeTasks,
     writer: Arc<UsageWriter>,
 }
 
@@ -73,7 +74,9 @@ pub(crate) struct Admission<'a> {
 
 impl Billing {
     /// The billing layer over `ledger`, with its usage writer started. Must be
-    /// called inside a tokio runtime.
+    /// called inside a tokio runtime: billing's store calls (the usage writer,
+    /// lease takes, settlements) run on that runtime, whichever runtime serves
+    /// the requests, so it must outlive the server.
     pub fn new(config: BillingConfig, ledger: Arc<dyn Ledger>) -> Self {
         let metrics = Arc::new(BillingMetrics::default());
         let writer = Arc::new(UsageWriter::start(
@@ -81,7 +84,7 @@ impl Billing {
             config.writer,
             Arc::clone(&metrics),
         ));
-        let tasks = TaskTracker::new();
+        let tasks = HomeTasks::new();
         let settler = Arc::new(StoreSettler {
             ledger: Arc::clone(&ledger),
             metrics: Arc::clone(&metrics),

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keygate_store::{Ledger, Micros, Reservation};
-use tokio_util::task::TaskTracker;
 
 use super::leases::Settler;
 use super::metrics::{BillingMetrics, bump};
+use super::tasks::HomeTasks;
 use crate::backoff::Backoff;
 
 /// Settles retired leases in the store, in tasks tracked for shutdown, retrying
@@ -18,7 +18,7 @@ use crate::backoff::Backoff;
 pub(crate) struct StoreSettler {
     pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) metrics: Arc<BillingMetrics>,
-    pub(crate) tasks: TaskTracker,
+    pub(crate) tasks: HomeTasks,
     /// How long a settlement is retried: the reservation's lifetime.
     pub(crate) give_up: Duration,
 }
@@ -26,25 +26,38 @@ pub(crate) struct StoreSettler {
 impl Settler for StoreSettler {
     fn settle(&self, reservation: Reservation, cost: Micros) {
         bump(&self.metrics.leases_ended);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime left (the process is ending): the sweep releases it.
-            bump(&self.metrics.settle_failures);
-            return;
-        };
         let ledger = Arc::clone(&self.ledger);
         let metrics = Arc::clone(&self.metrics);
         let give_up = self.give_up;
         // Who waits: `Billing::shutdown`, through the task tracker, for a
         // bounded time; a settlement still failing then is logged below.
-        self.tasks.spawn_on(
-            async move {
-                if settle(&*ledger, &reservation, cost, give_up, &metrics).await {
-                    return;
-                }
-                bump(&metrics.settle_failures);
-            },
-            &runtime,
-        );
+        // Counts the settlement failed unless it ends: also when the task is
+        // dropped unrun or mid-call (billing's runtime shut down, the process
+        // is ending); the sweep then releases the reservation.
+        let failed = Failed(Some(Arc::clone(&self.metrics)));
+        self.tasks.spawn(async move {
+            let failed = failed;
+            if settle(&*ledger, &reservation, cost, give_up, &metrics).await {
+                failed.disarm();
+            }
+        });
+    }
+}
+
+/// Bumps `settle_failures` when dropped armed.
+struct Failed(Option<Arc<BillingMetrics>>);
+
+impl Failed {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Failed {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0.take() {
+            bump(&metrics.settle_failures);
+        }
     }
 }
 

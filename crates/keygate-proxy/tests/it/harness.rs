@@ -365,6 +365,14 @@ impl TestGateway {
         self.begin_shutdown().await.unwrap()
     }
 
+    /// Drops the server's future, as an embedder aborting its task would: no
+    /// shutdown signal, no background stop.
+    pub fn abort_server(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
     /// Starts shutdown without waiting.
     pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<Shutdown> {
         if let Some(stop) = self.stop.take() {

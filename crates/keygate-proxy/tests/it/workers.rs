@@ -1,6 +1,6 @@
 //! Serving on worker threads (`ServerOptions::workers`): money charged exactly
 //! once over many connections, one `max_connections` for all workers, and the
-//! drain at shutdown.
+//! drain at shutdown, and no money lost when the server's future is dropped.
 
 use std::time::Duration;
 
@@ -132,6 +132,26 @@ async fn max_connections_is_one_limit_for_all_workers() {
         .expect("the fifth connection was not served after one closed")
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Both workers waited for a slot before the fifth: one pause. The worker
+    // that took the fifth paused again at once: two in all, not one per worker.
+    waiting
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut metrics = Vec::new();
+    while !metrics.ends_with(b"# EOF\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), waiting.read(&mut buf))
+            .await
+            .expect("no metrics")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&metrics));
+        metrics.extend_from_slice(&buf[..n]);
+    }
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("keygate_connections_waited_total 2\n"),
+        "{metrics}"
+    );
 }
 
 /// At shutdown a worker stops accepting and lets its streams finish.
@@ -175,4 +195,48 @@ async fn the_grace_period_bounds_a_workers_drain() {
         response.into_body().collect().await.is_err(),
         "the stream should have been cut"
     );
+}
+
+/// The server's future dropped mid-stream (an embedder aborting its task): the
+/// worker drains the stream, and the request is charged although the worker's
+/// runtime ends right after, because billing's store calls run on billing's
+/// own runtime.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_server_loses_no_money() {
+    let mock = MockUpstream::start().await;
+    mock.set_chunk_delay(Duration::from_millis(30));
+    let mut gw = TestGateway::builder(&mock)
+        .backend(Backend::Sqlite)
+        .billed(prices())
+        // One reservation per request: it is settled as the stream ends, on
+        // the worker's thread.
+        .billing(|b| b.batch_window = Duration::ZERO)
+        .server(|o| o.workers = WORKERS)
+        .start()
+        .await;
+    let key = gw.key().await;
+    let (before, _) = gw.balance(&gw.account).await;
+    let req = json_request(&gw.url("/v1/chat/completions"), &key, &chat("gpt-4o", true));
+    let response = client().request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    gw.abort_server();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.ends_with(b"data: [DONE]\n\n"), "{body:?}");
+    let records = gw.records(1).await;
+    assert!(records[0].cost > Micros::ZERO);
+    // Nobody stopped the background: wait as `Background::stop` would.
+    gw.billing().shutdown(Duration::from_secs(10)).await;
+    let metrics = gw.billing().metrics();
+    assert_eq!(
+        (metrics.settled, metrics.settle_failures),
+        (1, 0),
+        "{metrics:?}"
+    );
+    let account = gw.store.get_account(&gw.account).await.unwrap();
+    assert_eq!(
+        account.reserved,
+        Micros::ZERO,
+        "the reservation was stranded"
+    );
+    assert_eq!(account.balance.0, before.0 - records[0].cost.0);
 }
