@@ -248,8 +248,10 @@ fn text_columns_bounded(root: &Path, problems: &mut Vec<String>) {
             let code = line.split("--").next().unwrap_or("").to_ascii_uppercase();
             let is_text_column = code.split_whitespace().nth(1) == Some("TEXT")
                 || code.split_whitespace().nth(1) == Some("TEXT,");
-            let bounded =
-                code.contains("CHECK (") && (code.contains("LENGTH(") || code.contains(" IN ("));
+            // A length bound, or a set of literals (`IN (…)`, or equalities
+            // joined by OR: SQLite checks those without an index).
+            let bounded = code.contains("CHECK (")
+                && (code.contains("LENGTH(") || code.contains(" IN (") || code.contains(" = '"));
             let references = code.contains("REFERENCES");
             if is_text_column && !bounded && !references {
                 problems.push(format!(

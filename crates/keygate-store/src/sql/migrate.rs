@@ -93,3 +93,108 @@ impl MigrationTask {
         names.map_err(|e| StoreError::Migration(e.to_string()))
     }
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel::sql_types::{BigInt, Text};
+    use diesel::sqlite::SqliteConnection;
+    use diesel::{Connection, QueryableByName, RunQueryDsl};
+    use diesel_migrations::MigrationHarness;
+
+    use super::SQLITE_MIGRATIONS;
+
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = Text)]
+        usage_source: String,
+        #[diesel(sql_type = BigInt)]
+        attempts: i64,
+    }
+
+    fn rows(conn: &mut SqliteConnection) -> Vec<(i64, String, i64)> {
+        diesel::sql_query("SELECT id, usage_source, attempts FROM usage_records ORDER BY id")
+            .load::<Row>(conn)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.usage_source, r.attempts))
+            .collect()
+    }
+
+    fn insert(
+        conn: &mut SqliteConnection,
+        id: Option<i64>,
+        source: &str,
+    ) -> diesel::QueryResult<()> {
+        let id = id.map_or("NULL".to_owned(), |id| id.to_string());
+        conn.batch_execute(&format!(
+            "INSERT INTO usage_records (id, at, key_id, account_id, model, upstream, input_tokens, \
+             output_tokens, cached_tokens, cost_micros, latency_ms, ttfb_ms, stream, status, \
+             usage_source) VALUES ({id}, 1, 'k', 'a', 'm', 'u', 1, 2, 0, 3, 4, 5, 0, 200, '{source}')"
+        ))
+    }
+
+    fn sequence_rows(conn: &mut SqliteConnection) -> usize {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let count = diesel::sql_query(
+            "SELECT count(*) AS n FROM sqlite_sequence WHERE name = 'usage_records'",
+        )
+        .get_result::<Count>(conn)
+        .unwrap();
+        usize::try_from(count.n).unwrap()
+    }
+
+    /// Migration 8 rebuilds `usage_records`: every row and id kept, the same
+    /// rules checked, no AUTOINCREMENT bookkeeping; and it reverts the same way.
+    #[test]
+    fn the_usage_table_rebuild_keeps_rows_ids_and_rules() {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        loop {
+            let pending = conn.pending_migrations(SQLITE_MIGRATIONS).unwrap();
+            let next = pending[0].name().to_string();
+            if next.starts_with("2026-12-03-000008") {
+                break;
+            }
+            conn.run_next_migration(SQLITE_MIGRATIONS).unwrap();
+        }
+        insert(&mut conn, Some(5), "capped").unwrap();
+        insert(&mut conn, Some(9), "reported").unwrap();
+        conn.batch_execute("UPDATE usage_records SET attempts = 2 WHERE id = 5")
+            .unwrap();
+        assert_eq!(sequence_rows(&mut conn), 1);
+
+        conn.run_next_migration(SQLITE_MIGRATIONS).unwrap();
+        let kept = vec![(5, "capped".to_owned(), 2), (9, "reported".to_owned(), 1)];
+        assert_eq!(rows(&mut conn), kept);
+        assert!(
+            insert(&mut conn, None, "made-up").is_err(),
+            "the usage source is checked"
+        );
+        assert!(insert(&mut conn, None, "").is_err());
+        for source in ["reported", "estimated", "unknown", "capped"] {
+            insert(&mut conn, None, source).unwrap();
+        }
+        let ids: Vec<_> = rows(&mut conn).into_iter().map(|r| r.0).collect();
+        assert_eq!(ids, [5, 9, 10, 11, 12, 13], "ids still grow");
+        assert_eq!(sequence_rows(&mut conn), 0, "no sqlite_sequence write");
+        assert!(
+            conn.batch_execute("UPDATE usage_records SET stream = 2 WHERE id = 5")
+                .is_err(),
+            "stream is checked"
+        );
+
+        conn.revert_last_migration(SQLITE_MIGRATIONS).unwrap();
+        assert_eq!(rows(&mut conn).len(), 6);
+        assert_eq!(rows(&mut conn)[..2], kept[..]);
+        assert!(insert(&mut conn, None, "made-up").is_err());
+        insert(&mut conn, None, "unknown").unwrap();
+        assert_eq!(rows(&mut conn).last().unwrap().0, 14);
+        assert_eq!(sequence_rows(&mut conn), 1, "AUTOINCREMENT is back");
+    }
+}
