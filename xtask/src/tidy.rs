@@ -248,10 +248,8 @@ fn text_columns_bounded(root: &Path, problems: &mut Vec<String>) {
             let code = line.split("--").next().unwrap_or("").to_ascii_uppercase();
             let is_text_column = code.split_whitespace().nth(1) == Some("TEXT")
                 || code.split_whitespace().nth(1) == Some("TEXT,");
-            // A length bound, or a set of literals (`IN (…)`, or equalities
-            // joined by OR: SQLite checks those without an index).
             let bounded = code.contains("CHECK (")
-                && (code.contains("LENGTH(") || code.contains(" IN (") || code.contains(" = '"));
+                && (code.contains("LENGTH(") || code.contains(" IN (") || is_literal_set(&code));
             let references = code.contains("REFERENCES");
             if is_text_column && !bounded && !references {
                 problems.push(format!(
@@ -262,6 +260,37 @@ fn text_columns_bounded(root: &Path, problems: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// Whether a column's line checks it against a set of literals written as
+/// equalities joined by OR (`c TEXT CHECK (c = 'a' OR c = 'b')`, which SQLite
+/// checks without the index an `IN` list costs it): every term names this
+/// column and one quoted literal. `code` is upper-cased.
+fn is_literal_set(code: &str) -> bool {
+    let Some(column) = code.split_whitespace().next() else {
+        return false;
+    };
+    let Some(start) = code.find("CHECK (") else {
+        return false;
+    };
+    let Some(end) = code.rfind(')') else {
+        return false;
+    };
+    let Some(inner) = code.get(start + "CHECK (".len()..end) else {
+        return false;
+    };
+    inner.split(" OR ").all(|term| {
+        term.trim()
+            .strip_prefix(column)
+            .and_then(|rest| rest.trim_start().strip_prefix('='))
+            .map(str::trim_start)
+            .is_some_and(|literal| {
+                literal.len() >= 2
+                    && literal.starts_with('\'')
+                    && literal.ends_with('\'')
+                    && !literal[1..literal.len() - 1].contains('\'')
+            })
+    })
 }
 
 /// One `length(column) <= N` (or `BETWEEN … AND N`) found in a migration.
@@ -439,6 +468,24 @@ mod tests {
         if let Err(problems) = check(&crate::workspace_root()) {
             panic!("cargo xtask tidy found:\n{}", problems.join("\n"));
         }
+    }
+
+    #[test]
+    fn a_set_of_literals_bounds_only_its_own_column() {
+        let line = |l: &str| l.to_ascii_uppercase();
+        assert!(is_literal_set(&line(
+            "    kind TEXT NOT NULL CHECK (kind = 'a' OR kind = 'bc' OR kind='d'),"
+        )));
+        assert!(!is_literal_set(&line(
+            "    kind TEXT NOT NULL CHECK (other = 'a' OR kind = 'b'),"
+        )));
+        assert!(!is_literal_set(&line(
+            "    kind TEXT NOT NULL CHECK (kind = 'a' OR kind <> ''),"
+        )));
+        assert!(!is_literal_set(&line(
+            "    kind TEXT NOT NULL CHECK (kind = other),"
+        )));
+        assert!(!is_literal_set(&line("    kind TEXT NOT NULL,")));
     }
 
     #[test]

@@ -63,9 +63,12 @@ fn main() -> ExitCode {
     }
     // Held to the end of `main`: dropping it writes the last log lines.
     let _log_writer = init_tracing(config.log_format);
-    // The main runtime runs start-up, the control plane, the metrics listener
-    // and the background tasks; client connections are served on worker
-    // threads of their own (`[server] workers`), so one thread is enough here.
+    // The main runtime runs start-up, the control plane, the metrics listener,
+    // the background tasks and billing's store calls (a lease per key and
+    // batch window, and its settlement); client connections are served on
+    // worker threads of their own (`[server] workers`), so one thread is
+    // enough here. With `[billing] batch_window = "0s"` every billed request
+    // reserves and settles through this thread.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -37,7 +37,9 @@ use crate::server::{Listening, ServerOptions, Shutdown};
 /// With `options.workers` above 0 the connections are served on that many
 /// threads of their own, each with a current-thread runtime accepting from the
 /// same listener (see the module's docs); with 0, on the runtime this is
-/// called on.
+/// called on. The worker threads end when the last `Arc<Gateway>` is dropped,
+/// not when this returns: serving one gateway again starts new threads beside
+/// the parked ones.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,

@@ -1,15 +1,15 @@
 -- A usage row is written for every billed request, so what SQLite does per row
 -- is on every request's bill. Two parts of the table's definition cost more
 -- than they give, and SQLite can change neither in place: the table is rebuilt
--- as SQLite recommends (https://www.sqlite.org/lang_altertable.html#otheralter),
--- keeping every row and its id. No other table refers to usage_records.
+-- as migration 4 rebuilt it (renamed, copied, dropped: no trigger, view or
+-- foreign key refers to usage_records), keeping every row and its id.
 --
 -- - `usage_source IN (...)` in a CHECK is evaluated through an ephemeral index
 --   that SQLite fills and clears for every row; the same rule as equalities
 --   needs none.
 -- - AUTOINCREMENT keeps the largest id in sqlite_sequence, a second table
 --   written by every insert. Ids only order records written in the same
---   microsecond; a plain INTEGER PRIMARY KEY still grows with every row (the
+--   millisecond; a plain INTEGER PRIMARY KEY still grows with every row (the
 --   newest rows are never the ones purged).
 --
 -- The rebuild copies the table once, at the upgrade: about 2.5 s per million

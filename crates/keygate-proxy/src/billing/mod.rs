@@ -77,6 +77,9 @@ impl Billing {
     /// called inside a tokio runtime: billing's store calls (the usage writer,
     /// lease takes, settlements) run on that runtime, whichever runtime serves
     /// the requests, so it must outlive the server.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn new(config: BillingConfig, ledger: Arc<dyn Ledger>) -> Self {
         let metrics = Arc::new(BillingMetrics::default());
         let writer = Arc::new(UsageWriter::start(

@@ -3,6 +3,12 @@
 //! runtime the request that started them runs. A server's worker runtime may
 //! end (its thread panicked, or the server's future was dropped) while such a
 //! call is pending; money must not go with it.
+//!
+//! What stays tied to a worker is the store pool's connections: on PostgreSQL a
+//! connection is driven by the runtime that opened it. A call on a connection
+//! whose worker ended fails and is retried (settlements are idempotent in the
+//! store, see `settle_once`); in the binary the workers outlive billing's
+//! shutdown, so this happens only after a worker panicked.
 
 use std::future::Future;
 
