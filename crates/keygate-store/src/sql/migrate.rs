@@ -94,7 +94,8 @@ impl MigrationTask {
     }
 }
 
-#[cfg(all(test, feature = "sqlite"))]
+#[cfg(test)]
+#[cfg(feature = "sqlite")]
 mod tests {
     use diesel::connection::SimpleConnection;
     use diesel::sql_types::{BigInt, Text};
