@@ -151,6 +151,41 @@ mod tests {
         usize::try_from(count.n).unwrap()
     }
 
+    /// One text that differs when any row's value, the columns' definitions
+    /// or the indexes differ.
+    fn snapshot(conn: &mut SqliteConnection) -> (String, String, String) {
+        #[derive(QueryableByName)]
+        struct Text1 {
+            #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+            s: Option<String>,
+        }
+        let mut text = |sql: &str| {
+            diesel::sql_query(sql)
+                .get_result::<Text1>(&mut *conn)
+                .unwrap()
+                .s
+                .unwrap_or_default()
+        };
+        let rows = text(
+            "SELECT group_concat(quote(id) || ',' || quote(at) || ',' || quote(key_id) || ',' \
+             || quote(account_id) || ',' || quote(model) || ',' || quote(upstream) || ',' \
+             || quote(input_tokens) || ',' || quote(output_tokens) || ',' || quote(cached_tokens) \
+             || ',' || quote(cost_micros) || ',' || quote(latency_ms) || ',' || quote(ttfb_ms) \
+             || ',' || quote(stream) || ',' || quote(status) || ',' || quote(client_name) || ',' \
+             || quote(usage_source) || ',' || quote(client_ip) || ',' || quote(attempts), ';') \
+             AS s FROM (SELECT * FROM usage_records ORDER BY id)",
+        );
+        let columns = text(
+            "SELECT group_concat(name || ' ' || type || ' ' || \"notnull\" || ' ' \
+             || quote(dflt_value) || ' ' || pk, ';') AS s FROM pragma_table_info('usage_records')",
+        );
+        let indexes = text(
+            "SELECT group_concat(sql, ';') AS s FROM (SELECT sql FROM sqlite_master \
+             WHERE tbl_name = 'usage_records' AND type = 'index' ORDER BY name)",
+        );
+        (rows, columns, indexes)
+    }
+
     /// Migration 8 rebuilds `usage_records`: every row and id kept, the same
     /// rules checked, no AUTOINCREMENT bookkeeping; and it reverts the same way.
     #[test]
@@ -166,11 +201,22 @@ mod tests {
         }
         insert(&mut conn, Some(5), "capped").unwrap();
         insert(&mut conn, Some(9), "reported").unwrap();
-        conn.batch_execute("UPDATE usage_records SET attempts = 2 WHERE id = 5")
-            .unwrap();
+        conn.batch_execute(
+            "UPDATE usage_records SET attempts = 2, client_name = 'cli', client_ip = '10.0.0.1' \
+             WHERE id = 5",
+        )
+        .unwrap();
         assert_eq!(sequence_rows(&mut conn), 1);
+        let before = snapshot(&mut conn);
+        assert!(before.0.contains("'cli','capped','10.0.0.1',2"), "{before:?}");
+        assert_eq!(before.2.matches("CREATE INDEX").count(), 3, "{before:?}");
 
         conn.run_next_migration(SQLITE_MIGRATIONS).unwrap();
+        assert_eq!(
+            snapshot(&mut conn),
+            before,
+            "rows, columns and indexes kept"
+        );
         let kept = vec![(5, "capped".to_owned(), 2), (9, "reported".to_owned(), 1)];
         assert_eq!(rows(&mut conn), kept);
         assert!(
@@ -190,7 +236,13 @@ mod tests {
             "stream is checked"
         );
 
+        conn.batch_execute("DELETE FROM usage_records WHERE id > 9")
+            .unwrap();
         conn.revert_last_migration(SQLITE_MIGRATIONS).unwrap();
+        assert_eq!(snapshot(&mut conn), before, "reverted to the same table");
+        for source in ["reported", "estimated", "unknown", "capped"] {
+            insert(&mut conn, None, source).unwrap();
+        }
         assert_eq!(rows(&mut conn).len(), 6);
         assert_eq!(rows(&mut conn)[..2], kept[..]);
         assert!(insert(&mut conn, None, "made-up").is_err());
