@@ -130,12 +130,20 @@ impl Billing {
     /// Waits for every settlement started so far (at most `limit`), then flushes
     /// and stops the usage writer. Called once the server stops serving.
     pub async fn shutdown(&self, limit: Duration) {
+        let started = Instant::now();
         self.leases.retire_all();
+        // Requests still in flight (an HTTP/2 stream's task outlives its
+        // connection by a moment) end, and settle, before the wait below.
+        let open = self.leases.settled(limit).await;
+        if open > 0 {
+            tracing::warn!(
+                open_leases = open,
+                "billing: requests still in flight at shutdown; the sweep releases their reservations"
+            );
+        }
         self.tasks.close();
-        if tokio::time::timeout(limit, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        let left = limit.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, self.tasks.wait()).await.is_err() {
             tracing::warn!(
                 pending = self.tasks.len(),
                 "billing: settlements still pending at shutdown; the sweep releases their reservations"

@@ -208,7 +208,10 @@ mod tests {
         .unwrap();
         assert_eq!(sequence_rows(&mut conn), 1);
         let before = snapshot(&mut conn);
-        assert!(before.0.contains("'cli','capped','10.0.0.1',2"), "{before:?}");
+        assert!(
+            before.0.contains("'cli','capped','10.0.0.1',2"),
+            "{before:?}"
+        );
         assert_eq!(before.2.matches("CREATE INDEX").count(), 3, "{before:?}");
 
         conn.run_next_migration(SQLITE_MIGRATIONS).unwrap();
