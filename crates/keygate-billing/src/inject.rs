@@ -10,7 +10,7 @@ use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::sse::{SseParser, find_either, find_line_end};
+use crate::sse::{SseParser, find_line_end};
 use crate::usage::{ApiShape, StreamUsage, present};
 
 /// What [`inject_include_usage`] made of a request body.
@@ -191,7 +191,9 @@ impl UsageChunkFilter {
     /// Feeds the next piece of the upstream stream; returns the bytes to send to
     /// the client now.
     pub fn push(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(input.len());
+        // Empty until something goes out: the common frame, one event, goes
+        // out as the held buffer itself (`end_event`), not a copy of it.
+        let mut out = Vec::new();
         let mut at = 0;
         while let Some(&byte) = input.get(at) {
             if self.ended_on_cr.is_none() && !matches!(byte, b'\n' | b'\r') {
@@ -297,6 +299,12 @@ impl UsageChunkFilter {
         // `held` is never longer than `MAX_HELD_EVENT_BYTES` between bytes.
         let room = MAX_HELD_EVENT_BYTES + 1 - self.held.len();
         if run.len() < room {
+            if self.held.is_empty() {
+                // An event's first line: room for its line ending and the
+                // blank line after it too (`\r\n\r\n` at most), so the usual
+                // event is one allocation, which then goes out as its frame.
+                self.held.reserve_exact(run.len() + 4);
+            }
             self.held.extend_from_slice(run);
             return;
         }
@@ -452,7 +460,7 @@ fn null_usage_member(json: &[u8]) -> Option<std::ops::Range<usize>> {
                 i += 1;
                 // To the closing quote, stepping over escaped characters.
                 while i < json.len() {
-                    let Some(n) = find_either(&json[i..], b'"', b'\\') else {
+                    let Some(n) = memchr::memchr2(b'"', b'\\', &json[i..]) else {
                         i = json.len();
                         break;
                     };
@@ -600,7 +608,7 @@ fn is_usage_only_data(data: &str) -> bool {
 /// Whether `json` has a `[` followed by nothing but JSON whitespace and `]`.
 fn has_empty_array(json: &[u8]) -> bool {
     let mut rest = json;
-    while let Some(open) = find_either(rest, b'[', b'[') {
+    while let Some(open) = memchr::memchr(b'[', rest) {
         rest = &rest[open + 1..];
         let next = rest
             .iter()

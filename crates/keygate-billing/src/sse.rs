@@ -149,34 +149,7 @@ impl SseParser {
 
 /// The index of the first `\n` or `\r` in `bytes`.
 pub(crate) fn find_line_end(bytes: &[u8]) -> Option<usize> {
-    find_either(bytes, b'\n', b'\r')
-}
-
-/// The index of the first `a` or `b` in `bytes`, looked for eight bytes at a time.
-pub(crate) fn find_either(bytes: &[u8], a: u8, b: u8) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
-    let (a_word, b_word) = (ONES * u64::from(a), ONES * u64::from(b));
-    // The high bit of each zero byte of `x`, and maybe of bytes after the first
-    // zero byte, never before it: the lowest bit set marks the first zero byte.
-    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS;
-    let mut words = bytes.chunks_exact(8);
-    let mut offset = 0;
-    for word in &mut words {
-        let mut array = [0; 8];
-        array.copy_from_slice(word);
-        let word = u64::from_le_bytes(array);
-        let found = zero_bytes(word ^ a_word) | zero_bytes(word ^ b_word);
-        if found != 0 {
-            return Some(offset + (found.trailing_zeros() / 8) as usize);
-        }
-        offset += 8;
-    }
-    words
-        .remainder()
-        .iter()
-        .position(|&x| x == a || x == b)
-        .map(|at| offset + at)
+    memchr::memchr2(b'\n', b'\r', bytes)
 }
 
 #[cfg(test)]
