@@ -267,16 +267,12 @@ fn text_columns_bounded(root: &Path, problems: &mut Vec<String>) {
 /// checks without the index an `IN` list costs it): every term names this
 /// column and one quoted literal. `code` is upper-cased.
 fn is_literal_set(code: &str) -> bool {
-    let Some(column) = code.split_whitespace().next() else {
-        return false;
-    };
-    let Some(start) = code.find("CHECK (") else {
-        return false;
-    };
-    let Some(end) = code.rfind(')') else {
-        return false;
-    };
-    let Some(inner) = code.get(start + "CHECK (".len()..end) else {
+    let column = code.split_whitespace().next();
+    let inner = code
+        .split_once("CHECK (")
+        .and_then(|(_, rest)| rest.rsplit_once(')'))
+        .map(|(inner, _)| inner);
+    let (Some(column), Some(inner)) = (column, inner) else {
         return false;
     };
     inner.split(" OR ").all(|term| {

@@ -64,9 +64,9 @@ pub(crate) struct Leases {
     tasks: super::tasks::HomeTasks,
     /// Shutdown began: a lease taken now is retired at once.
     closed: std::sync::atomic::AtomicBool,
-    /// Leases not yet dropped: each is dropped once retired, its last request
-    /// ended and its settlement started.
-    open: Arc<OpenLeases>,
+    /// Leases not yet dropped, each counted by a token: a lease is dropped
+    /// once retired, its last request ended and its settlement started.
+    open: tokio_util::task::TaskTracker,
     /// Requests may be charged past what they held.
     beyond_reservation: bool,
 }
@@ -91,7 +91,7 @@ struct KeyLeases {
 
 struct Lease {
     /// Counts this lease among the open ones until dropped.
-    _open: OpenLease,
+    _open: tokio_util::task::task_tracker::TaskTrackerToken,
     reservation: Reservation,
     born: Instant,
     /// Requests may be charged past what they held.
@@ -202,36 +202,6 @@ impl Lease {
     }
 }
 
-/// How many leases are open, and a wake-up for when none is.
-#[derive(Default)]
-struct OpenLeases {
-    count: std::sync::atomic::AtomicUsize,
-    none: tokio::sync::Notify,
-}
-
-/// One lease's place in [`OpenLeases`].
-struct OpenLease(Arc<OpenLeases>);
-
-impl OpenLease {
-    fn new(open: &Arc<OpenLeases>) -> Self {
-        open.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Self(Arc::clone(open))
-    }
-}
-
-impl Drop for OpenLease {
-    fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
-            self.0.none.notify_waiters();
-        }
-    }
-}
-
 /// A key's background refill, in flight until dropped.
 struct Refilling(Arc<KeyLeases>);
 
@@ -287,7 +257,7 @@ impl Leases {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             tasks,
             closed: std::sync::atomic::AtomicBool::new(false),
-            open: Arc::default(),
+            open: tokio_util::task::TaskTracker::new(),
             beyond_reservation,
         }
     }
@@ -437,7 +407,7 @@ impl Leases {
             Reserve::SpendLimitExceeded => return Ok(Err(Leased::SpendLimitExceeded)),
         };
         let lease = Arc::new(Lease {
-            _open: OpenLease::new(&self.open),
+            _open: self.open.token(),
             reservation,
             born: Instant::now(),
             beyond_reservation: self.beyond_reservation,
@@ -484,25 +454,18 @@ impl Leases {
         }
     }
 
-    /// Retires every lease (at shutdown, after the last request).
     /// Waits, at most `limit`, until every lease has been dropped: its last
     /// request ended (an HTTP/2 stream's task may end after its connection
     /// did) and its settlement started. Returns how many are still open.
     pub(crate) async fn settled(&self, limit: Duration) -> usize {
-        let open = &self.open;
-        let drained = async {
-            loop {
-                let none = open.none.notified();
-                if open.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
-                    return;
-                }
-                none.await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, drained).await;
-        open.count.load(std::sync::atomic::Ordering::Acquire)
+        // Closed, the tracker's `wait` ends when its last token is dropped; a
+        // lease taken later still counts (`len`), as it is retired at once.
+        self.open.close();
+        let _ = tokio::time::timeout(limit, self.open.wait()).await;
+        self.open.len()
     }
 
+    /// Retires every lease (at shutdown, after the last request).
     pub(crate) fn retire_all(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
