@@ -620,9 +620,9 @@ pub(crate) fn markdown(results: &Results, meta: &Meta) -> String {
     }
     let _ = writeln!(out, "\nHow the figures are taken:\n");
     let stream_note = if meta.nginx_upstream {
-        "Streams: chat completions with `\"stream\": true` (and `Accept: text/event-stream`, which the nginx upstream answers with its canned stream, all events at once, so the gaps between tokens are not measured); 4 connections. First event: from sending the request to the first SSE event."
+        "Streams: chat completions with `\"stream\": true` (and `Accept: text/event-stream`, which the nginx upstream answers with its canned stream, all events at once, so the gaps between tokens are not measured); 4 connections, all driven by one client thread (as for sequential requests). First event: from sending the request to the first SSE event."
     } else {
-        "Streams: chat completions with `\"stream\": true`; the mock (with `TCP_NODELAY`) sends a role chunk at once, then 10 one-word chunks 5 ms apart; 4 connections. First event: from sending the request to the first SSE event. Gap between tokens: between consecutive content chunks."
+        "Streams: chat completions with `\"stream\": true`; the mock (with `TCP_NODELAY`) sends a role chunk at once, then 10 one-word chunks 5 ms apart; 4 connections, all driven by one client thread (as for sequential requests). First event: from sending the request to the first SSE event. Gap between tokens: between consecutive content chunks."
     };
     let rss_note = if meta.nginx_upstream {
         "RSS: not measured with `--upstream nginx` (its canned stream ends at once, so no stream can be held open)."
@@ -631,7 +631,7 @@ pub(crate) fn markdown(results: &Results, meta: &Meta) -> String {
     };
     for note in [
         "Each ratio and difference is between two arms of this one run. Latencies are percentiles of each arm's own distribution; the difference columns subtract percentiles (the added latency at that percentile), they are not percentiles of per-request differences. Histograms are HdrHistogram at nanosecond resolution, shown in µs.",
-        "Sequential: one keep-alive connection, the next request sent when the last answer has been read (20 warm-up requests first).",
+        "Sequential: one keep-alive connection, the next request sent when the last answer has been read (20 warm-up requests first). The client runs on a thread of its own with a current-thread runtime, so the connection's hyper task and the request waiting on it are polled by one thread: no wake-up between two of the load generator's threads is in the latency.",
         "Open loop: requests are scheduled at a fixed rate by a timer thread and taken by the first free of 50 connections; latency runs from the scheduled send time, so queueing behind a stall is counted (no coordinated omission). It includes the load generator's own lateness (the timer thread's wake-up and the hand-over to a connection's task), alike for every arm.",
         "Closed loop: 32 connections (as the issue's wrk), each sending its next request as soon as the last is answered; the first tenth of each run is not counted. Server CPU per request: user + system time of the serving process (nginx: master and workers) from `/proc/PID/stat` over the run ÷ requests answered.",
         stream_note,

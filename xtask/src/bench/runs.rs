@@ -31,12 +31,15 @@ impl Load<'_> {
         println!("\nSequential requests on one keep-alive connection");
         for round in 0..self.plan.rounds {
             for arm in order(&self.arms.active, round) {
-                let run = bench_load::sequential(
+                let (target, body, time) = (
                     arm_target(self.arms, arm)?,
-                    self.plain,
+                    self.plain.clone(),
                     self.plan.sequential,
                 );
-                let run: Latency = run.await?;
+                let run: Latency = bench_load::on_client_thread(move || async move {
+                    bench_load::sequential(target, &body, time).await
+                })
+                .await?;
                 progress(round, arm, &format!("p50 {}", micros(&run.histogram, 0.5)));
                 results.sequential[arm.index()].merge(&run)?;
                 tokio::time::sleep(PAUSE).await;
@@ -108,13 +111,15 @@ impl Load<'_> {
             .await?;
         for round in 0..self.plan.rounds {
             for arm in order(&self.arms.active, round) {
-                let mut run: Streaming = bench_load::streaming(
+                let (target, body, time) = (
                     arm_target(self.arms, arm)?,
-                    self.streamed,
-                    usize::try_from(STREAM_TOKENS)?,
+                    self.streamed.clone(),
                     self.plan.streaming,
-                    STREAM_CONNECTIONS,
-                )
+                );
+                let tokens = usize::try_from(STREAM_TOKENS)?;
+                let mut run: Streaming = bench_load::on_client_thread(move || async move {
+                    bench_load::streaming(target, &body, tokens, time, STREAM_CONNECTIONS).await
+                })
                 .await?;
                 if self.nginx_upstream {
                     // nginx's canned stream comes in one piece: no gaps to measure.
