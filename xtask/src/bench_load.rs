@@ -204,29 +204,6 @@ impl Latency {
     }
 }
 
-/// Runs `run` on a current-thread runtime on a thread of its own, as a
-/// single-threaded client would run it. The connections `run` opens, their
-/// hyper tasks and the requests on them are then all polled by that one thread.
-/// On the bench's multi-thread runtime, a connection's task and the request
-/// waiting on it could sit on different threads, and the wake-up between them
-/// was then part of every latency measured, in every arm.
-pub(crate) async fn on_client_thread<F, Fut, T>(run: F) -> Result<T>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T>>,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the client thread's runtime")?
-            .block_on(run())
-    })
-    .await
-    .map_err(|e| anyhow!("the client thread failed: {e}"))?
-}
-
 /// Sends requests one after another on one connection for `run`.
 pub(crate) async fn sequential(
     target: Arc<Target>,
@@ -687,22 +664,5 @@ mod tests {
         assert!(is_token(&events.next_event().unwrap()));
         assert!(!is_token(&events.next_event().unwrap()));
         assert!(events.next_event().is_none());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_client_thread_polls_its_tasks_itself() {
-        let caller = std::thread::current().id();
-        let (client, spawned) = on_client_thread(|| async {
-            let client = std::thread::current().id();
-            // A task the client spawns (as a connection's) runs on the same thread.
-            let spawned = tokio::spawn(async { std::thread::current().id() }).await?;
-            Ok((client, spawned))
-        })
-        .await
-        .unwrap();
-        assert_ne!(client, caller);
-        assert_eq!(spawned, client);
-        let failed = on_client_thread(|| async { Err::<(), _>(anyhow!("no")) });
-        assert_eq!(failed.await.unwrap_err().to_string(), "no");
     }
 }

@@ -1,7 +1,9 @@
 //! The load runs of `cargo xtask bench`: sequential, open-loop, closed-loop and
 //! streaming figures, round by round over the active arms.
 
-use anyhow::Result;
+use std::future::Future;
+
+use anyhow::{Context as _, Result, anyhow};
 use bytes::Bytes;
 
 use super::{
@@ -36,7 +38,7 @@ impl Load<'_> {
                     self.plain.clone(),
                     self.plan.sequential,
                 );
-                let run: Latency = bench_load::on_client_thread(move || async move {
+                let run: Latency = on_client_thread(move || async move {
                     bench_load::sequential(target, &body, time).await
                 })
                 .await?;
@@ -117,7 +119,7 @@ impl Load<'_> {
                     self.plan.streaming,
                 );
                 let tokens = usize::try_from(STREAM_TOKENS)?;
-                let mut run: Streaming = bench_load::on_client_thread(move || async move {
+                let mut run: Streaming = on_client_thread(move || async move {
                     bench_load::streaming(target, &body, tokens, time, STREAM_CONNECTIONS).await
                 })
                 .await?;
@@ -139,5 +141,51 @@ impl Load<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `run` on a current-thread runtime on a thread of its own, as a
+/// single-threaded client would run it. The connections `run` opens, their
+/// hyper tasks and the requests on them are then all polled by that one thread.
+/// On the bench's multi-thread runtime, a connection's task and the request
+/// waiting on it could sit on different threads, and the wake-up between them
+/// was then part of every latency measured, in every arm.
+async fn on_client_thread<F, Fut, T>(run: F) -> Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the client thread's runtime")?
+            .block_on(run())
+    })
+    .await
+    .map_err(|e| anyhow!("the client thread failed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::anyhow;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_thread_polls_its_tasks_itself() {
+        let caller = std::thread::current().id();
+        let (client, spawned) = on_client_thread(|| async {
+            let client = std::thread::current().id();
+            // A task the client spawns (as a connection's) runs on the same thread.
+            let spawned = tokio::spawn(async { std::thread::current().id() }).await?;
+            Ok((client, spawned))
+        })
+        .await
+        .unwrap();
+        assert_ne!(client, caller);
+        assert_eq!(spawned, client);
+        let failed = on_client_thread(|| async { Err::<(), _>(anyhow!("no")) });
+        assert_eq!(failed.await.unwrap_err().to_string(), "no");
     }
 }
