@@ -33,11 +33,8 @@ impl Load<'_> {
         println!("\nSequential requests on one keep-alive connection");
         for round in 0..self.plan.rounds {
             for arm in order(&self.arms.active, round) {
-                let (target, body, time) = (
-                    arm_target(self.arms, arm)?,
-                    self.plain.clone(),
-                    self.plan.sequential,
-                );
+                let target = arm_target(self.arms, arm)?;
+                let (body, time) = (self.plain.clone(), self.plan.sequential);
                 let run: Latency = on_client_thread(move || async move {
                     bench_load::sequential(target, &body, time).await
                 })
@@ -113,11 +110,8 @@ impl Load<'_> {
             .await?;
         for round in 0..self.plan.rounds {
             for arm in order(&self.arms.active, round) {
-                let (target, body, time) = (
-                    arm_target(self.arms, arm)?,
-                    self.streamed.clone(),
-                    self.plan.streaming,
-                );
+                let target = arm_target(self.arms, arm)?;
+                let (body, time) = (self.streamed.clone(), self.plan.streaming);
                 let tokens = usize::try_from(STREAM_TOKENS)?;
                 let mut run: Streaming = on_client_thread(move || async move {
                     bench_load::streaming(target, &body, tokens, time, STREAM_CONNECTIONS).await
@@ -170,7 +164,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::anyhow;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_thread_polls_its_tasks_itself() {
